@@ -1,0 +1,35 @@
+"""FOMM motion-transfer networks (official-compatible) and their checkpoints."""
+
+from .checkpoint import (
+    SHIPPED_CHECKPOINT,
+    CheckpointError,
+    build_networks,
+    frame_size,
+    load_checkpoint,
+    load_checkpoint_with_config,
+    read_checkpoint,
+)
+from .config import ConfigError, load_config, validate_config
+from .dense_motion import DenseMotionNetwork
+from .discriminator import MultiScaleDiscriminator
+from .generator import OcclusionAwareGenerator
+from .keypoint_detector import KPDetector
+from .relative_motion import normalize_kp
+
+__all__ = [
+    "SHIPPED_CHECKPOINT",
+    "CheckpointError",
+    "ConfigError",
+    "DenseMotionNetwork",
+    "KPDetector",
+    "MultiScaleDiscriminator",
+    "OcclusionAwareGenerator",
+    "build_networks",
+    "frame_size",
+    "load_checkpoint",
+    "load_checkpoint_with_config",
+    "load_config",
+    "normalize_kp",
+    "read_checkpoint",
+    "validate_config",
+]

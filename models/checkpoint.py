@@ -1,0 +1,119 @@
+"""Build the FOMM networks from a config and load official-layout checkpoints into them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ConfigError, load_config, validate_config
+from .generator import OcclusionAwareGenerator
+from .keypoint_detector import KPDetector
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-faces-64.pth.tar"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the networks its config describes."""
+
+
+def build_networks(config: dict) -> tuple[KPDetector, OcclusionAwareGenerator]:
+    """Instantiate the keypoint detector and generator exactly as the official code does."""
+    params = config["model_params"]
+    kp_detector = KPDetector(**params["kp_detector_params"], **params["common_params"])
+    generator = OcclusionAwareGenerator(**params["generator_params"], **params["common_params"])
+    return kp_detector, generator
+
+
+def describe_mismatch(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Human-readable list of missing, unexpected and mis-shaped keys (empty when they fit)."""
+    expected = module.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} != model {tuple(v.shape)}"
+                 for k, v in expected.items()
+                 if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys ({len(misshaped)}): {'; '.join(misshaped)}")
+    return problems
+
+
+def load_state_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists every mismatch."""
+    problems = describe_mismatch(module, state_dict)
+    if problems:
+        raise CheckpointError(f"checkpoint '{name}' does not fit the configured network:\n  "
+                              + "\n  ".join(problems))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """``torch.load`` a checkpoint dict, with clear errors for missing or broken files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(checkpoint, dict) or "kp_detector" not in checkpoint \
+            or "generator" not in checkpoint:
+        raise CheckpointError(f"{path} is not a FOMM checkpoint: expected a dict with "
+                              "'kp_detector' and 'generator' state dicts")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Path | None = None,
+                    device: str | torch.device = "cpu",
+                    ) -> tuple[KPDetector, OcclusionAwareGenerator]:
+    """Load ``(kp_detector, generator)`` in eval mode from an official ``.pth.tar`` or a kpvid
+    checkpoint. Without ``config_path`` the config is the one embedded in a kpvid checkpoint, or
+    a ``<name>.yaml`` beside it; official vox-256 files need ``config_path='vox-256'``."""
+    kp_detector, generator, _ = load_checkpoint_with_config(path, config_path, device)
+    return kp_detector, generator
+
+
+def frame_size(config: dict) -> int:
+    """Square frame size the config's networks were trained at (``dataset_params.frame_shape``)."""
+    return int(config.get("dataset_params", {}).get("frame_shape", [256])[0])
+
+
+def load_checkpoint_with_config(path: str | Path = SHIPPED_CHECKPOINT,
+                                config_path: str | Path | None = None,
+                                device: str | torch.device = "cpu",
+                                ) -> tuple[KPDetector, OcclusionAwareGenerator, dict]:
+    """:func:`load_checkpoint`, also returning the config the networks were built from."""
+    checkpoint = read_checkpoint(path)
+    if config_path is not None:
+        config = load_config(config_path)
+    elif "config" in checkpoint:
+        config = load_config_dict(checkpoint["config"], source=str(path))
+    else:
+        beside = Path(str(path).removesuffix(".tar").removesuffix(".pth") + ".yaml")
+        if not beside.exists():
+            raise CheckpointError(f"{path} carries no config: pass config_path "
+                                  "(for official vox-256 weights: config_path='vox-256')")
+        config = load_config(beside)
+    kp_detector, generator = build_networks(config)
+    load_state_strict(kp_detector, checkpoint["kp_detector"], "kp_detector")
+    load_state_strict(generator, checkpoint["generator"], "generator")
+    log.info("loaded %s (epoch %s)", path, checkpoint.get("epoch", "?"))
+    return kp_detector.to(device).eval(), generator.to(device).eval(), config
+
+
+def load_config_dict(config: dict, source: str) -> dict:
+    """Validate a config that travelled inside a checkpoint."""
+    try:
+        return validate_config(config)
+    except ConfigError as exc:
+        raise CheckpointError(f"config embedded in {source}: {exc}") from None

@@ -1,0 +1,1 @@
+"""Training, synthetic data and evaluation for the kpvid models."""

@@ -1,0 +1,329 @@
+"""FOMM reconstruction training (``kpvid-train fomm``), single process or DDP under torchrun.
+
+Each step takes a (source, driving) pair of frames from one video, detects keypoints in both,
+rebuilds the driving frame from the source and is scored by a multi-scale pyramid loss (L1, or
+VGG19 perceptual with a user-supplied weight file), keypoint/jacobian equivariance under random
+affine + TPS warps, and optionally LSGAN + feature matching. Checkpoints use the official layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from kpvid.models import MultiScaleDiscriminator, build_networks, load_config
+from kpvid.models.checkpoint import load_state_strict, read_checkpoint
+
+from .dataset import DatasetRepeater, FramesDataset
+from .losses import ImagePyramide, Transform, Vgg19, equivariance_losses
+from .visualize import save_png, training_grid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECONSTRUCTION_WEIGHT = 10.0
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``kpvid-train fomm`` takes besides the config file."""
+
+    config: str
+    data: str
+    out: str
+    resume: str | None = None
+    vgg: str | None = None
+    device: str = "cpu"
+    max_steps: int | None = None
+    seed: int = 0
+    workers: int = 0
+    log_every: int = 25
+    image_every: int = 500
+    progress: bool = True
+
+
+class GeneratorFullModel(nn.Module):
+    """Keypoint detector + generator + every generator-side loss, as one module for DDP."""
+
+    def __init__(self, kp_extractor: nn.Module, generator: nn.Module,
+                 discriminator: nn.Module | None, train_params: dict, vgg: Vgg19 | None = None):
+        super().__init__()
+        self.kp_extractor = kp_extractor
+        self.generator = generator
+        self.discriminator = discriminator
+        self.train_params = train_params
+        self.scales = train_params["scales"]
+        self.pyramid = ImagePyramide(self.scales, generator.num_channels)
+        self.loss_weights = train_params["loss_weights"]
+        self.vgg = vgg
+
+    def forward(self, source: torch.Tensor, driving: torch.Tensor
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        weights = self.loss_weights
+        kp_source = self.kp_extractor(source)
+        kp_driving = self.kp_extractor(driving)
+        generated = self.generator(source, kp_source=kp_source, kp_driving=kp_driving)
+        generated.update({"kp_source": kp_source, "kp_driving": kp_driving})
+        losses: dict[str, torch.Tensor] = {}
+
+        pyramid_real = self.pyramid(driving)
+        pyramid_fake = self.pyramid(generated["prediction"])
+        if self.vgg is not None:
+            total = 0.0
+            for scale in self.scales:
+                fake_feats = self.vgg(pyramid_fake[f"prediction_{scale}"])
+                real_feats = self.vgg(pyramid_real[f"prediction_{scale}"])
+                for weight, f, r in zip(weights["perceptual"], fake_feats, real_feats):
+                    total = total + weight * torch.abs(f - r.detach()).mean()
+            losses["perceptual"] = total
+        else:
+            weight = weights.get("reconstruction", DEFAULT_RECONSTRUCTION_WEIGHT)
+            losses["reconstruction"] = weight * sum(
+                torch.abs(pyramid_fake[f"prediction_{s}"] - pyramid_real[f"prediction_{s}"]).mean()
+                for s in self.scales)
+
+        if weights.get("generator_gan", 0) != 0 and self.discriminator is not None:
+            kp_d = {k: v.detach() for k, v in kp_driving.items()}
+            fake_maps = self.discriminator(pyramid_fake, kp=kp_d)
+            real_maps = self.discriminator(pyramid_real, kp=kp_d)
+            losses["gen_gan"] = sum(
+                weights["generator_gan"] * ((1 - fake_maps[f"prediction_map_{s}"]) ** 2).mean()
+                for s in self.discriminator.scales)
+            if sum(weights["feature_matching"]) != 0:
+                total = 0.0
+                for s in self.discriminator.scales:
+                    pairs = zip(real_maps[f"feature_maps_{s}"], fake_maps[f"feature_maps_{s}"])
+                    for weight, (r, f) in zip(weights["feature_matching"], pairs):
+                        total = total + weight * torch.abs(r - f).mean()
+                losses["feature_matching"] = total
+
+        if weights["equivariance_value"] != 0 or weights["equivariance_jacobian"] != 0:
+            transform = Transform(driving.shape[0], device=driving.device,
+                                  **self.train_params["transform_params"])
+            transformed_kp = self.kp_extractor(transform.transform_frame(driving))
+            value, jacobian = equivariance_losses(kp_driving, transformed_kp, transform)
+            if weights["equivariance_value"] != 0:
+                losses["equivariance_value"] = weights["equivariance_value"] * value
+            if weights["equivariance_jacobian"] != 0:
+                losses["equivariance_jacobian"] = weights["equivariance_jacobian"] * jacobian
+        return losses, generated
+
+
+def discriminator_loss(discriminator: nn.Module, pyramid: ImagePyramide, driving: torch.Tensor,
+                       generated: dict, weight: float) -> torch.Tensor:
+    """LSGAN discriminator loss: real -> 1, rebuilt -> 0."""
+    kp_d = {k: v.detach() for k, v in generated["kp_driving"].items()}
+    real_maps = discriminator(pyramid(driving), kp=kp_d)
+    fake_maps = discriminator(pyramid(generated["prediction"].detach()), kp=kp_d)
+    total = 0.0
+    for s in discriminator.scales:
+        real, fake = real_maps[f"prediction_map_{s}"], fake_maps[f"prediction_map_{s}"]
+        total = total + weight * ((1 - real) ** 2 + fake**2).mean()
+    return total
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); starts the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def train(opts: TrainOptions) -> Path:
+    """Run training; returns the path of the last checkpoint written."""
+    config = load_config(opts.config)
+    rank, local_rank, world = _distributed()
+    device = torch.device(opts.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    torch.manual_seed(opts.seed + rank)
+
+    train_params = config.get("train_params")
+    if not train_params:
+        raise ValueError(f"config {opts.config} has no train_params section")
+    dataset_params = config.get("dataset_params", {})
+    frame_shape = tuple(dataset_params.get("frame_shape", (256, 256, 3)))
+    dataset = FramesDataset(opts.data, frame_shape=frame_shape, is_train=True,
+                            random_seed=opts.seed,
+                            augmentation_params=dataset_params.get("augmentation_params"))
+    dataset = DatasetRepeater(dataset, train_params["num_repeats"])
+    sampler = DistributedSampler(dataset, shuffle=True) if world > 1 else None
+    batch_size = train_params["batch_size"]
+    if len(dataset) < batch_size * world:
+        raise ValueError(f"{opts.data}: {len(dataset)} training pairs per epoch is fewer than one "
+                         f"batch of {batch_size} x {world} process(es); add videos or num_repeats")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=opts.workers, drop_last=True,
+                        persistent_workers=opts.workers > 0)
+
+    kp_detector, generator = build_networks(config)
+    model_params = config["model_params"]
+    discriminator = MultiScaleDiscriminator(**model_params["discriminator_params"],
+                                            **model_params["common_params"])
+    weights = train_params["loss_weights"]
+    use_gan = weights.get("generator_gan", 0) != 0
+    vgg = Vgg19(opts.vgg) if opts.vgg else None
+    full = GeneratorFullModel(kp_detector, generator, discriminator if use_gan else None,
+                              train_params, vgg).to(device, memory_format=torch.channels_last)
+    discriminator.to(device)
+
+    opt_gen = torch.optim.Adam(generator.parameters(), lr=train_params["lr_generator"],
+                               betas=(0.5, 0.999))
+    opt_kp = torch.optim.Adam(kp_detector.parameters(), lr=train_params["lr_kp_detector"],
+                              betas=(0.5, 0.999))
+    opt_disc = torch.optim.Adam(discriminator.parameters(), lr=train_params["lr_discriminator"],
+                                betas=(0.5, 0.999))
+
+    out = Path(opts.out)
+    start_epoch, step = 0, 0
+    if opts.resume:
+        ckpt = read_checkpoint(opts.resume)
+        load_state_strict(kp_detector, ckpt["kp_detector"], "kp_detector")
+        load_state_strict(generator, ckpt["generator"], "generator")
+        if "discriminator" in ckpt:
+            load_state_strict(discriminator, ckpt["discriminator"], "discriminator")
+        for name, opt in (("optimizer_generator", opt_gen), ("optimizer_kp_detector", opt_kp),
+                          ("optimizer_discriminator", opt_disc)):
+            if name in ckpt:
+                opt.load_state_dict(ckpt[name])
+        start_epoch = int(ckpt.get("epoch", -1)) + 1
+        step = int(ckpt.get("step", start_epoch * len(loader)))
+        log.info("resumed from %s at epoch %d, step %d", opts.resume, start_epoch, step)
+
+    milestones = train_params["epoch_milestones"]
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, gamma=0.1,
+                                                       last_epoch=start_epoch - 1)
+                  for o in ((opt_gen, opt_kp, opt_disc) if use_gan else (opt_gen, opt_kp))]
+    if world > 1:
+        if device.type == "cuda":
+            full = nn.SyncBatchNorm.convert_sync_batchnorm(full)
+        full = DistributedDataParallel(full, device_ids=[local_rank] if device.type == "cuda"
+                                       else None)
+        if use_gan:
+            discriminator = DistributedDataParallel(
+                discriminator, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    total_steps = train_params["num_epochs"] * len(loader)
+    if opts.max_steps is not None:
+        total_steps = min(total_steps, opts.max_steps)
+    is_main = rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "config.yaml", "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+    metrics_file = open(out / "metrics.jsonl", "a") if is_main else None  # noqa: SIM115
+    bar = tqdm(total=total_steps, initial=step, disable=not (opts.progress and is_main),
+               desc="fomm", dynamic_ncols=True)
+    started = time.time()
+    last_ckpt = out / "checkpoints" / "latest.pth.tar"
+    epoch = start_epoch
+    try:
+        while step < total_steps:
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            full.train()
+            for batch in loader:
+                if step >= total_steps:
+                    break
+                # channels-last: about 30% faster convolutions on a CPU, same numbers
+                source = batch["source"].to(device, memory_format=torch.channels_last)
+                driving = batch["driving"].to(device, memory_format=torch.channels_last)
+                losses, generated = full(source, driving)
+                loss = sum(losses.values())
+                opt_gen.zero_grad(set_to_none=True)
+                opt_kp.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_gen.step()
+                opt_kp.step()
+                if use_gan and weights.get("discriminator_gan", 0) != 0:
+                    opt_disc.zero_grad(set_to_none=True)
+                    d_loss = discriminator_loss(discriminator, _unwrap(full).pyramid, driving,
+                                                generated, weights["discriminator_gan"])
+                    d_loss.backward()
+                    opt_disc.step()
+                    losses["disc_gan"] = d_loss
+                step += 1
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                bar.update(1)
+                bar.set_postfix({k[:12]: f"{v:.3f}" for k, v in values.items()})
+                if metrics_file is not None and (step % opts.log_every == 0 or step == 1):
+                    record = {"step": step, "epoch": epoch, "loss": sum(values.values()),
+                              **values, "lr": opt_gen.param_groups[0]["lr"],
+                              "elapsed_s": round(time.time() - started, 1)}
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                if is_main and opts.image_every and step % opts.image_every == 0:
+                    grid = training_grid(source, driving, generated,
+                                         generated["kp_source"]["value"],
+                                         generated["kp_driving"]["value"])
+                    save_png(out / "images" / f"step_{step:07d}.png", grid)
+            for scheduler in schedulers:
+                scheduler.step()
+            if is_main:
+                last_ckpt = _save(out, config, kp_detector, generator, discriminator,
+                                  (opt_gen, opt_kp, opt_disc), epoch, step,
+                                  train_params["checkpoint_freq"])
+            epoch += 1
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d: saving the checkpoint", step)
+        if is_main:
+            last_ckpt = _save(out, config, kp_detector, generator, discriminator,
+                              (opt_gen, opt_kp, opt_disc), epoch - 1, step, 0)
+        raise
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    log.info("trained %d steps in %.0f s; checkpoint %s", step, time.time() - started, last_ckpt)
+    return last_ckpt
+
+
+def _save(out: Path, config: dict, kp_detector: nn.Module, generator: nn.Module,
+          discriminator: nn.Module, optimizers: tuple, epoch: int, step: int,
+          checkpoint_freq: int) -> Path:
+    """Write ``checkpoints/latest.pth.tar`` (official layout + config and step) and, every
+    ``checkpoint_freq`` epochs, an ``<epoch>-checkpoint.pth.tar`` copy as the official code does."""
+    opt_gen, opt_kp, opt_disc = optimizers
+    state = {
+        "kp_detector": kp_detector.state_dict(),
+        "generator": generator.state_dict(),
+        "discriminator": _unwrap(discriminator).state_dict(),
+        "optimizer_generator": opt_gen.state_dict(),
+        "optimizer_kp_detector": opt_kp.state_dict(),
+        "optimizer_discriminator": opt_disc.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "config": config,
+    }
+    folder = out / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    latest = folder / "latest.pth.tar"
+    tmp = latest.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(latest)
+    if checkpoint_freq and (epoch + 1) % checkpoint_freq == 0:
+        shutil.copyfile(latest, folder / f"{str(epoch).zfill(8)}-checkpoint.pth.tar")
+    return latest
+
