@@ -180,3 +180,24 @@ def test_convex_hull_area():
     square = [[0, 0], [1, 0], [1, 1], [0, 1], [0.5, 0.5]]
     assert convex_hull_area(square) == pytest.approx(1.0)
     assert convex_hull_area([[0, 0], [1, 1]]) == 0.0
+
+
+def test_outputs_match_the_official_implementation():
+    """``official-fomm-tiny.pt`` holds random weights, inputs and the outputs the official
+    first-order-model modules computed from them (eval mode); ours must agree to 1e-4."""
+    fixture = torch.load(Path(__file__).parent / "data" / "official-fomm-tiny.pt",
+                         weights_only=False)
+    kp_detector, generator = build_networks(fixture["config"])
+    load_state_strict(kp_detector, fixture["kp_detector"], "kp_detector")
+    load_state_strict(generator, fixture["generator"], "generator")
+    kp_detector.eval()
+    generator.eval()
+    with torch.no_grad():
+        kp_source = kp_detector(fixture["source"])
+        kp_driving = kp_detector(fixture["driving"])
+        out = generator(fixture["source"], kp_driving=kp_driving, kp_source=kp_source)
+    for key in ("value", "jacobian"):
+        torch.testing.assert_close(kp_source[key], fixture["kp_source"][key], atol=1e-4, rtol=0)
+        torch.testing.assert_close(kp_driving[key], fixture["kp_driving"][key], atol=1e-4, rtol=0)
+    for key, expected in fixture["generated"].items():
+        torch.testing.assert_close(out[key], expected, atol=1e-4, rtol=0)
