@@ -1,1 +1,1 @@
-"""The wire protocol between sender and receiver (streaming issue)."""
+"""Wire protocol between sender and receiver."""

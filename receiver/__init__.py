@@ -1,1 +1,1 @@
-"""The edge receiver: playout, keypoint prediction, synthesis, video to viewers (streaming issue)."""
+"""Edge receiver: jitter buffer, playout, keypoint prediction, synthesis, video to viewers."""

@@ -1,1 +1,1 @@
-"""The sender: capture, keypoint detection on observed frames, keypoint packets (streaming issue)."""
+"""Sender side: capture, keypoint detection on observed frames, keypoint packets out."""

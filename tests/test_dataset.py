@@ -11,6 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+
 from kpvid.training import dataset as dataset_module
 from kpvid.training.augmentation import Augmentation, adjust_hue, adjust_saturation
 from kpvid.training.dataset import (

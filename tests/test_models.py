@@ -44,7 +44,7 @@ def test_generator_prediction_shape_range_and_extras(tiny_config):
     source, driving = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     out = generator(source, kp_driving=kp_detector(driving), kp_source=kp_detector(source))
     assert out["prediction"].shape == (2, 3, 32, 32)
-    assert 0 <= out["prediction"].min() and out["prediction"].max() <= 1
+    assert out["prediction"].min() >= 0 and out["prediction"].max() <= 1
     assert out["mask"].shape == (2, 5, 16, 16)
     assert torch.allclose(out["mask"].sum(1), torch.ones(2, 16, 16), atol=1e-5)
     assert out["occlusion_map"].shape == (2, 1, 16, 16)

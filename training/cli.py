@@ -64,13 +64,12 @@ def data_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(False)
     try:
-        meta = write_dataset(args.domain, args.out, videos=args.videos, seed=args.seed,
+        write_dataset(args.domain, args.out, videos=args.videos, seed=args.seed,
                              size=args.size, frames=args.frames,
                              test_fraction=args.test_fraction, fmt=args.format,
                              progress=not args.quiet)
-    except ValueError as exc:
+    except (ValueError, FileExistsError) as exc:
         parser.error(str(exc))
-    log.info("wrote %s", meta)
     return 0
 
 

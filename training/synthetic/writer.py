@@ -1,0 +1,138 @@
+"""Entry points: generate one synthetic clip, or write a data set in the FOMM folder layout."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .arm import generate_arm
+from .faces import generate_faces
+
+logger = logging.getLogger(__name__)
+
+DOMAINS: tuple[str, ...] = ("faces", "arm")
+DEFAULT_FRAMES = {"faces": 32, "arm": 30}
+FORMATS = ("png", "mp4")
+GENERATOR_VERSION = 1
+FPS = 25
+MIN_SIZE = 32
+_SPLITS = ("train", "test")
+_GENERATORS: dict[str, Callable[[int, int, int], np.ndarray]] = {
+    "faces": generate_faces,
+    "arm": generate_arm,
+}
+
+
+def _check(domain: str, size: int, frames: int | None) -> int:
+    """Validate the common arguments; returns the frame count to use."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+    if int(size) != size or size < MIN_SIZE:
+        raise ValueError(f"size must be an integer >= {MIN_SIZE}, got {size!r}")
+    frames = DEFAULT_FRAMES[domain] if frames is None else frames
+    if int(frames) != frames or frames < 2:
+        raise ValueError(f"frames must be an integer >= 2, got {frames!r}")
+    return int(frames)
+
+
+def generate_video(domain: str, seed: int, size: int = 64, frames: int | None = None) -> np.ndarray:
+    """T x size x size x 3 uint8 RGB video, fully deterministic for (domain, seed, size, frames)."""
+    frames = _check(domain, size, frames)
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return _GENERATORS[domain](int(seed), int(size), frames)
+
+
+def _video_seed(seed: int, split: str, index: int) -> int:
+    """Independent 63-bit seed of video `index` of `split`, derived from the data-set seed."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(_SPLITS.index(split), index))
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _write_png(folder: Path, video: np.ndarray) -> None:
+    folder.mkdir()
+    for i, frame in enumerate(video):
+        if not cv2.imwrite(str(folder / f"{i:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {folder / f'{i:05d}.png'}")
+
+
+def _write_mp4(path: Path, video: np.ndarray) -> None:
+    """H.264 in mp4, lossless in YUV 4:4:4 (crf 0): only the RGB<->YUV rounding is lost."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": "0", "preset": "fast"}
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_dataset(
+    domain: str,
+    out: str | Path,
+    videos: int,
+    seed: int,
+    size: int = 64,
+    frames: int | None = None,
+    test_fraction: float = 0.1,
+    fmt: str = "png",
+    progress: bool = True,
+) -> dict:
+    """Write `videos` clips to out/train/<name> and out/test/<name> (FOMM layout) + out/meta.json.
+
+    fmt 'png' writes a folder of frames 00000.png... per video, 'mp4' one <name>.mp4 per video.
+    Per-video seeds derive from (seed, split, index) with np.random.SeedSequence, so another seed
+    gives other videos. There is at least one test video when videos >= 2. Refuses to write into
+    non-empty out/train or out/test folders. Returns the metadata written to meta.json.
+    """
+    frames = _check(domain, size, frames)
+    if int(videos) != videos or videos < 1:
+        raise ValueError(f"videos must be an integer >= 1, got {videos!r}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown fmt {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    out = Path(out)
+    n_test = min(max(1, round(videos * test_fraction)), videos - 1) if videos >= 2 else 0
+    counts = {"train": int(videos) - n_test, "test": n_test}
+    for split in _SPLITS:
+        folder = out / split
+        if folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(
+                f"{folder} is not empty; remove it or choose another output folder"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+
+    jobs = [(split, i) for split in _SPLITS for i in range(counts[split])]
+    for split, i in tqdm(jobs, desc=f"{domain} videos", unit="video", disable=not progress):
+        video = generate_video(domain, _video_seed(int(seed), split, i), size, frames)
+        name = f"{domain}_{i:05d}"
+        if fmt == "png":
+            _write_png(out / split / name, video)
+        else:
+            _write_mp4(out / split / f"{name}.mp4", video)
+
+    meta = {
+        "domain": domain,
+        "seed": int(seed),
+        "size": int(size),
+        "frames": frames,
+        "fmt": fmt,
+        "fps": FPS,
+        "test_fraction": test_fraction,
+        "counts": counts,
+        "generator_version": GENERATOR_VERSION,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("wrote %d %s videos (%s) to %s", videos, domain, counts, out)
+    return meta
