@@ -12,6 +12,13 @@ from torch import nn
 
 KeypointDict = dict[str, torch.Tensor]
 
+# Coordinate grids put the centres of the corner pixels at -1 and +1, which is what
+# ``grid_sample(..., align_corners=True)`` expects. The official code was written for torch 1.0,
+# whose grid_sample behaved that way (its released weights were trained so); on torch >= 1.3 the
+# same code silently samples with align_corners=False, and an identity warp then zooms by
+# W/(W-1). kpvid keeps the geometry consistent.
+ALIGN_CORNERS = True
+
 
 def make_coordinate_grid(spatial_size: tuple[int, int], dtype: torch.dtype = torch.float32,
                          device: torch.device | str | None = None) -> torch.Tensor:

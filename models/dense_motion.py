@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (
+    ALIGN_CORNERS,
     AntiAliasInterpolation2d,
     Hourglass,
     KeypointDict,
@@ -71,7 +72,7 @@ class DenseMotionNetwork(nn.Module):
         n = self.num_kp + 1
         source_repeat = source_image.unsqueeze(1).expand(bs, n, -1, h, w).reshape(bs * n, -1, h, w)
         deformed = F.grid_sample(source_repeat, sparse_motions.reshape(bs * n, h, w, -1),
-                                 align_corners=False)
+                                 align_corners=ALIGN_CORNERS)
         return deformed.view(bs, n, -1, h, w)
 
     def forward(self, source_image: torch.Tensor, kp_driving: KeypointDict,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import DownBlock2d, KeypointDict, ResBlock2d, SameBlock2d, UpBlock2d
+from .blocks import ALIGN_CORNERS, DownBlock2d, KeypointDict, ResBlock2d, SameBlock2d, UpBlock2d
 from .dense_motion import DenseMotionNetwork
 
 
@@ -17,7 +17,7 @@ def deform_input(inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
     if h_old != h or w_old != w:
         deformation = F.interpolate(deformation.permute(0, 3, 1, 2), size=(h, w), mode="bilinear")
         deformation = deformation.permute(0, 2, 3, 1)
-    return F.grid_sample(inp, deformation, align_corners=False)
+    return F.grid_sample(inp, deformation, align_corners=ALIGN_CORNERS)
 
 
 class OcclusionAwareGenerator(nn.Module):

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kpvid.models.blocks import AntiAliasInterpolation2d, KeypointDict, make_coordinate_grid
+from kpvid.models.blocks import (
+    ALIGN_CORNERS,
+    AntiAliasInterpolation2d,
+    KeypointDict,
+    make_coordinate_grid,
+)
 
 
 class ImagePyramide(nn.Module):
@@ -44,7 +49,8 @@ class Transform:
         h, w = frame.shape[2:]
         grid = make_coordinate_grid((h, w), frame.dtype, frame.device).view(1, h * w, 2)
         grid = self.warp_coordinates(grid).view(self.bs, h, w, 2)
-        return F.grid_sample(frame, grid, padding_mode="reflection", align_corners=False)
+        return F.grid_sample(frame, grid, padding_mode="reflection",
+                             align_corners=ALIGN_CORNERS)
 
     def warp_coordinates(self, coordinates: torch.Tensor) -> torch.Tensor:
         """Map B x N x 2 (or 1 x N x 2) coordinates through the warp."""

@@ -1,0 +1,143 @@
+"""Training losses, a few optimisation steps, the training command and reconstruction eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kpvid.models import build_networks, load_checkpoint
+from kpvid.training import metrics
+from kpvid.training.cli import eval_main, train_main
+from kpvid.training.losses import Transform, equivariance_losses
+from kpvid.training.synthetic import generate_video, write_dataset
+from kpvid.training.train_fomm import GeneratorFullModel, TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("faces")
+    write_dataset("faces", out, videos=6, seed=0, size=32, frames=8, test_fraction=0.34,
+                  progress=False)
+    return out
+
+
+def _write_config(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_identity_transform_gives_zero_equivariance_loss(tiny_config):
+    kp_detector, _ = build_networks(tiny_config)
+    kp_detector.eval()
+    frames = torch.rand(2, 3, 32, 32)
+    identity = Transform(2, sigma_affine=0.0, sigma_tps=0.0, points_tps=5)
+    assert torch.allclose(identity.transform_frame(frames), frames, atol=1e-5)
+    value, jacobian = equivariance_losses(kp_detector(frames),
+                                          kp_detector(identity.transform_frame(frames)), identity)
+    assert value.item() < 1e-5 and jacobian.item() < 1e-5
+
+
+def test_transform_jacobian_of_an_affine_warp_is_its_matrix():
+    torch.manual_seed(0)
+    warp = Transform(3, sigma_affine=0.1)
+    points = (torch.rand(3, 5, 2) * 2 - 1).requires_grad_(True)
+    expected = warp.theta[:, None, :, :2].expand(3, 5, 2, 2)
+    assert torch.allclose(warp.jacobian(points), expected, atol=1e-6)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
+    torch.manual_seed(0)
+    kp_detector, generator = build_networks(tiny_config)
+    full = GeneratorFullModel(kp_detector, generator, None, tiny_config["train_params"])
+    params = list(kp_detector.parameters()) + list(generator.parameters())
+    optimizer = torch.optim.Adam(params, lr=2e-3, betas=(0.5, 0.999))
+    clips = [torch.from_numpy(generate_video("faces", seed, size=32, frames=8))
+             for seed in range(4)]
+    video = torch.stack(clips).permute(0, 1, 4, 2, 3).float() / 255  # B, T, C, H, W
+    source, driving = video[:, 0], video[:, 6]
+    first = None
+    for _ in range(25):
+        losses, _ = full(source, driving)
+        loss = losses["reconstruction"]
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert set(losses) == {"reconstruction", "equivariance_value", "equivariance_jacobian"}
+    assert loss.item() < 0.5 * first
+
+
+def test_train_writes_official_checkpoints_logs_and_resumes(tmp_path, tiny_config, tiny_data):
+    tiny_config["train_params"]["loss_weights"]["generator_gan"] = 1  # exercise the GAN path
+    tiny_config["train_params"]["num_epochs"] = 3
+    config = _write_config(tiny_config, tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    opts = TrainOptions(config=str(config), data=str(tiny_data), out=str(run), max_steps=2,
+                        image_every=1, log_every=1, progress=False)
+    checkpoint = train(opts)
+    state = torch.load(checkpoint, weights_only=False)
+    assert {"kp_detector", "generator", "discriminator", "optimizer_generator",
+            "optimizer_kp_detector", "optimizer_discriminator", "epoch"} <= set(state)
+    assert state["step"] == 2
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"reconstruction", "gen_gan", "feature_matching", "disc_gan"} <= set(records[0])
+    assert sorted(p.name for p in (run / "images").iterdir()) == ["step_0000001.png",
+                                                                  "step_0000002.png"]
+    kp_detector, generator = load_checkpoint(checkpoint)  # the config travels inside
+    assert not generator.training
+
+    opts.resume, opts.max_steps = str(checkpoint), 4
+    resumed = torch.load(train(opts), weights_only=False)
+    assert resumed["step"] == 4 and resumed["epoch"] > state["epoch"]
+
+
+def test_train_command_reports_bad_config(tmp_path, tiny_data, tiny_config, caplog):
+    del tiny_config["train_params"]
+    config = _write_config(tiny_config, tmp_path / "bad.yaml")
+    code = train_main(["fomm", "--config", str(config), "--data", str(tiny_data),
+                       "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2
+    assert "has no train_params" in caplog.text
+
+
+def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
+    config = _write_config(tiny_config, tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    checkpoint = train(TrainOptions(config=str(config), data=str(tiny_data), out=str(run),
+                                    max_steps=1, image_every=0, progress=False))
+    out_json = tmp_path / "scores.json"
+    code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
+                      "--json", str(out_json), "--save-videos", str(tmp_path / "videos"),
+                      "--quiet"])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    assert set(report["mean"]) == {"l1", "psnr", "ssim", "akd"}
+    assert len(report["videos"]) == 2 and report["videos"][0]["frames"] == 8
+    assert 0 < report["mean"]["ssim"] <= 1 and report["mean"]["psnr"] > 0
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
+    assert "mean" in capsys.readouterr().out
+
+
+def test_eval_reports_missing_checkpoint(tmp_path, tiny_data, caplog):
+    code = eval_main(["reconstruct", "--checkpoint", str(tmp_path / "none.pth.tar"),
+                      "--data", str(tiny_data), "--json", str(tmp_path / "x.json")])
+    assert code == 2
+    assert "checkpoint not found" in caplog.text
+
+
+def test_metrics():
+    ramp = torch.linspace(0.2, 0.8, 32)
+    a = (ramp.view(1, 1, 1, 32) * ramp.view(1, 1, 32, 1)).expand(2, 3, 32, 32)
+    noisy = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
+    assert torch.allclose(metrics.ssim(a, a), torch.ones(2), atol=1e-5)
+    assert (metrics.ssim(noisy, a) < 0.5).all()
+    assert (metrics.psnr(a, a) > 90).all()
+    assert torch.allclose(metrics.psnr(torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.1)),
+                          torch.tensor([20.0]), atol=1e-4)
+    kp = torch.zeros(1, 2, 2)
+    assert metrics.keypoint_distance(kp, kp + 2 / 63, 64).item() == pytest.approx(2**0.5)
