@@ -73,6 +73,18 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy of a training checkpoint with only what inference reads: the ``kp_detector`` and
+    ``generator`` state dicts (official layout), the config, epoch and step."""
+    checkpoint = read_checkpoint(src)
+    kept = {key: checkpoint[key] for key in ("kp_detector", "generator", "config", "epoch", "step")
+            if key in checkpoint}
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(kept, dst)
+    return dst
+
+
 def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Path | None = None,
                     device: str | torch.device = "cpu",
                     ) -> tuple[KPDetector, OcclusionAwareGenerator]:

@@ -123,6 +123,26 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
     assert "mean" in capsys.readouterr().out
 
 
+def test_export_and_speed(tmp_path, tiny_config, tiny_data, capsys):
+    config = _write_config(tiny_config, tmp_path / "tiny.yaml")
+    checkpoint = train(TrainOptions(config=str(config), data=str(tiny_data),
+                                    out=str(tmp_path / "run"), max_steps=1, image_every=0,
+                                    progress=False))
+    shipped = tmp_path / "shipped.pth.tar"
+    assert train_main(["export", "--checkpoint", str(checkpoint), "--out", str(shipped)]) == 0
+    assert set(torch.load(shipped, weights_only=False)) == {"kp_detector", "generator", "config",
+                                                           "epoch", "step"}
+    assert shipped.stat().st_size < checkpoint.stat().st_size
+    speed_json = tmp_path / "speed.json"
+    assert eval_main(["speed", "--checkpoint", str(shipped), "--frames", "3",
+                      "--json", str(speed_json)]) == 0
+    figures = json.loads(speed_json.read_text())
+    assert figures["frame_size"] == 32 and figures["frames"] == 3
+    assert figures["kp_detector_ms"] > 0 and figures["synthesis_ms"] > 0
+    assert figures["fps"] == pytest.approx(1000 / figures["total_ms"])
+    assert "frames per second" in capsys.readouterr().out
+
+
 def test_eval_reports_missing_checkpoint(tmp_path, tiny_data, caplog):
     code = eval_main(["reconstruct", "--checkpoint", str(tmp_path / "none.pth.tar"),
                       "--data", str(tiny_data), "--json", str(tmp_path / "x.json")])

@@ -12,6 +12,7 @@ from kpvid.models import (
     SHIPPED_CHECKPOINT,
     CheckpointError,
     ConfigError,
+    export_checkpoint,
     frame_size,
     load_checkpoint_with_config,
 )
@@ -41,7 +42,8 @@ def data_main(argv: list[str] | None = None) -> int:
     """``kpvid-data synth``: write a synthetic data set in the FOMM folder layout."""
     from kpvid.training.synthetic import DOMAINS, write_dataset
 
-    parser = argparse.ArgumentParser(prog="kpvid-data", description=data_main.__doc__)
+    parser = argparse.ArgumentParser(prog="kpvid-data",
+                                     description="Make synthetic training and test videos.")
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="generate synthetic videos (faces or arm)",
                            description="Generate synthetic videos into OUT/train and OUT/test.")
@@ -77,7 +79,7 @@ def train_main(argv: list[str] | None = None) -> int:
     """``kpvid-train fomm``: FOMM reconstruction training."""
     from kpvid.training.train_fomm import TrainOptions, train
 
-    parser = argparse.ArgumentParser(prog="kpvid-train", description=train_main.__doc__)
+    parser = argparse.ArgumentParser(prog="kpvid-train", description="Train kpvid's models.")
     sub = parser.add_subparsers(dest="command", required=True)
     fomm = sub.add_parser(
         "fomm", help="train the keypoint detector and generator",
@@ -110,8 +112,22 @@ def train_main(argv: list[str] | None = None) -> int:
     fomm.add_argument("--image-every", type=int, default=500,
                       help="steps between PNG grids in images/, 0 for none (default: 500)")
     fomm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export = sub.add_parser(
+        "export", help="strip a training checkpoint down to what inference needs",
+        description="Keep only kp_detector, generator, config, epoch and step (no optimizer or "
+                    "discriminator state): the form the shipped checkpoint takes.")
+    export.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint")
+    export.add_argument("--out", type=Path, required=True, help="file to write")
     args = parser.parse_args(argv)
     _setup_logging(False)
+    if args.command == "export":
+        try:
+            path = export_checkpoint(args.checkpoint, args.out)
+        except CheckpointError as exc:
+            log.error("%s", exc)
+            return 2
+        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     opts = TrainOptions(config=args.config, data=str(args.data), out=str(args.out),
@@ -129,10 +145,12 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """``kpvid-eval reconstruct``: rebuild test videos from their first frame and keypoints."""
+    """``kpvid-eval reconstruct`` (quality) and ``kpvid-eval speed`` (per-frame cost)."""
     from kpvid.training.evaluate import evaluate_reconstruction, format_table, write_json
+    from kpvid.training.speed import format_speed, measure_speed
 
-    parser = argparse.ArgumentParser(prog="kpvid-eval", description=eval_main.__doc__)
+    parser = argparse.ArgumentParser(prog="kpvid-eval",
+                                     description="Measure kpvid's models: quality and speed.")
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser(
         "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD",
@@ -152,20 +170,43 @@ def eval_main(argv: list[str] | None = None) -> int:
     rec.add_argument("--device", type=_device, default="cpu",
                      help="cpu or cuda[:N] (default: cpu)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    speed = sub.add_parser(
+        "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
+        description="Time keypoint detection and synthesis of one frame at a time (batch 1, "
+                    "source features computed once) on random frames; prints a table.")
+    speed.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
+                       help="FOMM checkpoint (default: the shipped one)")
+    speed.add_argument("--config", default=None,
+                       help="config for a checkpoint that carries none (official: vox-256)")
+    speed.add_argument("--frames", type=_positive_int, default=200,
+                       help="frames to time after 20 warm-up frames (default: 200)")
+    speed.add_argument("--threads", type=_positive_int, default=None,
+                       help="CPU threads for torch (default: torch's choice)")
+    speed.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     _setup_logging(False)
+    if args.command == "speed" and args.threads:
+        torch.set_num_threads(args.threads)
     try:
         kp_detector, generator, config = load_checkpoint_with_config(
-            args.checkpoint, args.config, args.device)
-        report = evaluate_reconstruction(kp_detector, generator, args.data,
-                                         size=frame_size(config), max_videos=args.max_videos,
-                                         save_videos=args.save_videos, device=args.device,
-                                         progress=not args.quiet)
+            args.checkpoint, args.config, getattr(args, "device", "cpu"))
+        if args.command == "speed":
+            figures = measure_speed(kp_detector, generator, frame_size(config), args.frames)
+            print(format_speed(figures))
+            result = figures.to_json()
+        else:
+            report = evaluate_reconstruction(kp_detector, generator, args.data,
+                                             size=frame_size(config),
+                                             max_videos=args.max_videos,
+                                             save_videos=args.save_videos, device=args.device,
+                                             progress=not args.quiet)
+            print(format_table(report))
+            result = report.to_json()
     except (ConfigError, CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    print(format_table(report))
-    write_json(report, args.json)
-    log.info("wrote %s", args.json)
+    if args.json:
+        write_json(result, args.json)
+        log.info("wrote %s", args.json)
     return 0
 

@@ -154,7 +154,8 @@ def format_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def write_json(report: Report, path: str | Path) -> None:
+def write_json(data: dict, path: str | Path) -> None:
+    """Write ``data`` as indented JSON, creating the folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(report.to_json(), f, indent=2)
+        json.dump(data, f, indent=2)
