@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,22 @@ def test_train_writes_official_checkpoints_logs_and_resumes(tmp_path, tiny_confi
     opts.resume, opts.max_steps = str(checkpoint), 4
     resumed = torch.load(train(opts), weights_only=False)
     assert resumed["step"] == 4 and resumed["epoch"] > state["epoch"]
+
+
+def test_distributed_training_under_torchrun(tmp_path, tiny_config, tiny_data):
+    """Two CPU processes (gloo) through torchrun, as several GPUs would run."""
+    tiny_config["train_params"].update(batch_size=2, num_epochs=2)
+    config = _write_config(tiny_config, tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--no-python",
+         "kpvid-train", "fomm", "--config", str(config), "--data", str(tiny_data),
+         "--out", str(run), "--threads", "1", "--no-progress", "--image-every", "0"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 4 training videos x 2 repeats / (batch 2 x 2 processes) = 2 steps an epoch, 2 epochs
+    state = torch.load(run / "checkpoints" / "latest.pth.tar", weights_only=False)
+    assert state["step"] == 4 and state["epoch"] == 1
 
 
 def test_train_command_reports_bad_config(tmp_path, tiny_data, tiny_config, caplog):

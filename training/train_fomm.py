@@ -296,7 +296,9 @@ def train(opts: TrainOptions) -> Path:
             metrics_file.close()
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    log.info("trained %d steps in %.0f s; checkpoint %s", step, time.time() - started, last_ckpt)
+    if is_main:
+        log.info("trained %d steps in %.0f s; checkpoint %s", step, time.time() - started,
+                 last_ckpt)
     return last_ckpt
 
 
