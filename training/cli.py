@@ -144,6 +144,14 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
+                        help="FOMM checkpoint (default: the shipped one)")
+    parser.add_argument("--config", default=None,
+                        help="config for a checkpoint that carries none (official vox-256 "
+                             "files: vox-256)")
+
+
 def eval_main(argv: list[str] | None = None) -> int:
     """``kpvid-eval reconstruct`` (quality) and ``kpvid-eval speed`` (per-frame cost)."""
     from kpvid.training.evaluate import evaluate_reconstruction, format_table, write_json
@@ -156,10 +164,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD",
         description="Source = each test video's first frame; every frame is driven by its own "
                     "detected keypoints. Prints a table and writes the scores as JSON.")
-    rec.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                     help="FOMM checkpoint (default: the shipped one)")
-    rec.add_argument("--config", default=None,
-                     help="config for a checkpoint that carries none (official files: vox-256)")
+    _add_checkpoint_arguments(rec)
     rec.add_argument("--data", type=Path, required=True,
                      help="data folder (its test/ subfolder when present)")
     rec.add_argument("--json", type=Path, required=True, help="where to write the scores")
@@ -174,10 +179,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
         description="Time keypoint detection and synthesis of one frame at a time (batch 1, "
                     "source features computed once) on random frames; prints a table.")
-    speed.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                       help="FOMM checkpoint (default: the shipped one)")
-    speed.add_argument("--config", default=None,
-                       help="config for a checkpoint that carries none (official: vox-256)")
+    _add_checkpoint_arguments(speed)
     speed.add_argument("--frames", type=_positive_int, default=200,
                        help="frames to time after 20 warm-up frames (default: 200)")
     speed.add_argument("--threads", type=_positive_int, default=None,
