@@ -14,7 +14,7 @@ import yaml
 from kpvid.models import build_networks, load_checkpoint
 from kpvid.training import metrics
 from kpvid.training.cli import eval_main, train_main
-from kpvid.training.losses import Transform, equivariance_losses
+from kpvid.training.losses import Transform, Vgg19, equivariance_losses
 from kpvid.training.synthetic import generate_video, write_dataset
 from kpvid.training.train_fomm import GeneratorFullModel, TrainOptions, train
 
@@ -71,6 +71,32 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
         optimizer.step()
     assert set(losses) == {"reconstruction", "equivariance_value", "equivariance_jacobian"}
     assert loss.item() < 0.5 * first
+
+
+def test_perceptual_loss_with_a_user_supplied_vgg19_file(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    channels = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+                512, 512, 512, 512]
+    state, index, in_channels = {}, 0, 3
+    for c in channels:  # torchvision's vgg19 ``features.N`` layout: conv, relu (, pool)
+        if c == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(c, in_channels, 3, 3) * 0.05
+        state[f"features.{index}.bias"] = torch.zeros(c)
+        in_channels, index = c, index + 2
+    state["classifier.0.weight"] = torch.zeros(1)  # ignored: only features are read
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    vgg = Vgg19(path)
+    assert [f.shape[1] for f in vgg(torch.rand(1, 3, 32, 32))] == [64, 128, 256, 512, 512]
+    kp_detector, generator = build_networks(tiny_config)
+    full = GeneratorFullModel(kp_detector, generator, None, tiny_config["train_params"], vgg)
+    frames = torch.rand(2, 3, 32, 32)
+    losses, _ = full(frames, frames.flip(3))
+    assert "perceptual" in losses and "reconstruction" not in losses
+    losses["perceptual"].backward()
+    assert generator.final.weight.grad.abs().sum() > 0
 
 
 def test_train_writes_official_checkpoints_logs_and_resumes(tmp_path, tiny_config, tiny_data):
