@@ -39,7 +39,7 @@ _OPTIONAL: dict[str, set[str]] = {
                      "checkpoint_freq", "transform_params", "loss_weights", "num_workers"},
     "train_params.transform_params": {"sigma_affine", "sigma_tps", "points_tps"},
     "train_params.loss_weights": {"generator_gan", "discriminator_gan", "feature_matching",
-                                  "perceptual", "reconstruction", "equivariance_value",
+                                  "perceptual", "reconstruction", "ssim", "equivariance_value",
                                   "equivariance_jacobian"},
     "reconstruction_params": {"num_videos", "format"},
     "animate_params": {"num_pairs", "format", "normalization_params"},

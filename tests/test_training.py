@@ -69,7 +69,8 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-    assert set(losses) == {"reconstruction", "equivariance_value", "equivariance_jacobian"}
+    assert set(losses) == {"reconstruction", "ssim", "equivariance_value",
+                           "equivariance_jacobian"}
     assert loss.item() < 0.5 * first
 
 

@@ -2,8 +2,9 @@
 
 Each step takes a (source, driving) pair of frames from one video, detects keypoints in both,
 rebuilds the driving frame from the source and is scored by a multi-scale pyramid loss (L1, or
-VGG19 perceptual with a user-supplied weight file), keypoint/jacobian equivariance under random
-affine + TPS warps, and optionally LSGAN + feature matching. Checkpoints use the official layout.
+VGG19 perceptual with a user-supplied weight file), optionally 1 - SSIM (kpvid's ``ssim``
+weight), keypoint/jacobian equivariance under random affine + TPS warps, and optionally LSGAN +
+feature matching. Checkpoints use the official layout.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kpvid.models.checkpoint import load_state_strict, read_checkpoint
 
 from .dataset import DatasetRepeater, FramesDataset
 from .losses import ImagePyramide, Transform, Vgg19, equivariance_losses
+from .metrics import ssim
 from .visualize import save_png, training_grid
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class GeneratorFullModel(nn.Module):
             losses["reconstruction"] = weight * sum(
                 torch.abs(pyramid_fake[f"prediction_{s}"] - pyramid_real[f"prediction_{s}"]).mean()
                 for s in self.scales)
+        if weights.get("ssim", 0) != 0:
+            losses["ssim"] = weights["ssim"] * (1 - ssim(generated["prediction"], driving)).mean()
 
         if weights.get("generator_gan", 0) != 0 and self.discriminator is not None:
             kp_d = {k: v.detach() for k, v in kp_driving.items()}
