@@ -189,6 +189,11 @@ def polyline(
     cv2.polylines(img, [fixed(points)], closed, color, max(1, round(thickness)), _AA, SHIFT)
 
 
+def _cv_thickness(thickness: float) -> int:
+    """OpenCV thickness: -1 (filled) for negative values, else whole pixels, at least 1."""
+    return -1 if thickness < 0 else max(1, round(thickness))
+
+
 def circle(
     img: np.ndarray,
     center: Sequence[float],
@@ -197,9 +202,9 @@ def circle(
     thickness: float = -1,
 ) -> None:
     """Anti-aliased circle (filled when thickness < 0)."""
-    t = -1 if thickness < 0 else max(1, round(thickness))
     c = fixed(center)
-    cv2.circle(img, (int(c[0]), int(c[1])), int(round(radius * _ONE)), color, t, _AA, SHIFT)
+    cv2.circle(img, (int(c[0]), int(c[1])), int(round(radius * _ONE)), color,
+               _cv_thickness(thickness), _AA, SHIFT)
 
 
 def ellipse(
@@ -211,11 +216,9 @@ def ellipse(
     thickness: float = -1,
 ) -> None:
     """Anti-aliased ellipse (filled when thickness < 0); axes are semi-axes in pixels."""
-    t = -1 if thickness < 0 else max(1, round(thickness))
     c, a = fixed(center), fixed(axes)
-    cv2.ellipse(
-        img, (int(c[0]), int(c[1])), (int(a[0]), int(a[1])), angle_deg, 0, 360, color, t, _AA, SHIFT
-    )
+    cv2.ellipse(img, (int(c[0]), int(c[1])), (int(a[0]), int(a[1])), angle_deg, 0, 360, color,
+                _cv_thickness(thickness), _AA, SHIFT)
 
 
 def ellipse_points(
