@@ -8,6 +8,7 @@ from .checkpoint import (
     frame_size,
     load_checkpoint,
     load_checkpoint_with_config,
+    model_id,
     read_checkpoint,
 )
 from .config import ConfigError, load_config, validate_config
@@ -31,6 +32,7 @@ __all__ = [
     "load_checkpoint",
     "load_checkpoint_with_config",
     "load_config",
+    "model_id",
     "normalize_kp",
     "read_checkpoint",
     "validate_config",

@@ -95,6 +95,12 @@ def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Pa
     return kp_detector, generator
 
 
+def model_id(path: str | Path) -> str:
+    """The name senders and edges compare to agree on a model: the file name without
+    ``.pth.tar`` / ``.pth`` (``kpvid-faces-64`` for the shipped checkpoint)."""
+    return Path(path).name.removesuffix(".tar").removesuffix(".pth")
+
+
 def frame_size(config: dict) -> int:
     """Square frame size the config's networks were trained at (``dataset_params.frame_shape``)."""
     return int(config.get("dataset_params", {}).get("frame_shape", [256])[0])

@@ -1,1 +1,64 @@
-"""Wire protocol between sender and receiver."""
+"""Wire protocol between sender and receiver: versioned msgpack messages, keypoint codecs and
+source image transfer. protocol/README.md is the byte-level spec."""
+
+from .errors import (
+    InvalidField,
+    MalformedMessage,
+    MessageTooLarge,
+    ProtocolError,
+    UnsupportedVersion,
+)
+from .keypoint_codec import KEYPOINT_CODECS, MAX_KEYPOINTS, KeypointCodec
+from .messages import (
+    IMAGE_FORMATS,
+    MAX_CHUNK_DATA_BYTES,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    Bye,
+    Feedback,
+    Hello,
+    Keypoints,
+    Message,
+    SourceImageChunk,
+    SourceRequest,
+    decode_message,
+    encode_message,
+    validate_message,
+)
+from .source_image import (
+    MAX_SOURCE_PIXELS,
+    SourceImageAssembler,
+    decode_source_image,
+    encode_source_image,
+    split_source_image,
+)
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "KEYPOINT_CODECS",
+    "MAX_CHUNK_DATA_BYTES",
+    "MAX_KEYPOINTS",
+    "MAX_MESSAGE_BYTES",
+    "MAX_SOURCE_PIXELS",
+    "PROTOCOL_VERSION",
+    "Bye",
+    "Feedback",
+    "Hello",
+    "InvalidField",
+    "KeypointCodec",
+    "Keypoints",
+    "MalformedMessage",
+    "Message",
+    "MessageTooLarge",
+    "ProtocolError",
+    "SourceImageAssembler",
+    "SourceImageChunk",
+    "SourceRequest",
+    "UnsupportedVersion",
+    "decode_message",
+    "decode_source_image",
+    "encode_message",
+    "encode_source_image",
+    "split_source_image",
+    "validate_message",
+]

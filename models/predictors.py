@@ -1,0 +1,138 @@
+"""Causal, open-loop keypoint predictors that fill the keypoint sets a receiver did not get.
+
+A predictor serves one stream. The receiver calls :meth:`Predictor.observe` with every keypoint
+set it received and :meth:`Predictor.predict` for every set it has to invent (scheduled by the
+sender's observe-M / predict-N pattern, or lost). Prediction is open loop: a predictor's own
+output is its next input, exactly as if it had been observed, and it never sees the ground truth
+of a predicted step. Keypoint sets are ``kp6`` arrays: float32 ``(K, 6)`` rows of
+``[x, y, j00, j01, j10, j11]`` (see :func:`to_kp6`).
+
+Interface for new predictors (the learned ones come later): subclass :class:`Predictor`, set a
+class attribute ``name``, implement the three methods, and register the class in
+:data:`PREDICTORS`. Batched models may add batched helpers of their own; the receiver only relies
+on ``reset`` / ``observe`` / ``predict``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+
+
+def to_kp6(value: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
+    """FOMM keypoints (``value`` (K, 2), ``jacobian`` (K, 2, 2)) -> float32 ``(K, 6)``."""
+    value = np.asarray(value, dtype=np.float32)
+    jacobian = np.asarray(jacobian, dtype=np.float32)
+    if value.ndim != 2 or value.shape[1] != 2 or jacobian.shape != (value.shape[0], 2, 2):
+        raise ValueError(f"expected value (K, 2) and jacobian (K, 2, 2), got {value.shape} and "
+                         f"{jacobian.shape}")
+    return np.concatenate([value, jacobian.reshape(-1, 4)], axis=1)
+
+
+def from_kp6(kp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(K, 6)`` -> (``value`` (K, 2), ``jacobian`` (K, 2, 2)), both float32 copies."""
+    kp6 = check_kp6(kp6)
+    return kp6[:, :2].copy(), kp6[:, 2:].reshape(-1, 2, 2).copy()
+
+
+def check_kp6(kp6: np.ndarray) -> np.ndarray:
+    """``kp6`` as a float32 ``(K, 6)`` array; ValueError for any other shape."""
+    kp6 = np.asarray(kp6, dtype=np.float32)
+    if kp6.ndim != 2 or kp6.shape[1] != 6 or kp6.shape[0] == 0:
+        raise ValueError(f"expected a keypoint set of shape (K, 6), got {kp6.shape}")
+    return kp6
+
+
+class Predictor(ABC):
+    """One stream's keypoint predictor: causal (past sets only) and open loop."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the stream's history (a new sender, or a new source image)."""
+
+    @abstractmethod
+    def observe(self, kp6: np.ndarray) -> None:
+        """Record a received keypoint set ``(K, 6)``; K must stay the same until :meth:`reset`."""
+
+    @abstractmethod
+    def predict(self) -> np.ndarray:
+        """The next set ``(K, 6)`` float32, which then counts as the latest set (fed back).
+
+        Raises RuntimeError before any :meth:`observe` since the last :meth:`reset`."""
+
+
+class HoldLast(Predictor):
+    """Repeats the latest set (observed or predicted): the zero-motion baseline."""
+
+    name = "hold-last"
+
+    def __init__(self) -> None:
+        self._last: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._last = None
+
+    def observe(self, kp6: np.ndarray) -> None:
+        self._last = _checked_next(kp6, self._last)
+
+    def predict(self) -> np.ndarray:
+        if self._last is None:
+            raise RuntimeError(f"{self.name}: predict() before any observe()")
+        return self._last.copy()
+
+
+class ConstantVelocity(Predictor):
+    """Linear extrapolation ``x[t+1] = x[t] + (x[t] - x[t-1])`` of all six numbers per keypoint.
+
+    Open loop: each prediction becomes ``x[t]``, so a run of predictions continues the last
+    velocity in a straight line. With a single set in its history it holds that set."""
+
+    name = "constant-velocity"
+
+    def __init__(self) -> None:
+        self._prev: np.ndarray | None = None
+        self._last: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._prev = None
+        self._last = None
+
+    def observe(self, kp6: np.ndarray) -> None:
+        self._prev, self._last = self._last, _checked_next(kp6, self._last)
+
+    def predict(self) -> np.ndarray:
+        if self._last is None:
+            raise RuntimeError(f"{self.name}: predict() before any observe()")
+        last, prev = self._last, self._prev
+        nxt = last.copy() if prev is None else last + (last - prev)
+        self._prev, self._last = self._last, nxt
+        return nxt.copy()
+
+
+def _checked_next(kp6: np.ndarray, last: np.ndarray | None) -> np.ndarray:
+    """A private float32 copy of ``kp6``, checked against the shape of the previous set."""
+    kp6 = check_kp6(kp6).copy()
+    if last is not None and kp6.shape != last.shape:
+        raise ValueError(f"keypoint set shape changed from {last.shape} to {kp6.shape}; "
+                         "reset() the predictor first")
+    return kp6
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    HoldLast.name: HoldLast,
+    ConstantVelocity.name: ConstantVelocity,
+}
+
+
+def make_predictor(name: str) -> Predictor:
+    """A fresh predictor by registry name (ValueError listing the choices for unknown names)."""
+    try:
+        cls = PREDICTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown predictor {name!r}; choose one of: "
+                         f"{', '.join(sorted(PREDICTORS))}") from None
+    return cls()

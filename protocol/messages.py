@@ -1,0 +1,342 @@
+"""Protocol messages, their msgpack layout and validation (protocol/README.md is the spec)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .errors import (
+    InvalidField,
+    MalformedMessage,
+    MessageTooLarge,
+    ProtocolError,
+    UnsupportedVersion,
+)
+from .keypoint_codec import CODECS_BY_WIRE_ID, KEYPOINT_CODECS, MAX_KEYPOINTS
+
+PROTOCOL_VERSION: int = 1
+MAX_MESSAGE_BYTES: int = 16384  # no encoded message may exceed this (SCTP-safe)
+
+MAX_FRAME_INDEX = 2**53 - 1  # also the largest Feedback counter (exact in a JavaScript number)
+MAX_FPS = 240.0
+MAX_GROUP = MAX_KEYPOINTS  # observe + predict <= 64
+MIN_FRAME_SIZE, MAX_FRAME_SIZE = 16, 1024
+MAX_MODEL_ID_CHARS = 128
+MAX_REASON_CHARS = 256
+IMAGE_FORMATS = ("jpeg", "webp")
+MAX_IMAGE_ID = 2**32 - 1
+MAX_CHUNKS = 1024
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+CHUNK_OVERHEAD_BYTES = 32  # the most a SourceImageChunk message adds to its data
+MAX_CHUNK_DATA_BYTES = MAX_MESSAGE_BYTES - CHUNK_OVERHEAD_BYTES
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Sender -> receiver, first on ctrl: what the stream is."""
+
+    stream: str
+    fps: float
+    observe: int  # M: observed frames per group
+    predict: int  # N: predicted (not sent) frames per group
+    frame_size: int
+    num_kp: int
+    model_id: str
+    codec: str  # keypoint codec name, e.g. "f16" or "q12"
+
+
+@dataclass(frozen=True)
+class SourceImageChunk:
+    image_id: int
+    index: int
+    count: int
+    format: str  # "jpeg" | "webp"
+    total_bytes: int
+    crc32: int  # zlib.crc32 of the WHOLE image
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Keypoints:
+    """One keypoint set. ``value`` (K,2) and ``jacobian`` (K,2,2): any real array-likes on
+    encode, float32 arrays on decode. ``==`` compares arrays exactly."""
+
+    frame_index: int
+    capture_time: float  # sender wall clock, seconds since the epoch
+    group_position: int  # 0 .. observe+predict-1 (position in its group)
+    codec: str
+    value: np.ndarray
+    jacobian: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Keypoints):
+            return NotImplemented
+        return ((self.frame_index, self.capture_time, self.group_position, self.codec)
+                == (other.frame_index, other.capture_time, other.group_position, other.codec)
+                and np.array_equal(self.value, other.value)
+                and np.array_equal(self.jacobian, other.jacobian))
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Receiver -> sender on ctrl: counters since the session started."""
+
+    received: int
+    lost: int
+    predicted: int
+    prediction_error: float | None
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """Receiver -> sender: (re)send the source image."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Either side ends the session. From a sender, `last_frame_index` is the stream's last
+    frame, so the edge plays (and predicts) through it before it stops."""
+
+    reason: str
+    last_frame_index: int | None = None
+
+
+Message = Hello | SourceImageChunk | Keypoints | Feedback | SourceRequest | Bye
+
+_TYPE_CODES: dict[type, int] = {Hello: 1, SourceImageChunk: 2, Keypoints: 3, Feedback: 4,
+                                SourceRequest: 5, Bye: 6}
+_TYPES_BY_CODE = {code: cls for cls, code in _TYPE_CODES.items()}
+_KEYPOINTS_WIRE_FIELDS = 5  # frame_index, capture_time, group_position, codec id, payload
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Checker:
+    """Type and range checks of one message's fields. A wrong type raises ``bad_type``
+    (MalformedMessage when decoding, InvalidField when encoding); a bad value InvalidField."""
+
+    def __init__(self, message: str, bad_type: type[ProtocolError]) -> None:
+        self.message = message
+        self.bad_type = bad_type
+
+    def _wrong_type(self, name: str, expected: str, value: Any) -> ProtocolError:
+        return self.bad_type(f"{self.message}.{name}: expected {expected}, "
+                             f"got {type(value).__name__} {_show(value)}")
+
+    def invalid(self, name: str, why: str) -> InvalidField:
+        return InvalidField(f"{self.message}.{name}: {why}")
+
+    def integer(self, name: str, value: Any, lo: int, hi: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise self._wrong_type(name, "an integer", value)
+        value = int(value)
+        if not lo <= value <= hi:
+            raise self.invalid(name, f"{_show(value)} out of range [{lo}, {hi}]")
+        return value
+
+    def number(self, name: str, value: Any, lo: float, hi: float, *,
+               lo_open: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise self._wrong_type(name, "a number", value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self.invalid(name, f"{_show(value)} is too large") from None
+        if not math.isfinite(number):
+            raise self.invalid(name, f"{number} is not a finite number")
+        if not (lo < number if lo_open else lo <= number) or not number <= hi:
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
+            raise self.invalid(name, f"{number} out of range {interval}")
+        return number
+
+    def text(self, name: str, value: Any, max_chars: int) -> str:
+        if not isinstance(value, str):
+            raise self._wrong_type(name, "a string", value)
+        if len(value) > max_chars:
+            raise self.invalid(name, f"{len(value)} characters, at most {max_chars} allowed")
+        return value
+
+    def binary(self, name: str, value: Any, lo: int, hi: int) -> bytes:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise self._wrong_type(name, "bytes", value)
+        value = bytes(value)
+        if not lo <= len(value) <= hi:
+            raise self.invalid(name, f"{len(value)} bytes, out of range [{lo}, {hi}]")
+        return value
+
+    def choice(self, name: str, value: Any, choices: tuple[str, ...] | dict[str, Any]) -> str:
+        value = self.text(name, value, 64)
+        if value not in choices:
+            raise self.invalid(name, f"unknown {_show(value)} (known: {', '.join(choices)})")
+        return value
+
+
+def _hello(m: Hello, c: _Checker) -> Hello:
+    stream = c.text("stream", m.stream, 64)
+    if not _STREAM_NAME.fullmatch(stream):
+        raise c.invalid("stream", f"{_show(stream)} is not 1-64 characters of [A-Za-z0-9_.-]")
+    observe = c.integer("observe", m.observe, 1, MAX_GROUP)
+    predict = c.integer("predict", m.predict, 0, MAX_GROUP - 1)
+    if observe + predict > MAX_GROUP:
+        raise c.invalid("predict", f"observe + predict = {observe + predict} is more than "
+                                   f"{MAX_GROUP}")
+    return Hello(stream=stream,
+                 fps=c.number("fps", m.fps, 0.0, MAX_FPS, lo_open=True),
+                 observe=observe, predict=predict,
+                 frame_size=c.integer("frame_size", m.frame_size, MIN_FRAME_SIZE, MAX_FRAME_SIZE),
+                 num_kp=c.integer("num_kp", m.num_kp, 1, MAX_KEYPOINTS),
+                 model_id=c.text("model_id", m.model_id, MAX_MODEL_ID_CHARS),
+                 codec=c.choice("codec", m.codec, KEYPOINT_CODECS))
+
+
+def _chunk(m: SourceImageChunk, c: _Checker) -> SourceImageChunk:
+    count = c.integer("count", m.count, 1, MAX_CHUNKS)
+    index = c.integer("index", m.index, 0, MAX_CHUNKS - 1)
+    if index >= count:
+        raise c.invalid("index", f"{index} is not less than count {count}")
+    total_bytes = c.integer("total_bytes", m.total_bytes, 1, MAX_IMAGE_BYTES)
+    if count > total_bytes:
+        raise c.invalid("count", f"{count} chunks for an image of {total_bytes} bytes")
+    return SourceImageChunk(image_id=c.integer("image_id", m.image_id, 0, MAX_IMAGE_ID),
+                            index=index, count=count,
+                            format=c.choice("format", m.format, IMAGE_FORMATS),
+                            total_bytes=total_bytes,
+                            crc32=c.integer("crc32", m.crc32, 0, 2**32 - 1),
+                            data=c.binary("data", m.data, 1,
+                                         min(total_bytes, MAX_CHUNK_DATA_BYTES)))
+
+
+def _keypoints_header(c: _Checker, frame_index: Any, capture_time: Any,
+                      group_position: Any) -> tuple[int, float, int]:
+    return (c.integer("frame_index", frame_index, 0, MAX_FRAME_INDEX),
+            c.number("capture_time", capture_time, 0.0, math.inf),
+            c.integer("group_position", group_position, 0, MAX_GROUP - 1))
+
+
+def _feedback(m: Feedback, c: _Checker) -> Feedback:
+    error = m.prediction_error
+    return Feedback(received=c.integer("received", m.received, 0, MAX_FRAME_INDEX),
+                    lost=c.integer("lost", m.lost, 0, MAX_FRAME_INDEX),
+                    predicted=c.integer("predicted", m.predicted, 0, MAX_FRAME_INDEX),
+                    prediction_error=None if error is None else
+                    c.number("prediction_error", error, 0.0, math.inf))
+
+
+def _source_request(m: SourceRequest, c: _Checker) -> SourceRequest:
+    return SourceRequest(reason=c.text("reason", m.reason, MAX_REASON_CHARS))
+
+
+def _bye(m: Bye, c: _Checker) -> Bye:
+    last = m.last_frame_index
+    return Bye(reason=c.text("reason", m.reason, MAX_REASON_CHARS),
+               last_frame_index=None if last is None else
+               c.integer("last_frame_index", last, 0, MAX_FRAME_INDEX))
+
+
+_CHECKS = {Hello: _hello, SourceImageChunk: _chunk, Feedback: _feedback,
+           SourceRequest: _source_request, Bye: _bye}
+
+
+def _encode_keypoints(m: Keypoints) -> tuple[Keypoints, list[Any]]:
+    """The message with its scalars normalised, and its wire fields."""
+    c = _Checker("Keypoints", InvalidField)
+    frame_index, capture_time, group_position = _keypoints_header(
+        c, m.frame_index, m.capture_time, m.group_position)
+    codec = KEYPOINT_CODECS[c.choice("codec", m.codec, KEYPOINT_CODECS)]
+    try:
+        payload = codec.encode(m.value, m.jacobian)
+    except InvalidField as exc:
+        raise InvalidField(f"Keypoints.{exc}") from None
+    normalised = Keypoints(frame_index, capture_time, group_position, codec.name, m.value,
+                           m.jacobian)
+    return normalised, [frame_index, capture_time, group_position, codec.wire_id, payload]
+
+
+def validate_message(msg: Message) -> Message:
+    """The message with its scalar fields normalised to plain Python types (numpy scalars ->
+    int, float; bytearray -> bytes); InvalidField if a receiver would reject it."""
+    if isinstance(msg, Keypoints):
+        return _encode_keypoints(msg)[0]
+    check = _CHECKS.get(type(msg))
+    if check is None:
+        raise TypeError(f"not a protocol message: {type(msg).__name__}")
+    return check(msg, _Checker(type(msg).__name__, InvalidField))
+
+
+def encode_message(msg: Message) -> bytes:
+    """msgpack array [PROTOCOL_VERSION, type code, fields...]; InvalidField for bad values."""
+    if isinstance(msg, Keypoints):
+        msg, body = _encode_keypoints(msg)
+    else:
+        msg = validate_message(msg)
+        body = [getattr(msg, f.name) for f in fields(msg)]
+    return msgpack.packb([PROTOCOL_VERSION, _TYPE_CODES[type(msg)], *body], use_bin_type=True)
+
+
+def _decode_keypoints(body: list[Any]) -> Keypoints:
+    c = _Checker("Keypoints", MalformedMessage)
+    frame_index, capture_time, group_position, codec_id, payload = body
+    header = _keypoints_header(c, frame_index, capture_time, group_position)
+    codec = CODECS_BY_WIRE_ID.get(c.integer("codec", codec_id, 0, 2**64 - 1))
+    if codec is None:
+        raise c.invalid("codec", f"unknown codec id {codec_id} (known: " + ", ".join(
+            f"{i} {k.name}" for i, k in CODECS_BY_WIRE_ID.items()) + ")")
+    payload = c.binary("payload", payload, 0, MAX_MESSAGE_BYTES)
+    try:
+        value, jacobian = codec.decode(payload)
+    except InvalidField as exc:
+        raise c.invalid("payload", str(exc)) from None
+    return Keypoints(*header, codec=codec.name, value=value, jacobian=jacobian)
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse and validate one message. Raises MessageTooLarge, MalformedMessage,
+    UnsupportedVersion or InvalidField (all ProtocolError) naming the field and value."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MalformedMessage(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(f"message of {len(data)} bytes, at most {MAX_MESSAGE_BYTES} "
+                              "allowed")
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise MalformedMessage(f"not a msgpack value ({why})") from None
+    if not isinstance(obj, list) or not obj:
+        raise MalformedMessage(f"expected a msgpack array [version, type, fields...], got "
+                               f"{type(obj).__name__} {_show(obj)}")
+    version = obj[0]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise MalformedMessage(f"version: expected an integer, got {_show(version)}")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(f"protocol version {version}, this side speaks "
+                                 f"{PROTOCOL_VERSION}")
+    if len(obj) < 2:
+        raise MalformedMessage("message has no type code")
+    code = obj[1]
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise MalformedMessage(f"type: expected an integer, got {_show(code)}")
+    cls = _TYPES_BY_CODE.get(code)
+    if cls is None:
+        raise InvalidField(f"type: unknown message type code {code}")
+    body = obj[2:]
+    expected = _KEYPOINTS_WIRE_FIELDS if cls is Keypoints else len(fields(cls))
+    if len(body) != expected:
+        raise MalformedMessage(f"{cls.__name__}: expected {expected} fields after version and "
+                               f"type, got {len(body)}")
+    if cls is Keypoints:
+        return _decode_keypoints(body)
+    return _CHECKS[cls](cls(*body), _Checker(cls.__name__, MalformedMessage))

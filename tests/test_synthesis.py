@@ -1,0 +1,242 @@
+"""Synthesis engine: batches match per-frame FOMM, the loop stays free, errors stay local."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from kpvid.models import build_networks
+from kpvid.models.predictors import to_kp6
+from kpvid.receiver.synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
+
+
+@pytest.fixture()
+def networks(tiny_config):
+    torch.manual_seed(0)
+    kp_detector, generator = build_networks(tiny_config)
+    return kp_detector.eval(), generator.eval()
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    """n smooth 32x32 RGB images, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:32, 0:32] / 31
+    out = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0, 1, 3)
+        img = np.stack([a * x + (1 - a) * y, np.sin(6 * b * x + c) * 0.5 + 0.5, c * y], -1)
+        out.append((img * 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+
+
+def reference_frame(kp_detector, generator, source: np.ndarray, kp6: np.ndarray) -> np.ndarray:
+    """Plain per-frame FOMM, converted to uint8 like training/visualize.to_uint8."""
+    with torch.no_grad():
+        src = to_tensor(source)
+        kp_driving = {"value": torch.from_numpy(kp6[None, :, :2].copy()),
+                      "jacobian": torch.from_numpy(kp6[None, :, 2:].reshape(1, -1, 2, 2).copy())}
+        pred = generator(src, kp_driving, kp_detector(src))["prediction"]
+    array = pred.clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
+    return (array * 255 + 0.5).astype(np.uint8)
+
+
+def driving_kp6(kp_detector, image: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        kp = kp_detector(to_tensor(image))
+    return to_kp6(kp["value"][0].numpy(), kp["jacobian"][0].numpy())
+
+
+def gate_decode(generator) -> threading.Event:
+    """Make the first decode wait until the returned event is set (lets a queue build up)."""
+    gate = threading.Event()
+    original = generator.decode
+    calls = []
+
+    def decode(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            gate.wait(5)
+        return original(*args, **kwargs)
+
+    generator.decode = decode
+    return gate
+
+
+def test_batched_renders_across_streams_match_per_frame_fomm(networks):
+    kp_detector, generator = networks
+    sources = images(3, seed=1)
+    drivers = images(4, seed=2)
+    kp6s = [driving_kp6(kp_detector, d) for d in drivers]
+    expected = {(s, d): reference_frame(kp_detector, generator, sources[s], kp6s[d])
+                for s in range(3) for d in range(4)}
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, torch.device("cpu"), max_batch=8)
+        try:
+            source_kp = await asyncio.gather(
+                *(engine.set_source(f"s{s}", sources[s]) for s in range(3)))
+            gate = gate_decode(generator)
+            jobs = [(s, d) for d in range(4) for s in range(3)]
+            tasks = [asyncio.ensure_future(engine.render(f"s{s}", kp6s[d])) for s, d in jobs[:1]]
+            await asyncio.sleep(0.05)  # the worker sits in its first decode (a batch of one)
+            tasks += [asyncio.ensure_future(engine.render(f"s{s}", kp6s[d])) for s, d in jobs[1:]]
+            await asyncio.sleep(0.05)  # the other 11 wait in the queue
+            gate.set()
+            frames = await asyncio.gather(*tasks)
+            return source_kp, dict(zip(jobs, frames)), engine.batches, engine.frames
+        finally:
+            engine.close()
+
+    source_kp, frames, batches, n_frames = asyncio.run(main())
+    for s in range(3):
+        np.testing.assert_allclose(source_kp[s], driving_kp6(kp_detector, sources[s]), atol=1e-6)
+    for key, frame in frames.items():
+        assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+        diff = np.abs(frame.astype(int) - expected[key].astype(int)).max()
+        assert diff <= 1, (key, diff)
+    assert n_frames == 12
+    assert batches < n_frames  # 1 (the gated one) + 8 + 3 -> 3 batches
+    assert batches == 3
+
+
+def test_event_loop_stays_responsive_during_a_slow_render(networks):
+    kp_detector, generator = networks
+    original = generator.decode
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    generator.decode = slow_decode
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu")
+        try:
+            kp6 = await engine.set_source("a", images(1, seed=3)[0])
+            ticks = 0
+            render = asyncio.ensure_future(engine.render("a", kp6))
+            while not render.done():
+                await asyncio.sleep(0.01)
+                ticks += 1
+            await render
+            return ticks
+        finally:
+            engine.close()
+
+    assert asyncio.run(main()) >= 10
+
+
+def test_unknown_and_dropped_streams_fail_only_their_requests(networks):
+    kp_detector, generator = networks
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu")
+        try:
+            kp6 = await engine.set_source("a", images(1, seed=4)[0])
+            await engine.set_source("b", images(1, seed=5)[0])
+            with pytest.raises(UnknownStreamError, match="nope"):
+                await engine.render("nope", kp6)
+            assert isinstance(UnknownStreamError("x"), KeyError)
+            engine.drop("b")
+            results = await asyncio.gather(engine.render("a", kp6), engine.render("b", kp6),
+                                           return_exceptions=True)
+            assert isinstance(results[0], np.ndarray)
+            assert isinstance(results[1], UnknownStreamError)
+            with pytest.raises(ValueError, match="keypoints"):  # wrong K for the model
+                await engine.render("a", kp6[:2])
+            with pytest.raises(ValueError):
+                await engine.render("a", kp6[:, :4])
+            with pytest.raises(ValueError):
+                await engine.set_source("c", np.zeros((32, 32), np.uint8))
+        finally:
+            engine.close()
+
+    asyncio.run(main())
+
+
+def test_model_errors_fail_only_the_affected_futures(networks):
+    kp_detector, generator = networks
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu")
+        try:
+            good = await engine.set_source("good", images(1, seed=6)[0])
+            await engine.set_source("bad", images(1, seed=7)[0])
+            gate = gate_decode(generator)
+            gated = generator.decode
+
+            def decode(features, source_image, kp_driving, kp_source):
+                if torch.isnan(kp_driving["value"]).any():
+                    raise FloatingPointError("nan keypoints")
+                return gated(features, source_image, kp_driving, kp_source)
+
+            generator.decode = decode
+            bad = good.copy()
+            bad[0, 0] = np.nan
+            tasks = [asyncio.ensure_future(engine.render(s, k))
+                     for s, k in [("good", good), ("good", good), ("bad", bad), ("good", good)]]
+            await asyncio.sleep(0.05)
+            gate.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            assert [type(r).__name__ for r in results] == \
+                ["ndarray", "ndarray", "FloatingPointError", "ndarray"]
+            assert engine.errors == 1
+            assert (await engine.render("good", good)).shape == (32, 32, 3)  # worker alive
+        finally:
+            engine.close()
+
+    asyncio.run(main())
+
+
+def test_close_is_idempotent_and_fails_queued_requests(networks):
+    kp_detector, generator = networks
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu")
+        kp6 = await engine.set_source("a", images(1, seed=8)[0])
+        gate = gate_decode(generator)
+        tasks = [asyncio.ensure_future(engine.render("a", kp6))]
+        await asyncio.sleep(0.05)  # the first render is in the gated decode
+        tasks += [asyncio.ensure_future(engine.render("a", kp6)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # two more are queued
+        closer = asyncio.get_running_loop().run_in_executor(None, engine.close)
+        await asyncio.sleep(0.05)
+        gate.set()
+        await closer
+        engine.close()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], np.ndarray)  # the batch in progress completes
+        assert all(isinstance(r, EngineClosedError) for r in results[1:])
+        with pytest.raises(EngineClosedError):
+            await engine.render("a", kp6)
+        engine.drop("a")  # a no-op after close
+        assert not engine._thread.is_alive()
+
+    asyncio.run(main())
+
+
+def test_cancelled_render_does_not_break_the_engine(networks):
+    kp_detector, generator = networks
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu")
+        try:
+            kp6 = await engine.set_source("a", images(1, seed=9)[0])
+            task = asyncio.ensure_future(engine.render("a", kp6))
+            await asyncio.sleep(0)
+            task.cancel()
+            frame = await engine.render("a", kp6)
+            assert frame.shape == (32, 32, 3)
+        finally:
+            engine.close()
+
+    asyncio.run(main())
