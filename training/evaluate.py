@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -17,7 +18,6 @@ from kpvid.models import KPDetector, OcclusionAwareGenerator
 
 from . import metrics
 from .dataset import list_videos, read_video
-from .visualize import draw_keypoints, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,17 @@ def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, nam
     return scores, rebuilt, kp_driving["value"]
 
 
-def write_side_by_side(path: Path, frames: torch.Tensor, rebuilt: torch.Tensor,
-                       keypoints: torch.Tensor, fps: int = 25) -> None:
-    """mp4 of (driving with keypoints | rebuilt) side by side."""
+def write_side_by_side(path: Path, panels: list[np.ndarray], fps: float = 25) -> None:
+    """mp4 of equally long T x H x W x 3 uint8 clips placed side by side."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    left = [draw_keypoints(im, kp) for im, kp in zip(to_uint8(frames), keypoints.cpu().numpy())]
-    right = to_uint8(rebuilt)
+    frames = np.concatenate(panels, axis=2)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[2], frames.shape[3] * 2
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "18"}
-        for a, b in zip(left, right):
-            frame = av.VideoFrame.from_ndarray(np.concatenate([a, b], axis=1), format="rgb24")
-            container.mux(stream.encode(frame))
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
 
 

@@ -1,0 +1,247 @@
+"""``kpvid-demo``: a receiver and a synthetic-face sender on this machine, end to end.
+
+Starts ``kpvid-receive`` (CPU, recording) and ``kpvid-send --synthetic faces`` as two real
+processes talking WebRTC over HTTPS signaling, shows the viewer URL and a progress bar while the
+clip streams, then prints what happened: keypoint kbps, frame rate, the predicted share,
+end-to-end latency (capture on the sender to frame out of the receiver), CPU of each process, and
+PSNR/SSIM of the recorded output against the frames the sender captured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import psutil
+import torch
+from tqdm import tqdm
+
+from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
+from kpvid.sender.sources import SyntheticSource
+from kpvid.training.evaluate import write_side_by_side
+from kpvid.training.metrics import psnr, ssim
+
+STREAM = "demo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Edge:
+    """How the demo talks to its receiver's HTTPS API."""
+
+    url: str
+    token: str
+    ssl_context: ssl.SSLContext
+
+    def get(self, path: str) -> dict:
+        request = urllib.request.Request(self.url + path,
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, context=self.ssl_context, timeout=5) as response:
+            return json.load(response)
+
+    def stream(self) -> tuple[dict | None, bool]:
+        """The demo stream's figures, and whether it has ended."""
+        state = self.get("/api/streams")
+        for ended, streams in ((False, state["streams"]), (True, state["ended"])):
+            found = next((s for s in streams if s["name"] == STREAM), None)
+            if found is not None:
+                return found, ended
+        return None, False
+
+
+class CpuMeter:
+    """CPU share of a process between two readings (while the stream plays)."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.first: tuple[float, float] | None = None
+        self.last: tuple[float, float] | None = None
+
+    def sample(self) -> None:
+        try:
+            times = self.process.cpu_times()
+        except psutil.NoSuchProcess:
+            return
+        reading = (time.monotonic(), times.user + times.system)
+        self.first = self.first or reading
+        self.last = reading
+
+    def percent(self) -> float | None:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        return 100 * (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+
+
+def wait_until_up(edge: Edge, receiver: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if receiver.poll() is not None:
+            raise SystemExit(f"kpvid-receive exited with {receiver.returncode}")
+        try:
+            edge.get("/healthz")
+            return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.3)
+    raise SystemExit("kpvid-receive did not come up in time")
+
+
+def read_recording(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def score(received: np.ndarray, sent: np.ndarray) -> tuple[float, float]:
+    """Mean PSNR (dB) and SSIM of received frames against the frames the sender captured."""
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)
+
+    a, b = tensor(received), tensor(sent)
+    return float(psnr(a, b).mean()), float(ssim(a, b).mean())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kpvid-demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300,
+                        help="frames the sender streams (default: 300, 10 s at 30 fps)")
+    parser.add_argument("--fps", type=float, default=30.0, help="stream frame rate (default: 30)")
+    parser.add_argument("--seed", type=int, default=2026,
+                        help="synthetic face to stream (default: 2026, never used in training)")
+    parser.add_argument("--observe", type=int, default=1,
+                        help="frames the sender detects keypoints on, per group (default: 1)")
+    parser.add_argument("--predict", type=int, default=1,
+                        help="frames the edge predicts, per group (default: 1)")
+    parser.add_argument("--predictor", default="constant-velocity",
+                        help="the edge's predictor (default: constant-velocity)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="the receiver's HTTPS port (default: a free one)")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="recording, side-by-side video and certificate go here "
+                             "(default: out/demo)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.frames < 2 or args.fps <= 0:
+        raise SystemExit("kpvid-demo: --frames must be >= 2 and --fps > 0")
+    args.out.mkdir(parents=True, exist_ok=True)
+    recordings = args.out / "recordings"
+    for old in recordings.glob(f"{STREAM}-*.mp4"):
+        old.unlink()
+    port = args.port or free_port()
+    token = secrets.token_urlsafe(12)
+    env = {**os.environ, "KPVID_TOKEN": token}
+    logs = (args.out / "receiver.log").open("w"), (args.out / "sender.log").open("w")
+
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1",
+         "--port", str(port), "--state-dir", str(args.out / "tls"), "--record", str(recordings),
+         "--predictor", args.predictor],
+        env=env, stdout=logs[0], stderr=subprocess.STDOUT)
+    sender: subprocess.Popen | None = None
+    try:
+        cert = args.out / "tls" / "cert.pem"
+        edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
+        deadline = time.monotonic() + 30
+        while not cert.exists() and time.monotonic() < deadline and receiver.poll() is None:
+            time.sleep(0.2)
+        edge.ssl_context = ssl.create_default_context(cafile=str(cert)) if cert.exists() \
+            else ssl.create_default_context()
+        wait_until_up(edge, receiver)
+        print(f"viewer (while it runs): https://localhost:{port}/?token={token}")
+        print(f"  (self-signed certificate: {cert}; logs in {args.out})")
+
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
+             "--seed", str(args.seed), "--fps", str(args.fps), "--frames", str(args.frames),
+             "--observe", str(args.observe), "--predict", str(args.predict),
+             "--to", f"localhost:{port}", "--ca", str(cert), "--stream", STREAM],
+            env=env, stdout=logs[1], stderr=subprocess.STDOUT)
+        meters = CpuMeter(sender.pid), CpuMeter(receiver.pid)
+        snapshot: dict | None = None
+        with tqdm(total=args.frames, desc="frames out", unit="frame") as bar:
+            while True:
+                current, ended = edge.stream()
+                if current is not None:
+                    snapshot = current
+                    bar.n = current["frames"]["out"]
+                    bar.refresh()
+                if ended or (current is None and sender.poll() is not None):
+                    break
+                if current is not None:
+                    for meter in meters:
+                        meter.sample()
+                    bar.set_postfix(kbps=current["kbps"], fps=current["fps_out"])
+                if receiver.poll() is not None:
+                    raise SystemExit(f"kpvid-receive exited with {receiver.returncode}")
+                time.sleep(0.5)
+        if sender.returncode != 0:
+            raise SystemExit(f"kpvid-send exited with {sender.returncode}; see "
+                             f"{args.out / 'sender.log'}")
+        if snapshot is None:
+            raise SystemExit("the stream never started; see the logs in " + str(args.out))
+    finally:
+        if sender is not None and sender.poll() is None:
+            sender.terminate()
+        receiver.send_signal(signal.SIGINT)
+        try:
+            receiver.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            receiver.kill()
+        for log_file in logs:
+            log_file.close()
+
+    recording = max(recordings.glob(f"{STREAM}-*.mp4"), key=lambda p: p.stat().st_mtime)
+    received = read_recording(recording)
+    _, _, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
+    source = SyntheticSource("faces", seed=args.seed, size=frame_size(config), fps=args.fps)
+    sent = np.stack([source.frame_at(i) for i in range(len(received))])
+    mean_psnr, mean_ssim = score(received, sent)
+    side_by_side = args.out / "side-by-side.mp4"
+    write_side_by_side(side_by_side, [sent, received], fps=args.fps)
+
+    frames = snapshot["frames"]
+    predicted_share = (frames["predicted"] + frames["lost"]) / max(frames["out"], 1)
+    sender_cpu, receiver_cpu = (meter.percent() for meter in meters)
+    latency = snapshot["latency_ms"]
+    rows = [
+        ("frames out / sent", f"{frames['out']} / {args.frames}"),
+        ("observed / predicted / lost", f"{frames['observed']} / {frames['predicted']} / "
+                                        f"{frames['lost']}"),
+        ("predicted share", f"{100 * predicted_share:.1f} %  (schedule observe {args.observe}, "
+                            f"predict {args.predict}, predictor {args.predictor})"),
+        ("keypoint stream", f"{snapshot['kbps']:.1f} kbps"),
+        ("frame rate out", f"{snapshot['fps_out']:.1f} fps"),
+        ("latency capture -> frame out", f"p50 {latency['p50']} ms, p99 {latency['p99']} ms"),
+        ("CPU sender / receiver", " / ".join("n/a" if c is None else f"{c:.0f} %"
+                                             for c in (sender_cpu, receiver_cpu))),
+        ("PSNR / SSIM vs sent frames", f"{mean_psnr:.2f} dB / {mean_ssim:.3f} "
+                                       f"({len(received)} recorded frames)"),
+        ("recording", str(recording)),
+        ("sent | received", str(side_by_side)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\nkpvid demo summary")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    return 0

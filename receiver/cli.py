@@ -1,0 +1,171 @@
+"""``kpvid-receive``: the edge node. Takes keypoint streams from senders, synthesizes every frame
+and serves the video to browser viewers over WebRTC, all on one HTTPS port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import torch
+from aiohttp import web
+from aiortc import RTCIceServer
+
+from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config, model_id
+from kpvid.models.predictors import PREDICTORS
+
+from .edge import Edge, EdgeOptions
+from .server import make_app
+from .stream import ModelInfo, SessionOptions
+from .synthesis import SynthesisEngine
+from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
+
+log = logging.getLogger("kpvid.receive")
+
+DEFAULT_STATE_DIR = Path.home() / ".cache" / "kpvid"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpvid-receive", description=__doc__,
+        epilog="Viewers open https://HOST:PORT/?token=TOKEN in a browser.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--gpu", type=int, metavar="N",
+                       help="run the models on CUDA device N (default: GPU 0 when CUDA is "
+                            "available, else the CPU)")
+    where.add_argument("--cpu", action="store_true", help="run the models on the CPU")
+    parser.add_argument("--host", default="0.0.0.0",
+                        help="address to listen on (default: 0.0.0.0, every interface)")
+    parser.add_argument("--port", type=int, default=8443, help="HTTPS port (default: 8443)")
+    parser.add_argument("--token", default=os.environ.get("KPVID_TOKEN"),
+                        help="bearer token senders and viewers must present (default: "
+                             "$KPVID_TOKEN; without either, a random one is made and printed)")
+    parser.add_argument("--cert", type=Path,
+                        help="TLS certificate (PEM); without --cert/--key a self-signed one is "
+                             "made and its fingerprint printed")
+    parser.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help="where the self-signed certificate is kept "
+                             "(default: ~/.cache/kpvid)")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
+                        help="FOMM checkpoint (default: the shipped kpvid-faces-64); senders "
+                             "must use the same one")
+    parser.add_argument("--predictor", choices=sorted(PREDICTORS), default="constant-velocity",
+                        help="what fills the keypoint sets the sender skipped or lost "
+                             "(default: constant-velocity)")
+    parser.add_argument("--playout-delay", type=float, default=0.1, metavar="SECONDS",
+                        help="how far the playout clock runs behind the sender: the jitter "
+                             "a packet may have and still be used (default: 0.1)")
+    parser.add_argument("--max-batch", type=int, default=8,
+                        help="most frames of different streams synthesised in one model "
+                             "call (default: 8)")
+    parser.add_argument("--record", type=Path, metavar="DIR",
+                        help="write each stream to DIR/<stream>-<time>.mp4 as it plays")
+    parser.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                        help="STUN/TURN server for the edge and its viewers, e.g. "
+                             "turn:turn.example:3478 (repeatable; default: none, host "
+                             "candidates only)")
+    parser.add_argument("--ice-username", help="username for the --ice-server TURN servers")
+    parser.add_argument("--ice-credential", help="credential for the --ice-server TURN servers")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for the models (default: torch's choice)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def pick_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
+    if args.cpu:
+        return torch.device("cpu")
+    if args.gpu is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        parser.exit(2, f"kpvid-receive: error: --gpu {args.gpu}: CUDA is not available here "
+                       f"(torch {torch.__version__}, no CUDA device); use --cpu\n")
+    if not 0 <= args.gpu < torch.cuda.device_count():
+        parser.exit(2, f"kpvid-receive: error: --gpu {args.gpu}: this machine has "
+                       f"{torch.cuda.device_count()} CUDA device(s)\n")
+    return torch.device(f"cuda:{args.gpu}")
+
+
+async def serve(args: argparse.Namespace, device: torch.device, token: str) -> int:
+    kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, device=device)
+    model = ModelInfo(model_id=model_id(args.checkpoint), frame_size=frame_size(config),
+                      num_kp=int(config["model_params"]["common_params"]["num_kp"]))
+    engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch)
+    ice = [RTCIceServer(urls=url, username=args.ice_username, credential=args.ice_credential)
+           for url in args.ice_server]
+    edge = Edge(engine, model, EdgeOptions(
+        predictor=args.predictor, ice_servers=ice,
+        session=SessionOptions(playout_delay=args.playout_delay, record_dir=args.record)))
+    hosts = sorted({"localhost", "127.0.0.1", socket.gethostname(), args.host} - {"0.0.0.0"})
+    cert, key = ensure_certificate(args.cert, args.key, args.state_dir, hosts)
+    runner = web.AppRunner(make_app(edge, token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=server_ssl_context(cert, key))
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        log.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
+        return 1
+
+    shown_host = socket.gethostname() if args.host == "0.0.0.0" else args.host
+    print(f"kpvid edge: model {model.model_id} ({model.frame_size}px, {model.num_kp} keypoints) "
+          f"on {device}, predictor {args.predictor}", flush=True)
+    print(f"listening on https://{args.host}:{args.port}  "
+          f"(certificate {certificate_fingerprint(cert)})", flush=True)
+    print(f"viewer: https://{shown_host}:{args.port}/?token={token}", flush=True)
+    if args.record:
+        print(f"recording streams to {args.record}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: closing peers, finalising recordings")
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
+    if not 0 < args.port < 65536:
+        parser.error(f"--port {args.port}: not a TCP port")
+    if args.max_batch < 1:
+        parser.error("--max-batch must be at least 1")
+    if args.playout_delay < 0:
+        parser.error("--playout-delay cannot be negative")
+    if args.record is not None:
+        try:
+            args.record.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--record {args.record}: {exc.strerror}")
+    device = pick_device(parser, args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    token = args.token
+    if not token:
+        token = secrets.token_urlsafe(16)
+        print(f"no --token or KPVID_TOKEN given; this run's token: {token}", flush=True)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    return asyncio.run(serve(args, device, token))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Prometheus metrics of one receiver, and a logger that cannot be flooded.
+
+Every receiver has its own registry (so several can live in one process, as in the tests).
+Per-stream series are removed when the stream ends, so names seen once do not pile up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+FRAME_KINDS = ("observed", "predicted", "lost")
+
+
+class ReceiverMetrics:
+    """The receiver's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.frames = Counter(
+            "kpvid_frames", "Frames played out, by where their keypoints came from "
+            "(observed: received; predicted: scheduled gap; lost: concealed loss)",
+            ["stream", "kind"], registry=self.registry)
+        self.keypoint_bytes = Counter(
+            "kpvid_keypoint_bytes", "Bytes of keypoint messages received", ["stream"],
+            registry=self.registry)
+        self.bad_messages = Counter(
+            "kpvid_bad_messages", "Data-channel messages dropped, by reason", ["reason"],
+            registry=self.registry)
+        self.latency = Histogram(
+            "kpvid_latency_seconds", "Capture on the sender to frame out of the receiver "
+            "(observed frames; assumes synchronised clocks)",
+            buckets=(0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
+            registry=self.registry)
+        self.batch_size = Histogram(
+            "kpvid_synthesis_batch_frames", "Frames synthesised per batched model call",
+            buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
+        self.streams = Gauge("kpvid_streams", "Live sender streams", registry=self.registry)
+        self.viewers = Gauge("kpvid_viewers", "Connected viewers", registry=self.registry)
+        self.sessions = Counter("kpvid_sender_sessions", "Sender sessions accepted",
+                                registry=self.registry)
+        self.rejected = Counter("kpvid_http_rejected", "HTTP requests refused, by status",
+                                ["status"], registry=self.registry)
+
+    def forget_stream(self, stream: str) -> None:
+        """Drop a finished stream's series."""
+        for kind in FRAME_KINDS:
+            with contextlib.suppress(KeyError):
+                self.frames.remove(stream, kind)
+        with contextlib.suppress(KeyError):
+            self.keypoint_bytes.remove(stream)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RateLimitedLog:
+    """Logs a warning per key at most once every `interval` seconds, with the count it held back."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({held} more like this suppressed)" if held else ""
+        self.logger.warning(message + suffix, *args)

@@ -1,0 +1,321 @@
+"""One sender's stream on the edge: messages in, a frame out on every tick of its playout clock.
+
+The session is independent of WebRTC: it receives decoded protocol messages from its
+`SenderPeer` and answers through a `send_ctrl` callable, so it can be tested on its own.
+
+Per frame index i of the stream, when the playout clock says i is due:
+- the jitter buffer has i's keypoints: they are observed (and fed to the predictor);
+- it does not: the predictor fills the gap, open-loop. The gap counts as *predicted* when the
+  sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come.
+The keypoints are rendered by the shared `SynthesisEngine` (batched with other streams) and the
+frame goes to the stream's video track (viewers) and, with `--record`, to an mp4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from kpvid.models.predictors import Predictor, to_kp6
+from kpvid.protocol import (
+    Bye,
+    Feedback,
+    Hello,
+    Keypoints,
+    Message,
+    ProtocolError,
+    SourceImageAssembler,
+    SourceImageChunk,
+    SourceRequest,
+    decode_source_image,
+)
+
+from .jitter import JitterBuffer, PlayoutClock
+from .metrics import ReceiverMetrics
+from .recorder import StreamRecorder
+from .synthesis import SynthesisEngine
+from .video_track import SynthesizedVideoTrack
+
+log = logging.getLogger(__name__)
+
+SendCtrl = Callable[[Message], None]
+FrameSink = Callable[[int, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a sender's hello must agree with."""
+
+    model_id: str
+    frame_size: int
+    num_kp: int
+
+    def check(self, hello: Hello) -> str | None:
+        """Why this edge cannot play `hello`'s stream, or None."""
+        if hello.model_id != self.model_id:
+            return f"model mismatch: the edge runs {self.model_id!r}, the sender {hello.model_id!r}"
+        if hello.num_kp != self.num_kp:
+            return f"keypoint count mismatch: the edge's model has {self.num_kp}, the sender " \
+                   f"sends {hello.num_kp}"
+        if hello.frame_size != self.frame_size:
+            return f"frame size mismatch: the edge's model is {self.frame_size}px, the sender " \
+                   f"sends {hello.frame_size}px"
+        return None
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    playout_delay: float = 0.1      # seconds the playout clock runs behind the sender
+    idle_timeout: float = 3.0       # no packet for this long: the sender is gone
+    source_timeout: float = 2.0     # ask the sender for its source image again after this long
+    feedback_interval: float = 1.0
+    record_dir: Path | None = None
+
+
+class RateWindow:
+    """Events and their sizes over the last `span` seconds (for kbps and fps)."""
+
+    def __init__(self, span: float = 2.0) -> None:
+        self.span = span
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, size: int = 1, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._events.append((now, size))
+        self._trim(now)
+
+    def rate(self, now: float | None = None) -> float:
+        """Sum of sizes per second over the window."""
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        return sum(size for _, size in self._events) / self.span
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.span:
+            self._events.popleft()
+
+
+class StreamSession:
+    """The edge's side of one sender's stream, from its hello to its end."""
+
+    def __init__(self, hello: Hello, *, engine: SynthesisEngine, predictor: Predictor,
+                 metrics: ReceiverMetrics, send_ctrl: SendCtrl,
+                 options: SessionOptions = SessionOptions()) -> None:
+        self.hello = hello
+        self.name = hello.stream
+        self.engine = engine
+        self.predictor = predictor
+        self.metrics = metrics
+        self.options = options
+        self._send_ctrl = send_ctrl
+        self.track = SynthesizedVideoTrack(hello.fps)
+        self.clock = PlayoutClock(hello.fps, options.playout_delay)
+        self.jitter: JitterBuffer[tuple[np.ndarray, float]] = JitterBuffer()
+        self.recorder: StreamRecorder | None = None
+        self.recording_path: Path | None = None
+        self.sinks: list[FrameSink] = [self.track.push]  # each frame out goes to every sink
+        self.viewers = 0
+        self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0}
+        self.packets = 0
+        self.kp_bytes = RateWindow()
+        self.frames_out = RateWindow()
+        self.latencies: deque[float] = deque(maxlen=600)
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self._assembler = SourceImageAssembler()
+        self._source_ready = asyncio.Event()
+        self._first_packet = asyncio.Event()
+        self._bye = False
+        self._highest_index = -1
+        self._last_index: int | None = None  # the stream's last frame, once the sender said so
+        self._last_packet = time.monotonic()
+        self._phase: int | None = None  # frame index at which a schedule group starts (mod period)
+        self._playing = False
+        self._tasks: list[asyncio.Task] = []
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self.options.record_dir is not None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.recording_path = self.options.record_dir / f"{self.name}-{stamp}.mp4"
+            self.recorder = StreamRecorder(self.recording_path, self.hello.fps)
+            self.sinks.append(self.recorder.write)
+        self._tasks = [asyncio.create_task(self._playout(), name=f"playout-{self.name}"),
+                       asyncio.create_task(self._housekeeping(), name=f"ctrl-{self.name}")]
+        log.info("stream %s: %.3g fps, observe %d predict %d, %dpx, %d keypoints, codec %s",
+                 self.name, self.hello.fps, self.hello.observe, self.hello.predict,
+                 self.hello.frame_size, self.hello.num_kp, self.hello.codec)
+
+    async def end(self, reason: str) -> None:
+        """Stop playing, free the stream's resources and finalise its recording (idempotent)."""
+        async with self._lock:
+            if self.ended.is_set():
+                return
+            self.end_reason = reason
+            current = asyncio.current_task()
+            for task in self._tasks:
+                if task is not current:
+                    task.cancel()
+            for task in self._tasks:
+                if task is not current:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            self.engine.drop(self.name)
+            self.track.stop()
+            if self.recorder is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
+                log.info("stream %s: recorded %d frames to %s", self.name,
+                         self.recorder.frames_written, self.recording_path)
+            self.metrics.forget_stream(self.name)
+            self.ended.set()
+            log.info("stream %s ended (%s): %s", self.name, reason, self.counts)
+
+    # ------------------------------------------------------------------ messages in
+    async def handle(self, message: Message, nbytes: int) -> None:
+        """A decoded message from the sender (`nbytes` on the wire)."""
+        if isinstance(message, Keypoints):
+            self._on_keypoints(message, nbytes)
+        elif isinstance(message, SourceImageChunk):
+            await self._on_source_chunk(message)
+        elif isinstance(message, Bye):
+            log.info("stream %s: sender says bye (%s)", self.name, message.reason)
+            self._bye = True
+            if message.last_frame_index is not None:
+                self._last_index = message.last_frame_index
+            if self._highest_index < 0:
+                await self.end(f"bye before any keypoints: {message.reason}")
+        elif isinstance(message, Hello):
+            raise ProtocolError("a second hello on a live stream")
+        else:
+            raise ProtocolError(f"{type(message).__name__} is not a sender-to-edge message")
+
+    def _on_keypoints(self, message: Keypoints, nbytes: int) -> None:
+        hello = self.hello
+        if message.codec != hello.codec:
+            raise ProtocolError(f"keypoints in codec {message.codec!r}, hello said {hello.codec!r}")
+        if len(message.value) != hello.num_kp:
+            raise ProtocolError(f"{len(message.value)} keypoints, hello said {hello.num_kp}")
+        period = hello.observe + hello.predict
+        if message.group_position >= period:
+            raise ProtocolError(f"group position {message.group_position} outside a group of "
+                                f"{period} frames")
+        now = time.monotonic()
+        self._last_packet = now
+        self.packets += 1
+        self.kp_bytes.add(nbytes, now)
+        self.metrics.keypoint_bytes.labels(self.name).inc(nbytes)
+        if self._phase is None:
+            self._phase = (message.frame_index - message.group_position) % period
+        if self.jitter.put(message.frame_index,
+                           (to_kp6(message.value, message.jacobian), message.capture_time)):
+            self.clock.on_packet(message.frame_index, now)
+            self._highest_index = max(self._highest_index, message.frame_index)
+            self._first_packet.set()
+
+    async def _on_source_chunk(self, chunk: SourceImageChunk) -> None:
+        data = self._assembler.add(chunk)
+        if data is None:
+            return
+        image = decode_source_image(data, chunk.format)
+        size = self.hello.frame_size
+        if image.shape[:2] != (size, size):
+            log.warning("stream %s: source image %dx%d resized to %dx%d", self.name,
+                        image.shape[1], image.shape[0], size, size)
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        await self.engine.set_source(self.name, image)
+        log.info("stream %s: source image %d (%s, %d bytes) ready", self.name, chunk.image_id,
+                 chunk.format, len(data))
+        self._source_ready.set()
+
+    # ------------------------------------------------------------------ playout
+    def _scheduled_gap(self, frame_index: int) -> bool:
+        period = self.hello.observe + self.hello.predict
+        return (frame_index - (self._phase or 0)) % period >= self.hello.observe
+
+    def _finished(self, frame_index: int) -> bool:
+        if self._bye:
+            last = self._highest_index if self._last_index is None else self._last_index
+            if frame_index > last:
+                return True
+        return time.monotonic() - self._last_packet > self.options.idle_timeout
+
+    async def _playout(self) -> None:
+        await self._source_ready.wait()
+        await self._first_packet.wait()
+        self.clock.lock()
+        index = self.clock.first_index
+        assert index is not None
+        self._playing = True
+        while not self._finished(index):
+            wait = self.clock.due(index) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            entry = self.jitter.take(index)
+            capture_time = None
+            if entry is not None:
+                kp6, capture_time = entry
+                self.predictor.observe(kp6)
+                kind = "observed"
+            else:
+                kp6 = self.predictor.predict()
+                kind = "predicted" if self._scheduled_gap(index) else "lost"
+            frame = await self.engine.render(self.name, kp6)
+            self._emit(index, frame, kind, capture_time)
+            index += 1
+        await self.end("sender finished" if self._bye else "sender gone (no packets)")
+
+    def _emit(self, index: int, frame: np.ndarray, kind: str, capture_time: float | None) -> None:
+        for sink in self.sinks:
+            sink(index, frame)
+        self.counts[kind] += 1
+        self.counts["out"] += 1
+        self.frames_out.add()
+        self.metrics.frames.labels(self.name, kind).inc()
+        if capture_time is not None:
+            latency = time.time() - capture_time
+            self.latencies.append(latency)
+            self.metrics.latency.observe(latency)
+
+    async def _housekeeping(self) -> None:
+        """Feedback to the sender, and source-image requests until one has arrived."""
+        asked_at = time.monotonic()
+        while True:
+            await asyncio.sleep(self.options.feedback_interval)
+            now = time.monotonic()
+            if not self._source_ready.is_set() and now - asked_at > self.options.source_timeout:
+                self._send_ctrl(SourceRequest("no complete source image yet"))
+                asked_at = now
+            self._send_ctrl(Feedback(received=self.packets, lost=self.counts["lost"],
+                                     predicted=self.counts["predicted"], prediction_error=None))
+            if not self._playing and now - self._last_packet > self.options.idle_timeout:
+                await self.end("sender gone before playout started")
+                return
+
+    # ------------------------------------------------------------------ reporting
+    def snapshot(self) -> dict:
+        """The stream's live figures, as `/api/streams` reports them."""
+        latencies = np.array(self.latencies) * 1000
+        percentile = (lambda q: round(float(np.percentile(latencies, q)), 1)) \
+            if len(latencies) else (lambda q: None)
+        return {
+            "name": self.name, "fps": self.hello.fps, "frame_size": self.hello.frame_size,
+            "observe": self.hello.observe, "predict": self.hello.predict,
+            "codec": self.hello.codec,
+            "frames": dict(self.counts),
+            "packets": self.packets,
+            "kbps": round(self.kp_bytes.rate() * 8 / 1000, 2),
+            "fps_out": round(self.frames_out.rate(), 2),
+            "latency_ms": {"p50": percentile(50), "p99": percentile(99)},
+            "viewers": self.viewers,
+            "recording": str(self.recording_path) if self.recording_path else None,
+        }

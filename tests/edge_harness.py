@@ -1,0 +1,163 @@
+"""A real edge (HTTPS, aiortc, the shipped model) in the test's event loop, and a raw sender
+peer that can send anything, well-formed or not."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
+from kpvid.protocol import (
+    Hello,
+    decode_message,
+    encode_message,
+    encode_source_image,
+    split_source_image,
+)
+from kpvid.receiver.edge import Edge, EdgeOptions
+from kpvid.receiver.server import make_app
+from kpvid.receiver.stream import ModelInfo, SessionOptions
+from kpvid.receiver.synthesis import SynthesisEngine
+from kpvid.receiver.tls import ensure_certificate, server_ssl_context
+
+TOKEN = "test-token"
+_MODEL = None
+
+
+def shipped_model() -> tuple:
+    """(kp_detector, generator, config) of the shipped checkpoint, loaded once per test run."""
+    global _MODEL
+    if _MODEL is None:
+        _MODEL = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
+    return _MODEL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class EdgeHandle:
+    url: str
+    token: str
+    cert: Path
+    edge: Edge
+
+    def client_ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
+
+    async def request(self, method: str, path: str, *, token: str | None = TOKEN,
+                      **kwargs: object) -> tuple[int, object]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with aiohttp.ClientSession() as http, http.request(
+                method, self.url + path, headers=headers, ssl=self.client_ssl(),
+                **kwargs) as response:
+            text = await response.text()
+            try:
+                body: object = await response.json(content_type=None)
+            except ValueError:
+                body = text
+            return response.status, body
+
+
+@contextlib.asynccontextmanager
+async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
+                       predictor: str = "constant-velocity", playout_delay: float = 0.05,
+                       idle_timeout: float = 1.0) -> AsyncIterator[EdgeHandle]:
+    kp_detector, generator, config = shipped_model()
+    engine = SynthesisEngine(kp_detector, generator, "cpu")
+    model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
+                      frame_size=config["dataset_params"]["frame_shape"][0],
+                      num_kp=config["model_params"]["common_params"]["num_kp"])
+    edge = Edge(engine, model, EdgeOptions(predictor=predictor, session=SessionOptions(
+        playout_delay=playout_delay, idle_timeout=idle_timeout, record_dir=record_dir)))
+    cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1"])
+    runner = web.AppRunner(make_app(edge, TOKEN))
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ssl_context(cert, key))
+    await site.start()
+    try:
+        yield EdgeHandle(f"https://localhost:{port}", TOKEN, cert, edge)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class RawSender:
+    """A sender's peer connection driven by hand: the test chooses every byte it sends."""
+
+    handle: EdgeHandle
+    pc: RTCPeerConnection = field(
+        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    received: list = field(default_factory=list)
+
+    async def connect(self) -> None:
+        self.kp = self.pc.createDataChannel("kp", ordered=False, maxRetransmits=0)
+        self.ctrl = self.pc.createDataChannel("ctrl")
+        opened = asyncio.Event()
+        self.ctrl.on("open", opened.set)
+        self.ctrl.on("message", lambda data: self.received.append(decode_message(data)))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        status, answer = await self.handle.request(
+            "POST", "/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
+        assert status == 200, answer
+        await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
+        await asyncio.wait_for(opened.wait(), 10)
+        while self.kp.readyState != "open":
+            await asyncio.sleep(0.01)
+
+    async def start_stream(self, name: str, frame: np.ndarray, **hello_fields: object) -> Hello:
+        """Hello and a source image, as a real sender starts (`hello_fields` override)."""
+        _, _, config = shipped_model()
+        fields = dict(stream=name, fps=30.0, observe=1, predict=1, frame_size=frame.shape[0],
+                      num_kp=config["model_params"]["common_params"]["num_kp"],
+                      model_id=model_id(SHIPPED_CHECKPOINT), codec="f16")
+        hello = Hello(**{**fields, **hello_fields})
+        self.ctrl.send(encode_message(hello))
+        for chunk in split_source_image(1, encode_source_image(frame), "jpeg"):
+            self.ctrl.send(encode_message(chunk))
+        return hello
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def wait_for(condition, timeout: float, interval: float = 0.05) -> None:
+    """Poll `condition()` until it is true; fail the test after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def synthetic_clip(frames: int, seed: int = 7) -> np.ndarray:
+    """A short synthetic face clip at the shipped model's size (T x H x W x 3 uint8)."""
+    from kpvid.training.synthetic import generate_video
+
+    _, _, config = shipped_model()
+    return generate_video("faces", seed=seed, size=config["dataset_params"]["frame_shape"][0],
+                          frames=frames)
+
+
+def detect(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints of every frame with the shipped detector: (T,K,2) and (T,K,2,2) float32."""
+    import torch
+
+    kp_detector, _, _ = shipped_model()
+    with torch.inference_mode():
+        out = kp_detector(torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255))
+    return out["value"].numpy(), out["jacobian"].numpy()

@@ -1,0 +1,169 @@
+"""The edge's HTTPS endpoints and its handling of senders: auth, bad requests, hostile
+data-channel input, senders that vanish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import av
+import msgpack
+import numpy as np
+import pytest
+
+from kpvid.protocol import Bye, Keypoints, encode_message
+from tests.edge_harness import RawSender, detect, running_edge, synthetic_clip, wait_for
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_endpoints_need_the_token(tmp_path):
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            for method, path in [("GET", "/api/streams"), ("GET", "/metrics"),
+                                 ("GET", "/api/config"), ("POST", "/offer"),
+                                 ("POST", "/view/offer")]:
+                for token in (None, "wrong-token"):
+                    status, body = await edge.request(method, path, token=token, json={})
+                    assert status == 401, (path, token)
+                    assert "token" in body["error"]
+            status, page = await edge.request("GET", "/", token=None)
+            assert status == 200 and "<video" in page
+            assert await edge.request("GET", "/healthz", token=None) == (
+                200, {"status": "ok", "streams": 0})
+            status, body = await edge.request("GET", "/api/streams")
+            assert status == 200 and body["streams"] == []
+            status, text = await edge.request("GET", "/metrics")
+            assert status == 200 and "kpvid_http_rejected_total" in text
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("path", ["/offer", "/view/offer"])
+def test_bad_offers_get_400_with_a_reason(tmp_path, path):
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            status, body = await edge.request("POST", path, data=b"{not json")
+            assert status == 400 and "not JSON" in body["error"]
+            status, body = await edge.request("POST", path, json={"type": "answer", "sdp": ""})
+            assert status == 400 and "expected" in body["error"]
+            status, body = await edge.request("POST", path, json=[1, 2])
+            assert status == 400
+            bad_sdp = ["v=0\r\nthis is not SDP\r\n"]
+            if path == "/offer":  # (a viewer's SDP is read once its stream is found)
+                bad_sdp.append("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+                               "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=garbage\r\n")
+            for sdp in bad_sdp:
+                status, body = await edge.request("POST", path, json={"type": "offer",
+                                                                     "sdp": sdp})
+                assert status == 400 and "SDP" in body["error"], body
+            status, _ = await edge.request("POST", path, data=b"x" * 200_000)
+            assert status == 413
+
+    run(scenario())
+
+
+def test_viewer_gets_404_without_a_stream(tmp_path):
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            offer = {"type": "offer", "sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"}
+            status, body = await edge.request("POST", "/view/offer", json=offer)
+            assert status == 404 and "no live stream" in body["error"]
+            status, body = await edge.request("POST", "/view/offer",
+                                              json={**offer, "stream": "nobody"})
+            assert status == 404 and "nobody" in body["error"]
+
+    run(scenario())
+
+
+def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
+    clip = synthetic_clip(40)
+    values, jacobians = detect(clip)
+
+    async def scenario():
+        async with running_edge(tmp_path, idle_timeout=2.0) as edge:
+            good, bad = RawSender(edge), RawSender(edge)
+            await good.connect()
+            await bad.connect()
+            await good.start_stream("good", clip[0])
+            garbage = [
+                b"\xc1 not msgpack",
+                msgpack.packb([99, 1, "x"]),                  # a future version
+                msgpack.packb({"what": "a map"}),
+                b"\x00" * 20_000,                             # larger than any message may be
+            ]
+            start = time.time()
+            for i in range(0, 40, 2):
+                good.kp.send(encode_message(Keypoints(
+                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
+                    value=values[i], jacobian=jacobians[i])))
+                bad.kp.send(garbage[i // 2 % len(garbage)])
+                bad.ctrl.send("a text message")
+                await asyncio.sleep(max(0.0, start + (i + 2) / 30 - time.time()))
+            good.ctrl.send(encode_message(Bye("done", last_frame_index=39)))
+            session = edge.edge.streams["good"]
+            await asyncio.wait_for(session.ended.wait(), 10)
+            assert session.counts == {"observed": 20, "predicted": 20, "lost": 0, "out": 40}
+            assert session.end_reason == "sender finished"
+            status, metrics = await edge.request("GET", "/metrics")
+            for reason in ("MalformedMessage", "UnsupportedVersion", "MessageTooLarge"):
+                assert f'kpvid_bad_messages_total{{reason="{reason}"}}' in metrics
+            dropped = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                          if line.startswith("kpvid_bad_messages_total"))
+            assert dropped >= 40  # 20 garbage keypoint packets and 20 text messages
+            await good.close()
+            await bad.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("change, words", [({"num_kp": 3}, "keypoint count mismatch"),
+                                            ({"frame_size": 128}, "frame size mismatch"),
+                                            ({"model_id": "vox-256"}, "model mismatch")])
+def test_a_hello_for_another_model_is_refused_with_a_reason(tmp_path, change, words):
+    clip = synthetic_clip(2)
+
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            sender = RawSender(edge)
+            await sender.connect()
+            await sender.start_stream("odd", clip[0], **change)
+            await wait_for(lambda: any(isinstance(m, Bye) for m in sender.received), 5)
+            bye = next(m for m in sender.received if isinstance(m, Bye))
+            assert words in bye.reason
+            assert "odd" not in edge.edge.streams
+            await sender.close()
+
+    run(scenario())
+
+
+def test_a_vanished_sender_is_cleaned_up_and_its_recording_finalised(tmp_path):
+    clip = synthetic_clip(12)
+    values, jacobians = detect(clip)
+
+    async def scenario():
+        async with running_edge(tmp_path, record_dir=tmp_path / "rec", idle_timeout=0.5) as edge:
+            sender = RawSender(edge)
+            await sender.connect()
+            await sender.start_stream("gone", clip[0])
+            for i in range(0, 12, 2):
+                sender.kp.send(encode_message(Keypoints(
+                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
+                    value=values[i], jacobian=jacobians[i])))
+                await asyncio.sleep(2 / 30)
+            await wait_for(lambda: "gone" in edge.edge.streams, 5)
+            session = edge.edge.streams["gone"]
+            await sender.pc.close()  # no bye: the sender just disappears
+            vanished = time.monotonic()
+            await asyncio.wait_for(session.ended.wait(), 5)
+            assert time.monotonic() - vanished < 3
+            assert "gone" not in edge.edge.streams
+            return session
+
+    session = run(scenario())
+    with av.open(str(session.recording_path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == session.counts["out"] > 0
+    assert np.mean(frames[0]) > 10
