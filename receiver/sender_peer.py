@@ -68,8 +68,11 @@ class SenderPeer:
         channel.on("message", on_message)
 
     async def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            await self.close(f"connection {self.pc.connectionState}")
+        if self.pc.connectionState not in ("failed", "closed"):
+            return
+        if self.session is not None and self.session.said_bye:
+            return  # the stream plays out its last frames, then closes the peer
+        await self.close(f"connection {self.pc.connectionState}")
 
     def send_ctrl(self, message: Message) -> None:
         """Send a message to the sender on the reliable channel, if it is open."""

@@ -180,6 +180,11 @@ class StreamSession:
             self.ended.set()
             log.info("stream %s ended (%s): %s", self.name, reason, self.counts)
 
+    @property
+    def said_bye(self) -> bool:
+        """The sender has said bye: the stream plays out what it has, then ends by itself."""
+        return self._bye
+
     # ------------------------------------------------------------------ messages in
     async def handle(self, message: Message, nbytes: int) -> None:
         """A decoded message from the sender (`nbytes` on the wire)."""

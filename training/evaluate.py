@@ -18,6 +18,7 @@ from kpvid.models import KPDetector, OcclusionAwareGenerator
 
 from . import metrics
 from .dataset import list_videos, read_video
+from .visualize import draw_keypoints, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,10 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
         scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames)
         report.videos.append(scores)
         if save_videos:
-            write_side_by_side(Path(save_videos) / f"{path.stem}.mp4", frames, rebuilt, kp)
+            driving = [draw_keypoints(image, points)
+                       for image, points in zip(to_uint8(frames), kp.cpu().numpy())]
+            write_side_by_side(Path(save_videos) / f"{path.stem}.mp4",
+                               [np.stack(driving), to_uint8(rebuilt)])
     if not report.videos:
         raise ValueError(f"none of the {len(videos)} videos under {root} could be read")
     report.mean = {key: float(np.mean([getattr(v, key) for v in report.videos]))

@@ -1,0 +1,545 @@
+"""The sender's WebRTC session: HTTPS signaling, keypoints on ``kp``, control on ``ctrl``.
+
+One session: create the ``kp`` (unordered, no retransmits) and ``ctrl`` (reliable) channels,
+gather ICE while setting the local offer (aiortc does not trickle), POST the offer to
+``https://HOST:PORT/offer`` with the bearer token, apply the answer, then on ``ctrl``: Hello, the
+source image (the session's first frame), and keypoints on ``kp`` for every observed frame.
+
+A lost edge (refused connection, HTTP 5xx, failed or closed peer connection) is retried with
+exponential backoff. Each reconnect is a new session: the frame index restarts at 0 and the
+Hello and a fresh source image (the new session's first frame) are sent again; the source itself
+carries on where it was. A rejected token, a certificate that does not verify and a source that
+fails are fatal. An edge that closes the connection is noticed at once; one that vanishes
+without a word, when ICE consent checks fail (about 20-30 s with aiortc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aiohttp
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from kpvid.protocol import (
+    IMAGE_FORMATS,
+    KEYPOINT_CODECS,
+    Bye,
+    Feedback,
+    Hello,
+    Keypoints,
+    ProtocolError,
+    SourceRequest,
+    decode_message,
+    encode_message,
+    encode_source_image,
+    split_source_image,
+    validate_message,
+)
+
+from .keypoints import KeypointExtractor
+from .schedule import Schedule
+from .sources import FrameSource, SourceError
+from .stats import FeedbackSnapshot, SenderStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8443
+STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
+KP_BUFFER_LIMIT = 64 * 1024     # bytes queued on "kp" above which keypoint packets are dropped
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+HTTP_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 20.0        # answer applied -> both channels open
+DRAIN_TIMEOUT_S = 2.0           # at the end: wait this long at most for the channels to empty
+DRAIN_GRACE_S = 0.2             # then this long for the last chunks to reach the wire
+BAD_MESSAGE_LOG_INTERVAL_S = 5.0
+
+T = TypeVar("T")
+
+
+class SenderError(Exception):
+    """A failure retrying will not fix (the message says what to change)."""
+
+
+class TokenRejected(SenderError):
+    """The edge answered 401/403 to the offer."""
+
+
+class _Retry(Exception):
+    """A transient failure: reconnect after a backoff."""
+
+
+def default_codec() -> str:
+    """The quantised keypoint codec when the protocol has it, else the first one it has."""
+    return "q12" if "q12" in KEYPOINT_CODECS else next(iter(KEYPOINT_CODECS))
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[IPV6]:PORT`` -> (host, port); the port defaults to 8443."""
+    text = text.strip()
+    if not text or "://" in text or "/" in text:
+        raise ValueError(f"expected HOST:PORT (e.g. edge:8443), got {text!r}")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad IPv6 address in {text!r}; write it as [ADDRESS]:PORT")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        raise ValueError(f"write an IPv6 address in brackets, e.g. [{text}]:8443")
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port must be 1-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_ice_server(url: str) -> RTCIceServer:
+    """``stun:HOST[:PORT]`` or ``turn[s]:USER:PASS@HOST[:PORT][?transport=udp|tcp]``."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or scheme not in ICE_SCHEMES or not rest:
+        raise ValueError(f"ICE server must look like stun:HOST:PORT or "
+                         f"turn:USER:PASS@HOST:PORT, got {url!r}")
+    if scheme.startswith("stun"):
+        if "@" in rest:
+            raise ValueError(f"a STUN server takes no credentials: {url!r}")
+        return RTCIceServer(urls=url)
+    userinfo, at, address = rest.rpartition("@")
+    username, colon, credential = userinfo.partition(":")
+    if not at or not colon or not username or not address:
+        raise ValueError(f"a TURN server needs credentials: {scheme}:USER:PASS@HOST:PORT, "
+                         f"got {url!r}")
+    return RTCIceServer(urls=f"{scheme}:{address}", username=username, credential=credential)
+
+
+def sanitize_stream_name(text: str) -> str:
+    """A valid stream name made from ``text`` (other characters become '-')."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:64]
+    return name or "stream"
+
+
+@dataclass
+class SenderOptions:
+    """Where and how to send. ``ca_file``: a PEM bundle that signs the edge's certificate;
+    ``insecure``: do not verify it at all. ``ice_servers``: URLs as :func:`parse_ice_server`
+    takes them (none: host candidates only). ``max_frames``: stop after that many frames."""
+
+    host: str
+    token: str
+    port: int = DEFAULT_PORT
+    insecure: bool = False
+    ca_file: str | None = None
+    stream: str = "camera0"
+    codec: str = field(default_factory=default_codec)
+    observe: int = 1
+    predict: int = 1
+    source_format: str = "jpeg"
+    source_quality: int = 90
+    ice_servers: list[str] = field(default_factory=list)
+    max_frames: int | None = None
+    kp_buffer_limit: int = KP_BUFFER_LIMIT
+
+    def __post_init__(self) -> None:
+        if not STREAM_NAME_RE.fullmatch(self.stream):
+            raise ValueError(f"stream name must be 1-64 of A-Z a-z 0-9 _ . -, got {self.stream!r}")
+        if self.codec not in KEYPOINT_CODECS:
+            raise ValueError(f"unknown keypoint codec {self.codec!r}; "
+                             f"choose from {', '.join(KEYPOINT_CODECS)}")
+        if self.source_format not in IMAGE_FORMATS:
+            raise ValueError(f"source image format must be one of {', '.join(IMAGE_FORMATS)}")
+        if not self.token:
+            raise ValueError("a bearer token is required")
+        if self.insecure and self.ca_file:
+            raise ValueError("--insecure and --ca exclude each other")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        Schedule(self.observe, self.predict)  # validates
+        for url in self.ice_servers:
+            parse_ice_server(url)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}/offer"
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.observe, self.predict)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """False (no verification) with ``insecure``, else a context trusting the system CAs or
+        ``ca_file``."""
+        if self.insecure:
+            return False
+        return ssl.create_default_context(cafile=self.ca_file)
+
+
+def make_hello(source: FrameSource, extractor: KeypointExtractor,
+               options: SenderOptions) -> Hello:
+    """The session's Hello, validated (InvalidField, a ValueError, names what the receiver
+    would reject, e.g. a frame rate over 240 or observe + predict over 64)."""
+    hello = Hello(stream=options.stream, fps=float(source.fps), observe=options.observe,
+                  predict=options.predict, frame_size=source.size, num_kp=extractor.num_kp,
+                  model_id=extractor.model_id, codec=options.codec)
+    return validate_message(hello)
+
+
+class _RateLimitedLog:
+    """Logs a warning at most once per interval, counting what it held back."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._last = -float("inf")
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._held += 1
+            return
+        if self._held:
+            message += f" ({self._held} similar messages suppressed)"
+        log.warning(message, *args)
+        self._last, self._held = now, 0
+
+
+@dataclass
+class _Captured:
+    """An observed frame: the picture, when it was read, and its keypoints."""
+
+    rgb: np.ndarray
+    capture_time: float
+    value: np.ndarray
+    jacobian: np.ndarray
+
+
+class SenderClient:
+    """Streams ``source`` to the edge until the source ends, ``max_frames`` are sent, ``stop``
+    is set, or a fatal error. :meth:`run` returns the process exit code (0 or 1)."""
+
+    def __init__(self, source: FrameSource, extractor: KeypointExtractor,
+                 options: SenderOptions, stats: SenderStats | None = None,
+                 stop: asyncio.Event | None = None):
+        if extractor.frame_size is not None and extractor.frame_size != source.size:
+            raise ValueError(f"source frames are {source.size}x{source.size} but the model "
+                             f"takes {extractor.frame_size}x{extractor.frame_size}")
+        self.source = source
+        self.extractor = extractor
+        self.options = options
+        self.hello = make_hello(source, extractor, options)
+        self.schedule = options.schedule
+        self.stats = stats if stats is not None else SenderStats()
+        self.stop = stop if stop is not None else asyncio.Event()
+        self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
+        self._image_ids = itertools.count(1)
+        self._bad_messages = _RateLimitedLog(BAD_MESSAGE_LOG_INTERVAL_S)
+        self._source_wanted = False
+        self._connected = False
+        # one worker: the source and the detector are used from a single thread, in order
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpvid-capture")
+
+    async def run(self) -> int:
+        """Sessions with reconnects; 0 when done or stopped, 1 on a fatal error."""
+        connector = aiohttp.TCPConnector(ssl=self.options.ssl_context())
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        backoff, attempt = BACKOFF_START_S, 0
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+                while True:
+                    self._connected = False
+                    try:
+                        await self._session(http)
+                        return 0
+                    except SenderError as exc:
+                        log.error("%s", exc)
+                        return 1
+                    except SourceError as exc:
+                        log.error("source failed: %s", exc)
+                        return 1
+                    except _Retry as exc:
+                        if self._connected:
+                            backoff, attempt = BACKOFF_START_S, 0
+                        attempt += 1
+                        self.stats.reconnects += 1
+                        log.warning("%s; reconnecting in %.1f s (attempt %d)", exc, backoff,
+                                    attempt)
+                    if await self._stopped_within(backoff):
+                        return 0
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+        finally:
+            self._worker.shutdown(wait=True)
+            self.stats.end_line()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        return self.stop.is_set()
+
+    async def _unless_stopped(self, awaitable: Awaitable[T], timeout: float | None = None
+                              ) -> tuple[bool, T | None]:
+        """(True, result) when ``awaitable`` finishes first, (False, None) when stop is set
+        first (it is cancelled); ``asyncio.TimeoutError`` after ``timeout``."""
+        task = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait({task, stopper}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if task in done:
+            return True, task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        if not done:
+            raise asyncio.TimeoutError
+        return False, None
+
+    async def _session(self, http: aiohttp.ClientSession) -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
+        try:
+            kp = pc.createDataChannel("kp", ordered=False, maxRetransmits=0)
+            ctrl = pc.createDataChannel("ctrl", ordered=True)
+            opened, lost = asyncio.Event(), asyncio.Event()
+
+            def on_open() -> None:
+                if kp.readyState == ctrl.readyState == "open":
+                    opened.set()
+
+            kp.on("open", on_open)
+            ctrl.on("open", on_open)
+            ctrl.on("close", lost.set)
+            ctrl.on("message", self._on_ctrl_message)
+
+            @pc.on("connectionstatechange")
+            def _state() -> None:
+                log.debug("peer connection %s", pc.connectionState)
+                if pc.connectionState in ("failed", "closed"):
+                    lost.set()
+
+            await pc.setLocalDescription(await pc.createOffer())
+            log.info("offering to %s as stream %r", self.options.url, self.options.stream)
+            finished, answer = await self._unless_stopped(self._signal(http, pc.localDescription))
+            if not finished:
+                return
+            try:
+                await pc.setRemoteDescription(answer)
+            except ValueError as exc:
+                raise SenderError(f"the edge's answer was not usable SDP: {exc}") from None
+            connected = asyncio.ensure_future(_first_of(opened, lost))
+            try:
+                finished, _ = await self._unless_stopped(connected, CONNECT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise _Retry(f"peer connection did not open within {CONNECT_TIMEOUT_S:.0f} s "
+                             f"(state {pc.connectionState})") from None
+            if not finished:
+                return
+            if lost.is_set():
+                raise _Retry(f"peer connection {pc.connectionState}")
+            self._connected = True
+            log.info("connected to %s", self.options.url)
+            await self._stream(kp, ctrl, lost)
+        finally:
+            await pc.close()
+
+    async def _signal(self, http: aiohttp.ClientSession,
+                      offer: RTCSessionDescription) -> RTCSessionDescription:
+        """POST the offer; the answer, or SenderError / _Retry by what went wrong."""
+        url = self.options.url
+        headers = {"Authorization": f"Bearer {self.options.token}"}
+        try:
+            async with http.post(url, json={"sdp": offer.sdp, "type": offer.type},
+                                 headers=headers) as response:
+                status = response.status
+                body = await response.text()
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise SenderError(f"TLS with {url} failed: {exc}. For a self-signed edge "
+                              "certificate pass --ca FILE (or --insecure)") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _Retry(f"edge unreachable at {url}: {exc or type(exc).__name__}") from None
+        if status in (401, 403):
+            raise TokenRejected(f"edge rejected the token (HTTP {status} from {url})")
+        if status >= 500 or status in (408, 409, 429):
+            raise _Retry(f"edge answered HTTP {status}: {body[:200]}")
+        if status != 200:
+            raise SenderError(f"edge refused the offer: HTTP {status}: {body[:200]}")
+        try:
+            answer = json.loads(body)
+            if not isinstance(answer, dict) or answer.get("type") != "answer" \
+                    or not isinstance(answer.get("sdp"), str):
+                raise ValueError("no answer")
+        except ValueError:
+            raise SenderError(f"{url} did not answer with an SDP answer: {body[:200]!r}") from None
+        return RTCSessionDescription(sdp=answer["sdp"], type="answer")
+
+    def _on_ctrl_message(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            self._bad_messages.warning("ignored a text message on ctrl (%d chars)", len(data))
+            return
+        try:
+            message = decode_message(data)
+        except ProtocolError as exc:
+            self._bad_messages.warning("ignored a bad message from the edge: %s", exc)
+            return
+        if isinstance(message, SourceRequest):
+            log.info("edge asks for the source image (%s)", message.reason)
+            self._source_wanted = True
+        elif isinstance(message, Feedback):
+            self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
+                                                   message.predicted, message.prediction_error)
+        elif isinstance(message, Bye):
+            log.info("edge said bye: %s", message.reason)
+        else:
+            self._bad_messages.warning("ignored an unexpected %s from the edge",
+                                       type(message).__name__)
+
+    def _capture(self) -> _Captured | None:
+        """Read and detect one observed frame (runs on the worker thread)."""
+        rgb = self.source.read()
+        if rgb is None:
+            return None
+        capture_time = time.time()
+        value, jacobian = self.extractor.detect(rgb)
+        return _Captured(rgb, capture_time, value, jacobian)
+
+    async def _on_worker(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    async def _advance(self, observed: bool) -> _Captured | bool:
+        """The next frame: captured when observed, else skipped (True); False at the end."""
+        if observed:
+            captured = await self._on_worker(self._capture)
+            return False if captured is None else captured
+        return await self._on_worker(self.source.skip)
+
+    def _limit_reached(self) -> bool:
+        limit = self.options.max_frames
+        return limit is not None and self.stats.frames >= limit
+
+    async def _stream(self, kp: RTCDataChannel, ctrl: RTCDataChannel,
+                      lost: asyncio.Event) -> None:
+        """Hello, source image, then the paced frame loop of one session."""
+        first = await self._on_worker(self._capture)
+        if lost.is_set() or ctrl.readyState != "open":
+            raise _Retry("connection to the edge lost")
+        if first is None:
+            await self._goodbye(kp, ctrl, "end of stream")
+            return
+        options = self.options
+        ctrl.send(encode_message(self.hello))
+        source_image = encode_source_image(first.rgb, options.source_format,
+                                           options.source_quality)
+        self._send_source_image(ctrl, source_image)
+        self._source_wanted = False
+        period = 1.0 / self.source.fps
+        start = time.monotonic()
+        for index in itertools.count():
+            if self.stop.is_set():
+                await self._goodbye(kp, ctrl, "sender stopped", index - 1)
+                return
+            if self._limit_reached():
+                await self._goodbye(kp, ctrl, "end of stream", index - 1)
+                return
+            if lost.is_set() or ctrl.readyState != "open":
+                raise _Retry("connection to the edge lost")
+            if self._source_wanted:
+                self._source_wanted = False
+                self._send_source_image(ctrl, source_image)
+            observed = self.schedule.is_observed(index)
+            if index == 0:
+                frame: _Captured | bool = first  # read above, for the source image
+            else:
+                if not self.source.paced:
+                    delay = start + index * period - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                try:
+                    frame = await self._advance(observed)
+                except SourceError:
+                    await self._goodbye(kp, ctrl, "source failed", index - 1)
+                    raise
+            if frame is False:
+                log.info("end of the source after %d frames", self.stats.frames)
+                await self._goodbye(kp, ctrl, "end of stream", index - 1)
+                return
+            self.stats.record_frame(observed)
+            if isinstance(frame, _Captured):
+                self._send_keypoints(kp, index, frame)
+            self.stats.maybe_report()
+
+    def _send_keypoints(self, kp: RTCDataChannel, index: int, captured: _Captured) -> None:
+        data = encode_message(Keypoints(
+            frame_index=index, capture_time=captured.capture_time,
+            group_position=self.schedule.position(index), codec=self.options.codec,
+            value=captured.value, jacobian=captured.jacobian))
+        if kp.readyState != "open" or kp.bufferedAmount > self.options.kp_buffer_limit:
+            self.stats.record_drop()
+            return
+        kp.send(data)
+        self.stats.record_packet(len(data))
+
+    def _send_source_image(self, ctrl: RTCDataChannel, image: bytes) -> None:
+        chunks = split_source_image(next(self._image_ids), image, self.options.source_format)
+        for chunk in chunks:
+            ctrl.send(encode_message(chunk))
+        self.stats.source_images += 1
+        log.info("sent the source image (%d bytes, %d chunk%s)", len(image), len(chunks),
+                 "" if len(chunks) == 1 else "s")
+
+    async def _goodbye(self, kp: RTCDataChannel, ctrl: RTCDataChannel, reason: str,
+                       last_frame_index: int | None = None) -> None:
+        """Bye on ctrl (with the stream's last frame index, so the edge plays through it),
+        then let both channels drain (at most DRAIN_TIMEOUT_S)."""
+        if ctrl.readyState != "open":
+            return
+        last = last_frame_index if last_frame_index is not None and last_frame_index >= 0 \
+            else None
+        ctrl.send(encode_message(Bye(reason, last_frame_index=last)))
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while (ctrl.bufferedAmount or kp.bufferedAmount) and ctrl.readyState == "open" \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(min(DRAIN_GRACE_S, max(0.0, deadline - time.monotonic())))
+        log.info("said bye to the edge (%s)", reason)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Returns as soon as any of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def run_sender(source: FrameSource, extractor: KeypointExtractor, options: SenderOptions,
+                     stats: SenderStats | None = None, stop: asyncio.Event | None = None) -> int:
+    """Stream until done; the exit code (0: clip sent, frame limit reached or stopped; 1: fatal
+    error such as a rejected token)."""
+    return await SenderClient(source, extractor, options, stats, stop).run()

@@ -1,0 +1,84 @@
+"""The real sender and the real edge in one process, over aiortc and HTTPS signaling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from kpvid.models import SHIPPED_CHECKPOINT
+from kpvid.models.predictors import ConstantVelocity, from_kp6, to_kp6
+from kpvid.protocol import KEYPOINT_CODECS, decode_source_image, encode_source_image
+from kpvid.sender.client import SenderOptions, run_sender
+from kpvid.sender.keypoints import KeypointExtractor
+from kpvid.sender.sources import SyntheticSource
+from kpvid.training.visualize import to_uint8
+from tests.edge_harness import TOKEN, running_edge, shipped_model, wait_for
+
+
+def expected_frames(source: SyntheticSource, frames: int, observe: int, predict: int,
+                    codec: str) -> np.ndarray:
+    """What the edge must output, computed without any streaming code: the sender's JPEG source
+    image, its keypoints through the codec, constant-velocity prediction in the gaps, and one
+    plain FOMM generator call per frame."""
+    kp_detector, generator, _ = shipped_model()
+    extractor = KeypointExtractor(kp_detector)
+    coder = KEYPOINT_CODECS[codec]
+    source_image = decode_source_image(encode_source_image(source.frame_at(0)), "jpeg")
+
+    def tensor(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
+
+    predictor = ConstantVelocity()
+    out = []
+    with torch.inference_mode():
+        kp_source = kp_detector(tensor(source_image))
+        for index in range(frames):
+            if index % (observe + predict) < observe:
+                value, jacobian = coder.decode(coder.encode(*extractor.detect(
+                    source.frame_at(index))))
+                kp6 = to_kp6(value, jacobian)
+                predictor.observe(kp6)
+            else:
+                kp6 = predictor.predict()
+            value, jacobian = from_kp6(kp6)
+            kp_driving = {"value": torch.from_numpy(value)[None],
+                          "jacobian": torch.from_numpy(jacobian)[None]}
+            prediction = generator(tensor(source_image), kp_driving, kp_source)["prediction"]
+            out.append(to_uint8(prediction)[0])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("observe, predict", [(1, 1), (2, 3)])
+def test_frames_out_are_the_frames_expected(tmp_path, observe, predict):
+    frames, codec = 30, "q12"
+
+    async def scenario() -> tuple[int, dict, dict[int, np.ndarray]]:
+        async with running_edge(tmp_path) as edge:
+            out: dict[int, np.ndarray] = {}
+            edge.edge.stream_opened.append(
+                lambda session: session.sinks.append(out.__setitem__))
+            port = int(edge.url.rsplit(":", 1)[1])
+            options = SenderOptions(host="localhost", port=port, token=TOKEN,
+                                    ca_file=str(edge.cert), stream="e2e", codec=codec,
+                                    observe=observe, predict=predict, max_frames=frames)
+            source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)
+            extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+            code = await run_sender(source, extractor, options)
+            await wait_for(lambda: any(s["name"] == "e2e" for s in edge.edge.ended), 10)
+            return code, edge.edge.ended[-1], out
+
+    code, final, out = asyncio.run(scenario())
+    assert code == 0
+    assert final["ended"] == "sender finished"
+    observed = sum(1 for i in range(frames) if i % (observe + predict) < observe)
+    assert final["frames"] == {"observed": observed, "predicted": frames - observed, "lost": 0,
+                               "out": frames}
+    assert sorted(out) == list(range(frames))
+    got = np.stack([out[i] for i in range(frames)]).astype(int)
+    source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)
+    want = expected_frames(source, frames, observe, predict, codec).astype(int)
+    assert np.abs(got - want).max() <= 1
+    assert final["latency_ms"]["p50"] is not None and final["latency_ms"]["p50"] < 1000
