@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
+from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.sources import SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
 from kpvid.training.metrics import psnr, ssim
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         env=env, stdout=logs[0], stderr=subprocess.STDOUT)
     sender: subprocess.Popen | None = None
     try:
-        cert = args.out / "tls" / "cert.pem"
+        cert = args.out / "tls" / CERT_FILE
         edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
         deadline = time.monotonic() + 30
         while not cert.exists() and time.monotonic() < deadline and receiver.poll() is None:
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                 if receiver.poll() is not None:
                     raise SystemExit(f"kpvid-receive exited with {receiver.returncode}")
                 time.sleep(0.5)
+        try:
+            sender.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise SystemExit("kpvid-send did not finish after its stream ended") from None
         if sender.returncode != 0:
             raise SystemExit(f"kpvid-send exited with {sender.returncode}; see "
                              f"{args.out / 'sender.log'}")
@@ -230,13 +235,14 @@ def main(argv: list[str] | None = None) -> int:
                                         f"{frames['lost']}"),
         ("predicted share", f"{100 * predicted_share:.1f} %  (schedule observe {args.observe}, "
                             f"predict {args.predict}, predictor {args.predictor})"),
-        ("keypoint stream", f"{snapshot['kbps']:.1f} kbps"),
+        ("keypoint stream", f"{snapshot['kbps_mean']:.1f} kbps mean "
+                            f"({snapshot['packets']} packets, msgpack payload)"),
         ("frame rate out", f"{snapshot['fps_out']:.1f} fps"),
         ("latency capture -> frame out", f"p50 {latency['p50']} ms, p99 {latency['p99']} ms"),
         ("CPU sender / receiver", " / ".join("n/a" if c is None else f"{c:.0f} %"
                                              for c in (sender_cpu, receiver_cpu))),
         ("PSNR / SSIM vs sent frames", f"{mean_psnr:.2f} dB / {mean_ssim:.3f} "
-                                       f"({len(received)} recorded frames)"),
+                                       f"({len(received)} frames of the H.264 recording)"),
         ("recording", str(recording)),
         ("sent | received", str(side_by_side)),
     ]

@@ -86,31 +86,38 @@ class HoldLast(Predictor):
 
 
 class ConstantVelocity(Predictor):
-    """Linear extrapolation ``x[t+1] = x[t] + (x[t] - x[t-1])`` of all six numbers per keypoint.
+    """Linear extrapolation of all six numbers per keypoint from the last two *observed* sets.
 
-    Open loop: each prediction becomes ``x[t]``, so a run of predictions continues the last
-    velocity in a straight line. With a single set in its history it holds that set."""
+    Every ``observe`` or ``predict`` call is one frame step. The velocity is the difference of
+    the last two observations divided by the steps between them, so a schedule that observes
+    every other frame gives the per-frame velocity, not twice it; predictions continue from the
+    last observation in a straight line. With a single observation it holds that set."""
 
     name = "constant-velocity"
 
     def __init__(self) -> None:
-        self._prev: np.ndarray | None = None
-        self._last: np.ndarray | None = None
+        self.reset()
 
     def reset(self) -> None:
-        self._prev = None
-        self._last = None
+        self._step = -1
+        self._last: np.ndarray | None = None
+        self._last_step = 0
+        self._velocity: np.ndarray | None = None
 
     def observe(self, kp6: np.ndarray) -> None:
-        self._prev, self._last = self._last, _checked_next(kp6, self._last)
+        kp6 = _checked_next(kp6, self._last)
+        self._step += 1
+        if self._last is not None:
+            self._velocity = (kp6 - self._last) / np.float32(self._step - self._last_step)
+        self._last, self._last_step = kp6, self._step
 
     def predict(self) -> np.ndarray:
         if self._last is None:
             raise RuntimeError(f"{self.name}: predict() before any observe()")
-        last, prev = self._last, self._prev
-        nxt = last.copy() if prev is None else last + (last - prev)
-        self._prev, self._last = self._last, nxt
-        return nxt.copy()
+        self._step += 1
+        if self._velocity is None:
+            return self._last.copy()
+        return self._last + self._velocity * np.float32(self._step - self._last_step)
 
 
 def _checked_next(kp6: np.ndarray, last: np.ndarray | None) -> np.ndarray:

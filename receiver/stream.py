@@ -126,6 +126,7 @@ class StreamSession:
         self.viewers = 0
         self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0}
         self.packets = 0
+        self.packet_bytes = 0
         self.kp_bytes = RateWindow()
         self.frames_out = RateWindow()
         self.latencies: deque[float] = deque(maxlen=600)
@@ -217,6 +218,7 @@ class StreamSession:
         now = time.monotonic()
         self._last_packet = now
         self.packets += 1
+        self.packet_bytes += nbytes
         self.kp_bytes.add(nbytes, now)
         self.metrics.keypoint_bytes.labels(self.name).inc(nbytes)
         if self._phase is None:
@@ -307,6 +309,10 @@ class StreamSession:
                 return
 
     # ------------------------------------------------------------------ reporting
+    def _seconds_played(self) -> float:
+        """Stream time covered by the frames played so far (at least one frame's worth)."""
+        return max(self.counts["out"], 1) / self.hello.fps
+
     def snapshot(self) -> dict:
         """The stream's live figures, as `/api/streams` reports them."""
         latencies = np.array(self.latencies) * 1000
@@ -319,6 +325,7 @@ class StreamSession:
             "frames": dict(self.counts),
             "packets": self.packets,
             "kbps": round(self.kp_bytes.rate() * 8 / 1000, 2),
+            "kbps_mean": round(self.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
             "fps_out": round(self.frames_out.rate(), 2),
             "latency_ms": {"p50": percentile(50), "p99": percentile(99)},
             "viewers": self.viewers,

@@ -93,8 +93,20 @@ def test_constant_velocity_extrapolates_linearly_open_loop():
     predictor.observe(a + step)
     for n in range(2, 6):  # its own outputs feed back: a straight line
         np.testing.assert_allclose(predictor.predict(), a + n * step, atol=1e-6)
-    predictor.observe(a)  # an observation after predictions: velocity from the last prediction
-    np.testing.assert_allclose(predictor.predict(), a - 5 * step, atol=1e-6)
+    predictor.observe(a)  # 5 steps after the last observation: velocity -step / 5
+    np.testing.assert_allclose(predictor.predict(), a - step / 5, atol=1e-6)
+
+
+def test_constant_velocity_knows_the_steps_between_observations():
+    """Observing every other frame (the M2 schedule) of a straight line predicts it exactly."""
+    predictor = ConstantVelocity()
+    a = kp_set(seed=5)
+    step = np.full_like(a, 0.01)
+    for t in range(0, 12, 2):
+        predictor.observe(a + t * step)
+        prediction = predictor.predict()
+        if t > 0:
+            np.testing.assert_allclose(prediction, a + (t + 1) * step, atol=1e-6)
 
 
 def test_constant_velocity_holds_with_a_single_observation():
