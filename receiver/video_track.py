@@ -49,7 +49,11 @@ class SynthesizedVideoTrack(VideoStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         frame_index, rgb = self._frames.popleft()
+        # yuv420p here, once: with several viewers, MediaRelay hands this one frame to several
+        # VP8 encoders, which would otherwise each convert it concurrently (aiortc #767: that
+        # segfaults)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
         frame.pts = round(frame_index * VIDEO_CLOCK_RATE / self.fps)
         frame.time_base = VIDEO_TIME_BASE
         return frame
