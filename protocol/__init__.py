@@ -6,6 +6,7 @@ from .errors import (
     MalformedMessage,
     MessageTooLarge,
     ProtocolError,
+    RateLimitedLog,
     UnsupportedVersion,
 )
 from .keypoint_codec import KEYPOINT_CODECS, MAX_KEYPOINTS, KeypointCodec
@@ -51,6 +52,7 @@ __all__ = [
     "Message",
     "MessageTooLarge",
     "ProtocolError",
+    "RateLimitedLog",
     "SourceImageAssembler",
     "SourceImageChunk",
     "SourceRequest",

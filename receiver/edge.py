@@ -12,9 +12,9 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.contrib.media import MediaRelay
 
 from kpvid.models.predictors import make_predictor
-from kpvid.protocol import Hello
+from kpvid.protocol import Hello, RateLimitedLog
 
-from .metrics import RateLimitedLog, ReceiverMetrics
+from .metrics import ReceiverMetrics
 from .sender_peer import SenderPeer
 from .stream import ModelInfo, SessionOptions, StreamSession
 from .synthesis import SynthesisEngine

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one receiver, and a logger that cannot be flooded.
+"""Prometheus metrics of one receiver.
 
 Every receiver has its own registry (so several can live in one process, as in the tests).
 Per-stream series are removed when the stream ends, so names seen once do not pile up.
@@ -7,8 +7,6 @@ Per-stream series are removed when the stream ends, so names seen once do not pi
 from __future__ import annotations
 
 import contextlib
-import logging
-import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -55,23 +53,3 @@ class ReceiverMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class RateLimitedLog:
-    """Logs a warning per key at most once every `interval` seconds, with the count it held back."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 5.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -self.interval) < self.interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        held = self._held.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({held} more like this suppressed)" if held else ""
-        self.logger.warning(message + suffix, *args)

@@ -46,6 +46,7 @@ from kpvid.protocol import (
     Hello,
     Keypoints,
     ProtocolError,
+    RateLimitedLog,
     SourceRequest,
     decode_message,
     encode_message,
@@ -206,25 +207,6 @@ def make_hello(source: FrameSource, extractor: KeypointExtractor,
     return validate_message(hello)
 
 
-class _RateLimitedLog:
-    """Logs a warning at most once per interval, counting what it held back."""
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self._last = -float("inf")
-        self._held = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return
-        if self._held:
-            message += f" ({self._held} similar messages suppressed)"
-        log.warning(message, *args)
-        self._last, self._held = now, 0
-
-
 @dataclass
 class _Captured:
     """An observed frame: the picture, when it was read, and its keypoints."""
@@ -254,7 +236,7 @@ class SenderClient:
         self.stop = stop if stop is not None else asyncio.Event()
         self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
         self._image_ids = itertools.count(1)
-        self._bad_messages = _RateLimitedLog(BAD_MESSAGE_LOG_INTERVAL_S)
+        self._bad_messages = RateLimitedLog(log, BAD_MESSAGE_LOG_INTERVAL_S)
         self._source_wanted = False
         self._connected = False
         # one worker: the source and the detector are used from a single thread, in order
@@ -399,12 +381,13 @@ class SenderClient:
 
     def _on_ctrl_message(self, data: bytes | str) -> None:
         if isinstance(data, str):
-            self._bad_messages.warning("ignored a text message on ctrl (%d chars)", len(data))
+            self._bad_messages.warning("text", "ignored a text message on ctrl (%d chars)",
+                                       len(data))
             return
         try:
             message = decode_message(data)
         except ProtocolError as exc:
-            self._bad_messages.warning("ignored a bad message from the edge: %s", exc)
+            self._bad_messages.warning("bad", "ignored a bad message from the edge: %s", exc)
             return
         if isinstance(message, SourceRequest):
             log.info("edge asks for the source image (%s)", message.reason)
@@ -415,7 +398,7 @@ class SenderClient:
         elif isinstance(message, Bye):
             log.info("edge said bye: %s", message.reason)
         else:
-            self._bad_messages.warning("ignored an unexpected %s from the edge",
+            self._bad_messages.warning("unexpected", "ignored an unexpected %s from the edge",
                                        type(message).__name__)
 
     def _capture(self) -> _Captured | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from kpvid.demo.streaming import free_port
 from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
 from kpvid.protocol import (
     Hello,
@@ -40,12 +40,6 @@ def shipped_model() -> tuple:
     if _MODEL is None:
         _MODEL = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
     return _MODEL
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
