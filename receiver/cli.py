@@ -25,7 +25,12 @@ from .edge import Edge, EdgeOptions
 from .server import make_app
 from .stream import ModelInfo, SessionOptions
 from .synthesis import SynthesisEngine
-from .tls import certificate_fingerprint, ensure_certificate, server_ssl_context
+from .tls import (
+    CertificateError,
+    certificate_fingerprint,
+    ensure_certificate,
+    server_ssl_context,
+)
 
 log = logging.getLogger("kpvid.receive")
 
@@ -94,7 +99,8 @@ def pick_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> to
     return torch.device(f"cuda:{args.gpu}")
 
 
-async def serve(args: argparse.Namespace, device: torch.device, token: str) -> int:
+async def serve(args: argparse.Namespace, device: torch.device, token: str, cert: Path,
+                key: Path) -> int:
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, device=device)
     model = ModelInfo(model_id=model_id(args.checkpoint), frame_size=frame_size(config),
                       num_kp=int(config["model_params"]["common_params"]["num_kp"]))
@@ -104,8 +110,6 @@ async def serve(args: argparse.Namespace, device: torch.device, token: str) -> i
     edge = Edge(engine, model, EdgeOptions(
         predictor=args.predictor, ice_servers=ice,
         session=SessionOptions(playout_delay=args.playout_delay, record_dir=args.record)))
-    hosts = sorted({"localhost", "127.0.0.1", socket.gethostname(), args.host} - {"0.0.0.0"})
-    cert, key = ensure_certificate(args.cert, args.key, args.state_dir, hosts)
     runner = web.AppRunner(make_app(edge, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=server_ssl_context(cert, key))
@@ -154,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             parser.error(f"--record {args.record}: {exc.strerror}")
     device = pick_device(parser, args)
+    hosts = sorted({"localhost", "127.0.0.1", socket.gethostname(), args.host} - {"0.0.0.0"})
+    try:
+        cert, key = ensure_certificate(args.cert, args.key, args.state_dir, hosts)
+    except (CertificateError, OSError) as exc:
+        parser.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     token = args.token
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         uvloop.install()
-    return asyncio.run(serve(args, device, token))
+    return asyncio.run(serve(args, device, token, cert, key))
 
 
 if __name__ == "__main__":

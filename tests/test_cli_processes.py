@@ -1,0 +1,94 @@
+"""kpvid-receive and kpvid-send as the user runs them: separate processes, flags, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import av
+import pytest
+import torch
+
+from kpvid.demo.streaming import free_port
+from kpvid.receiver.cli import main as receiver_main
+from kpvid.receiver.tls import CERT_FILE
+
+
+def receive(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kpvid.receiver.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_without_cuda_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        receiver_main(["--gpu", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "--cpu" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--checkpoint", "none.pth.tar"], "no such file"),
+    (["--port", "70000"], "not a TCP port"),
+    (["--cert", "c.pem"], "both --cert and --key"),
+    (["--cert", "c.pem", "--key", "k.pem"], "c.pem"),
+    (["--predictor", "oracle"], "invalid choice"),
+])
+def test_bad_receiver_flags_exit_2_with_a_message(tmp_path, monkeypatch, capsys, flags, words):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        receiver_main(["--cpu", "--state-dir", str(tmp_path), *flags])
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):
+    port = free_port()
+    receiver = receive("--cpu", "--host", "127.0.0.1", "--port", str(port), "--token", "t",
+                       "--state-dir", str(tmp_path / "tls"), "--record", str(tmp_path / "rec"),
+                       "--threads", "1")
+    sender = None
+    try:
+        cert = tmp_path / "tls" / CERT_FILE
+        context = None
+        deadline = time.monotonic() + 90
+        status: dict = {}
+        while time.monotonic() < deadline:  # up, then a stream playing
+            assert receiver.poll() is None, receiver.stdout.read()
+            try:
+                context = context or ssl.create_default_context(cafile=str(cert))
+                request = urllib.request.Request(f"https://localhost:{port}/api/streams",
+                                                 headers={"Authorization": "Bearer t"})
+                with urllib.request.urlopen(request, context=context, timeout=2) as response:
+                    status = json.load(response)
+            except (OSError, ssl.SSLError):
+                time.sleep(0.3)
+                continue
+            if sender is None:
+                sender = subprocess.Popen(
+                    [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
+                     "--to", f"localhost:{port}", "--ca", str(cert), "--token", "t",
+                     "--stream", "cli"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True)
+            if status["streams"] and status["streams"][0]["frames"]["out"] >= 30:
+                break
+            time.sleep(0.3)
+        assert status["streams"], status
+        receiver.send_signal(signal.SIGINT)
+        output, _ = receiver.communicate(timeout=30)
+        assert receiver.returncode == 0, output
+    finally:
+        for process in (receiver, sender):
+            if process is not None and process.poll() is None:
+                process.kill()
+    [recording] = (tmp_path / "rec").glob("cli-*.mp4")
+    with av.open(str(recording)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= 30  # a finalised, playable file with every frame played
