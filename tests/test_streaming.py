@@ -82,3 +82,29 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict):
     want = expected_frames(source, frames, observe, predict, codec).astype(int)
     assert np.abs(got - want).max() <= 1
     assert final["latency_ms"]["p50"] is not None and final["latency_ms"]["p50"] < 1000
+
+
+def test_two_streams_play_at_once_and_share_model_calls(tmp_path):
+    frames = 60
+
+    async def scenario() -> tuple[list[int], dict, float]:
+        async with running_edge(tmp_path) as edge:
+            port = int(edge.url.rsplit(":", 1)[1])
+            extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+
+            def sender(name: str, seed: int):
+                options = SenderOptions(host="localhost", port=port, token=TOKEN,
+                                        ca_file=str(edge.cert), stream=name, max_frames=frames)
+                source = SyntheticSource("faces", seed=seed, size=64, fps=30.0, length=frames)
+                return run_sender(source, extractor, options)
+
+            codes = await asyncio.gather(sender("one", 1), sender("two", 2))
+            await wait_for(lambda: len(edge.edge.ended) == 2, 10)
+            engine = edge.edge.engine
+            return codes, {s["name"]: s for s in edge.edge.ended}, engine.frames / engine.batches
+
+    codes, ended, frames_per_call = asyncio.run(scenario())
+    assert codes == [0, 0]
+    for name in ("one", "two"):
+        assert ended[name]["frames"]["out"] == frames and ended[name]["frames"]["lost"] == 0
+    assert frames_per_call > 1.0, frames_per_call  # some model calls rendered both streams
