@@ -250,10 +250,9 @@ class StreamSession:
         return (frame_index - (self._phase or 0)) % period >= self.hello.observe
 
     def _finished(self, frame_index: int) -> bool:
-        if self._bye:
+        if self._bye:  # no more packets are coming: play through the last frame
             last = self._highest_index if self._last_index is None else self._last_index
-            if frame_index > last:
-                return True
+            return frame_index > last
         return time.monotonic() - self._last_packet > self.options.idle_timeout
 
     async def _playout(self) -> None:
