@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="STUN/TURN server for the edge and its viewers, e.g. "
                              "turn:turn.example:3478 (repeatable; default: none, host "
                              "candidates only)")
-    parser.add_argument("--ice-username", help="username for the --ice-server TURN servers")
-    parser.add_argument("--ice-credential", help="credential for the --ice-server TURN servers")
+    parser.add_argument("--viewer-ice-server", action="append", metavar="URL",
+                        help="STUN/TURN server the viewer page is told to use, when browsers "
+                             "reach it by another address than the edge does (repeatable; "
+                             "default: the --ice-server list)")
+    parser.add_argument("--ice-username", help="username for the TURN servers above")
+    parser.add_argument("--ice-credential", help="credential for the TURN servers above")
     parser.add_argument("--threads", type=int,
                         help="CPU threads for the models (default: torch's choice)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -105,10 +109,14 @@ async def serve(args: argparse.Namespace, device: torch.device, token: str, cert
     model = ModelInfo(model_id=model_id(args.checkpoint), frame_size=frame_size(config),
                       num_kp=int(config["model_params"]["common_params"]["num_kp"]))
     engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch)
-    ice = [RTCIceServer(urls=url, username=args.ice_username, credential=args.ice_credential)
-           for url in args.ice_server]
+    def ice(urls: list[str]) -> list[RTCIceServer]:
+        return [RTCIceServer(urls=url, username=args.ice_username,
+                             credential=args.ice_credential) for url in urls]
+
     edge = Edge(engine, model, EdgeOptions(
-        predictor=args.predictor, ice_servers=ice,
+        predictor=args.predictor, ice_servers=ice(args.ice_server),
+        viewer_ice_servers=None if args.viewer_ice_server is None else
+        ice(args.viewer_ice_server),
         session=SessionOptions(playout_delay=args.playout_delay, record_dir=args.record)))
     runner = web.AppRunner(make_app(edge, token), access_log=None)
     await runner.setup()

@@ -32,7 +32,8 @@ class NoSuchStream(LookupError):
 class EdgeOptions:
     predictor: str = "constant-velocity"
     session: SessionOptions = field(default_factory=SessionOptions)
-    ice_servers: list[RTCIceServer] = field(default_factory=list)
+    ice_servers: list[RTCIceServer] = field(default_factory=list)  # the edge's own peers
+    viewer_ice_servers: list[RTCIceServer] | None = None  # for browsers; None: ice_servers
 
 
 class Edge:

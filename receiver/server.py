@@ -113,8 +113,10 @@ async def streams(request: web.Request) -> web.Response:
 
 
 async def ice_config(request: web.Request) -> web.Response:
+    options = request.app[EDGE_KEY].options
     servers = []
-    for server in request.app[EDGE_KEY].options.ice_servers:
+    viewer_servers = options.viewer_ice_servers
+    for server in options.ice_servers if viewer_servers is None else viewer_servers:
         entry: dict = {"urls": server.urls if isinstance(server.urls, list) else [server.urls]}
         if server.username:
             entry.update(username=server.username, credential=server.credential)

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from kpvid.demo.streaming import free_port
 from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
@@ -69,14 +69,18 @@ class EdgeHandle:
 @contextlib.asynccontextmanager
 async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        predictor: str = "constant-velocity", playout_delay: float = 0.05,
-                       idle_timeout: float = 1.0) -> AsyncIterator[EdgeHandle]:
+                       idle_timeout: float = 1.0,
+                       viewer_ice_servers: list[RTCIceServer] | None = None,
+                       ) -> AsyncIterator[EdgeHandle]:
     kp_detector, generator, config = shipped_model()
     engine = SynthesisEngine(kp_detector, generator, "cpu")
     model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
                       num_kp=config["model_params"]["common_params"]["num_kp"])
-    edge = Edge(engine, model, EdgeOptions(predictor=predictor, session=SessionOptions(
-        playout_delay=playout_delay, idle_timeout=idle_timeout, record_dir=record_dir)))
+    edge = Edge(engine, model, EdgeOptions(
+        predictor=predictor, viewer_ice_servers=viewer_ice_servers,
+        session=SessionOptions(playout_delay=playout_delay, idle_timeout=idle_timeout,
+                               record_dir=record_dir)))
     cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1"])
     runner = web.AppRunner(make_app(edge, TOKEN))
     await runner.setup()

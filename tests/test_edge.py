@@ -10,6 +10,7 @@ import av
 import msgpack
 import numpy as np
 import pytest
+from aiortc import RTCIceServer
 
 from kpvid.protocol import Bye, Keypoints, encode_message
 from tests.edge_harness import RawSender, detect, running_edge, synthetic_clip, wait_for
@@ -37,6 +38,19 @@ def test_endpoints_need_the_token(tmp_path):
             assert status == 200 and body["streams"] == []
             status, text = await edge.request("GET", "/metrics")
             assert status == 200 and "kpvid_http_rejected_total" in text
+
+    run(scenario())
+
+
+def test_the_page_gets_the_viewer_ice_servers(tmp_path):
+    turn = RTCIceServer(urls="turn:203.0.113.5:3478", username="kpvid", credential="pw")
+
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            assert await edge.request("GET", "/api/config") == (200, {"iceServers": []})
+        async with running_edge(tmp_path, viewer_ice_servers=[turn]) as edge:
+            assert await edge.request("GET", "/api/config") == (200, {"iceServers": [
+                {"urls": ["turn:203.0.113.5:3478"], "username": "kpvid", "credential": "pw"}]})
 
     run(scenario())
 

@@ -132,7 +132,8 @@ def test_event_loop_stays_responsive_during_a_slow_render(networks):
         finally:
             engine.close()
 
-    assert asyncio.run(main()) >= 10
+    # a render on the loop would allow at most one tick; a loaded machine slows the ticks
+    assert asyncio.run(main()) >= 3
 
 
 def test_unknown_and_dropped_streams_fail_only_their_requests(networks):

@@ -1,0 +1,144 @@
+"""The viewer page in headless Chromium, against the real edge with a real sender streaming.
+
+The edge and the sender run on an asyncio loop in a background thread (sync Playwright cannot
+share a thread with a running loop); each test opens fresh browser contexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kpvid.models import SHIPPED_CHECKPOINT
+from kpvid.sender.client import SenderOptions, run_sender
+from kpvid.sender.keypoints import KeypointExtractor
+from kpvid.sender.sources import SyntheticSource
+from tests.browser import ViewerBrowser, state_condition, viewer_browser
+from tests.edge_harness import TOKEN, running_edge, wait_for
+
+STREAM = "cam1"
+
+
+class LiveEdge:
+    """An edge with one live synthetic stream, served from a background thread."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.url = ""
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self.done = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        try:
+            async with running_edge(self.tmp, idle_timeout=5.0) as edge:
+                self.edge = edge
+                self._start_sender()
+                await wait_for(lambda: STREAM in edge.edge.streams, 20)
+                self.url = edge.url
+                self.ready.set()
+                await self.done.wait()
+                self.stop.set()
+                await self.sender
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+
+    def _start_sender(self) -> None:
+        port = int(self.edge.url.rsplit(":", 1)[1])
+        options = SenderOptions(host="localhost", port=port, token=TOKEN,
+                                ca_file=str(self.edge.cert), stream=STREAM)
+        source = SyntheticSource("faces", seed=3, size=64, fps=30.0, length=120)
+        self.stop = asyncio.Event()
+        self.sender = asyncio.create_task(run_sender(
+            source, KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT), options,
+            stop=self.stop))
+
+    async def _restart_sender(self) -> None:
+        self.stop.set()
+        await self.sender
+        await wait_for(lambda: STREAM not in self.edge.edge.streams, 10)
+        self._start_sender()
+
+    def restart_sender(self) -> None:
+        """The sender stops (bye), its stream ends, and a new sender of the same name starts."""
+        asyncio.run_coroutine_threadsafe(self._restart_sender(), self.loop).result(30)
+
+    def __enter__(self) -> LiveEdge:
+        self.thread.start()
+        self.ready.wait(60)
+        if self.error is not None or not self.url:
+            raise RuntimeError(f"the edge did not come up: {self.error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.done.set)
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEdge]:
+    with LiveEdge(tmp_path_factory.mktemp("edge")) as edge:
+        yield edge
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[ViewerBrowser]:
+    with viewer_browser() as b:
+        yield b
+
+
+def test_plays_without_click_and_shows_live_stats(live: LiveEdge, browser: ViewerBrowser):
+    until = ("() => window.kpvid?.framesDecoded >= 10"
+             " && document.getElementById('s-viewers').innerText === '1'")
+    result = browser.open(f"{live.url}/?token={TOKEN}", timeout=30, until=until)
+    assert not result["timed_out"], result
+    assert (result["video_width"], result["video_height"]) == (64, 64)
+    assert result["state"] == "playing" and not result["paused"]
+    assert result["stream"] == STREAM
+    assert result["dialogs"] == []  # the token came from the URL
+    stats = result["stats"]
+    assert stats["s-viewers"] == "1"
+    assert int(stats["s-observed"].replace(",", "")) > 0
+    assert int(stats["s-predicted"].replace(",", "")) > 0
+    assert stats["s-kbps"].endswith("kbps") and float(stats["s-kbps"].split()[0]) > 1
+    assert stats["s-latency"].endswith("ms")
+
+
+def test_two_viewers_and_a_missing_stream(live: LiveEdge, browser: ViewerBrowser):
+    both = browser.open_all([f"{live.url}/?token={TOKEN}&stream={STREAM}"] * 2, timeout=30,
+                            min_frames=5)
+    assert all(r["frames_decoded"] >= 5 and not r["timed_out"] for r in both), both
+    missing = browser.open(f"{live.url}/?token={TOKEN}&stream=nope", timeout=15,
+                           until=state_condition("waiting"))
+    assert missing["state"] == "waiting", missing
+    assert "nope" in missing["status_text"] and missing["frames_decoded"] == 0
+
+
+def test_a_wrong_token_is_refused_and_the_prompt_recovers(live: LiveEdge,
+                                                          browser: ViewerBrowser):
+    result = browser.open(f"{live.url}/?token=wrong", timeout=15,
+                          until=state_condition("unauthorized"))
+    assert result["state"] == "unauthorized", result
+    assert "401" in result["status_text"] and result["frames_decoded"] == 0
+    assert len(result["dialogs"]) == 1  # asked once for another token (dismissed here)
+    fixed = browser.open(f"{live.url}/", timeout=30, min_frames=3, prompt_answer=TOKEN)
+    assert fixed["frames_decoded"] >= 3 and fixed["state"] == "playing", fixed
+
+
+def test_the_page_follows_a_sender_that_restarts(live: LiveEdge, browser: ViewerBrowser):
+    with browser.viewer(f"{live.url}/?token={TOKEN}") as page:
+        first = page.wait(timeout=30, min_frames=5)
+        assert not first["timed_out"], first
+        live.restart_sender()
+        again = page.wait(timeout=30, until=(
+            f"() => window.kpvid?.state === 'playing'"
+            f" && window.kpvid.framesDecoded > {first['frames_decoded'] + 30}"))
+        assert not again["timed_out"], again
+        assert again["stream"] == STREAM
