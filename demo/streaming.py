@@ -105,9 +105,15 @@ def wait_until_up(edge: Edge, receiver: subprocess.Popen, timeout: float = 60) -
     raise SystemExit("kpvid-receive did not come up in time")
 
 
-def read_recording(path: Path) -> np.ndarray:
+def read_recording(path: Path, fps: float) -> tuple[list[int], np.ndarray]:
+    """The stream frame index (from its timestamp: a frame the edge skipped leaves a gap) and
+    the picture of every frame of a recording."""
+    indices, frames = [], []
     with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        for frame in container.decode(video=0):
+            indices.append(round(float(frame.pts * frame.time_base) * fps))
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return indices, np.stack(frames)
 
 
 def score(received: np.ndarray, sent: np.ndarray) -> tuple[float, float]:
@@ -217,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             log_file.close()
 
     recording = max(recordings.glob(f"{STREAM}-*.mp4"), key=lambda p: p.stat().st_mtime)
-    received = read_recording(recording)
+    indices, received = read_recording(recording, args.fps)
     _, _, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
     source = SyntheticSource("faces", seed=args.seed, size=frame_size(config), fps=args.fps)
-    sent = np.stack([source.frame_at(i) for i in range(len(received))])
+    sent = np.stack([source.frame_at(i) for i in indices])
     mean_psnr, mean_ssim = score(received, sent)
     side_by_side = args.out / "side-by-side.mp4"
     write_side_by_side(side_by_side, [sent, received], fps=args.fps)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     sender_cpu, receiver_cpu = (meter.percent() for meter in meters)
     latency = snapshot["latency_ms"]
     rows = [
-        ("frames out / sent", f"{frames['out']} / {args.frames}"),
+        ("frames out / sent", f"{frames['out']} / {args.frames}  ({frames['dropped']} dropped)"),
         ("observed / predicted / lost", f"{frames['observed']} / {frames['predicted']} / "
                                         f"{frames['lost']}"),
         ("predicted share", f"{100 * predicted_share:.1f} %  (schedule observe {args.observe}, "

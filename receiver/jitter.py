@@ -19,24 +19,27 @@ class PlayoutClock:
     ``due(i) = anchor + (i - first_index) / fps + delay``.
 
     Anchor rule: the first packet sets ``first_index`` to its frame index and ``anchor`` to its
-    arrival time. Until the clock is *locked*, any later packet that arrives earlier than the
-    anchor predicts (``arrival < anchor + (i - first_index) / fps``) moves the anchor back to
-    ``arrival - (i - first_index) / fps``: the anchor follows the least-delayed packet seen, so a
-    first packet that happened to be delayed does not add latency to the whole session. The
-    anchor never moves later. The clock locks, and the anchor is fixed from then on, when the
-    caller calls :meth:`lock` (do so when the first frame is actually played) or when a packet
-    arrives at or after ``due(first_index)`` (the first frame's playout time has passed, so the
-    timeline can no longer move without skipping or replaying frames). A caller that plays
-    frames before locking must read ``due()`` afresh for each frame, since it can move earlier.
+    arrival time. A later packet that arrives earlier than the anchor predicts (``arrival <
+    anchor + (i - first_index) / fps``) moves the anchor back towards ``arrival - (i -
+    first_index) / fps``: the anchor follows the least-delayed packet seen, so a first packet
+    that happened to be delayed (a cold detector, the source image sent before it) does not add
+    latency to the whole session. The anchor never moves later.
+
+    Until the clock is *locked* the anchor jumps there at once. It locks when the caller calls
+    :meth:`lock` (do so when the first frame is played) or when a packet arrives at or after
+    ``due(first_index)``. From then on it *slews*: each packet moves it at most ``slew`` frame
+    periods, so playout runs at most ``1 + slew`` times faster for a while and never skips or
+    replays a frame. Callers read ``due()`` afresh for each frame.
     """
 
-    def __init__(self, fps: float, delay: float) -> None:
+    def __init__(self, fps: float, delay: float, slew: float = 0.05) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
         self.fps = float(fps)
         self.delay = float(delay)
+        self.slew = float(slew)
         self.first_index: int | None = None
         self.anchor: float | None = None
         self.locked = False
@@ -52,14 +55,12 @@ class PlayoutClock:
             self.first_index = frame_index
             self.anchor = arrival
             return
-        if self.locked:
-            return
-        if arrival >= self.due(self.first_index):
+        if not self.locked and arrival >= self.due(self.first_index):
             self.locked = True
-            return
-        offset = (frame_index - self.first_index) / self.fps
-        if arrival - offset < self.anchor:
-            self.anchor = arrival - offset
+        candidate = arrival - (frame_index - self.first_index) / self.fps
+        if candidate < self.anchor:
+            step = self.anchor - candidate
+            self.anchor -= min(step, self.slew / self.fps) if self.locked else step
 
     def lock(self) -> None:
         """Fix the anchor from now on (call when the first frame is played)."""

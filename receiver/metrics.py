@@ -22,6 +22,9 @@ class ReceiverMetrics:
             "kpvid_frames", "Frames played out, by where their keypoints came from "
             "(observed: received; predicted: scheduled gap; lost: concealed loss)",
             ["stream", "kind"], registry=self.registry)
+        self.frames_dropped = Counter(
+            "kpvid_frames_dropped", "Frames not rendered because the edge ran too late",
+            ["stream"], registry=self.registry)
         self.keypoint_bytes = Counter(
             "kpvid_keypoint_bytes", "Bytes of keypoint messages received", ["stream"],
             registry=self.registry)
@@ -48,8 +51,9 @@ class ReceiverMetrics:
         for kind in FRAME_KINDS:
             with contextlib.suppress(KeyError):
                 self.frames.remove(stream, kind)
-        with contextlib.suppress(KeyError):
-            self.keypoint_bytes.remove(stream)
+        for counter in (self.keypoint_bytes, self.frames_dropped):
+            with contextlib.suppress(KeyError):
+                counter.remove(stream)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

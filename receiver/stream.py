@@ -8,7 +8,9 @@ Per frame index i of the stream, when the playout clock says i is due:
 - it does not: the predictor fills the gap, open-loop. The gap counts as *predicted* when the
   sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come.
 The keypoints are rendered by the shared `SynthesisEngine` (batched with other streams) and the
-frame goes to the stream's video track (viewers) and, with `--record`, to an mp4.
+frame goes to the stream's video track (viewers) and, with `--record`, to an mp4. An edge too
+slow for its load skips rendering frames that are already `max_lag` late, so the delay stays
+bounded instead of growing.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class SessionOptions:
     idle_timeout: float = 3.0       # no packet for this long: the sender is gone
     source_timeout: float = 2.0     # ask the sender for its source image again after this long
     feedback_interval: float = 1.0
+    max_lag: float = 0.5            # a frame this late is skipped (still predicted), not rendered
     record_dir: Path | None = None
 
 
@@ -124,7 +127,9 @@ class StreamSession:
         self.recording_path: Path | None = None
         self.sinks: list[FrameSink] = [self.track.push]  # each frame out goes to every sink
         self.viewers = 0
-        self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0}
+        # every tick is observed, predicted or lost (where its keypoints came from), and either
+        # out (rendered) or dropped (the edge ran more than max_lag late and skipped it)
+        self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0, "dropped": 0}
         self.packets = 0
         self.packet_bytes = 0
         self.kp_bytes = RateWindow()
@@ -275,18 +280,22 @@ class StreamSession:
             else:
                 kp6 = self.predictor.predict()
                 kind = "predicted" if self._scheduled_gap(index) else "lost"
-            frame = await self.engine.render(self.name, kp6)
-            self._emit(index, frame, kind, capture_time)
+            self.counts[kind] += 1
+            self.metrics.frames.labels(self.name, kind).inc()
+            if time.monotonic() - self.clock.due(index) > self.options.max_lag:
+                self.counts["dropped"] += 1  # too slow to keep up: catch up, do not lag on
+                self.metrics.frames_dropped.labels(self.name).inc()
+            else:
+                frame = await self.engine.render(self.name, kp6)
+                self._emit(index, frame, capture_time)
             index += 1
         await self.end("sender finished" if self._bye else "sender gone (no packets)")
 
-    def _emit(self, index: int, frame: np.ndarray, kind: str, capture_time: float | None) -> None:
+    def _emit(self, index: int, frame: np.ndarray, capture_time: float | None) -> None:
         for sink in self.sinks:
             sink(index, frame)
-        self.counts[kind] += 1
         self.counts["out"] += 1
         self.frames_out.add()
-        self.metrics.frames.labels(self.name, kind).inc()
         if capture_time is not None:
             latency = time.time() - capture_time
             self.latencies.append(latency)

@@ -119,7 +119,8 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
             good.ctrl.send(encode_message(Bye("done", last_frame_index=39)))
             session = edge.edge.streams["good"]
             await asyncio.wait_for(session.ended.wait(), 10)
-            assert session.counts == {"observed": 20, "predicted": 20, "lost": 0, "out": 40}
+            assert session.counts == {"observed": 20, "predicted": 20, "lost": 0, "out": 40,
+                                      "dropped": 0}
             assert session.end_reason == "sender finished"
             status, metrics = await edge.request("GET", "/metrics")
             for reason in ("MalformedMessage", "UnsupportedVersion", "MessageTooLarge"):
@@ -131,6 +132,41 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
             await bad.close()
 
     run(scenario())
+
+
+def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path):
+    clip = synthetic_clip(60)
+    values, jacobians = detect(clip)
+
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            engine = edge.edge.engine
+            render = engine.render
+
+            async def slow_render(stream, kp6):  # 12 fps of synthesis for a 30 fps stream
+                await asyncio.sleep(1 / 12)
+                return await render(stream, kp6)
+
+            engine.render = slow_render
+            sender = RawSender(edge)
+            await sender.connect()
+            await sender.start_stream("slow", clip[0], predict=0)
+            start = time.time()
+            for i in range(60):
+                sender.kp.send(encode_message(Keypoints(
+                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
+                    value=values[i], jacobian=jacobians[i])))
+                await asyncio.sleep(max(0.0, start + (i + 1) / 30 - time.time()))
+            sender.ctrl.send(encode_message(Bye("done", last_frame_index=59)))
+            await wait_for(lambda: len(edge.edge.ended) == 1, 10)
+            await sender.close()
+            return edge.edge.ended[0]
+
+    final = asyncio.run(scenario())
+    counts = final["frames"]
+    assert counts["observed"] == 60 and counts["out"] + counts["dropped"] == 60
+    assert counts["dropped"] > 10, counts
+    assert final["latency_ms"]["p99"] < 1000, final  # bounded by max_lag, not growing
 
 
 @pytest.mark.parametrize("change, words", [({"num_kp": 3}, "keypoint count mismatch"),

@@ -41,12 +41,15 @@ def test_delayed_first_packet_does_not_add_latency():
     assert not clock.locked
 
 
-def test_anchor_is_fixed_once_locked_explicitly():
-    clock = PlayoutClock(FPS, 0.1)
+def test_anchor_only_slews_once_locked():
+    clock = PlayoutClock(FPS, 0.1)  # FPS 25: a frame period is 40 ms, slew 5% of it: 2 ms
     clock.on_packet(0, 10.03)
     clock.lock()
-    clock.on_packet(1, 10.04)
-    assert clock.due(0) == pytest.approx(10.13)
+    clock.on_packet(1, 10.04)  # 30 ms earlier than the anchor predicts: moves 2 ms only
+    assert clock.due(0) == pytest.approx(10.128)
+    for i in range(2, 40):  # packets keep arriving 30 ms early: the excess is gone in 15
+        clock.on_packet(i, 10.0 + i / FPS)
+    assert clock.due(0) == pytest.approx(10.1)
 
 
 def test_clock_locks_when_first_frame_due_time_passes():
@@ -54,8 +57,8 @@ def test_clock_locks_when_first_frame_due_time_passes():
     clock.on_packet(5, 10.0)
     clock.on_packet(6, 10.1)  # arrives at due(5): first frame played by now -> locked
     assert clock.locked
-    clock.on_packet(9, 10.11)  # would move the anchor to 9.95, but the clock is locked
-    assert clock.due(5) == pytest.approx(10.1)
+    clock.on_packet(9, 10.11)  # would move the anchor to 9.95: locked, it slews 2 ms
+    assert clock.due(5) == pytest.approx(10.098)
 
 
 def test_reordered_older_packet_never_moves_anchor_later():

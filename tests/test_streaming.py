@@ -75,7 +75,7 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict):
     assert final["ended"] == "sender finished"
     observed = sum(1 for i in range(frames) if i % (observe + predict) < observe)
     assert final["frames"] == {"observed": observed, "predicted": frames - observed, "lost": 0,
-                               "out": frames}
+                               "out": frames, "dropped": 0}
     assert sorted(out) == list(range(frames))
     got = np.stack([out[i] for i in range(frames)]).astype(int)
     source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)
@@ -108,5 +108,6 @@ def test_two_streams_play_at_once_and_share_model_calls(tmp_path):
     assert codes == [0, 0]
     for name in ("one", "two"):
         counts = ended[name]["frames"]
-        assert counts["out"] == frames and counts["lost"] <= 3, counts
+        # every tick is played; on 2 busy cores some may be skipped to stay live (dropped)
+        assert counts["out"] + counts["dropped"] == frames and counts["lost"] <= 3, counts
     assert frames_per_call > 1.0, frames_per_call  # some model calls rendered both streams
