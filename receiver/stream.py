@@ -20,9 +20,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,6 +36,7 @@ from kpvid.protocol import (
     Keypoints,
     Message,
     ProtocolError,
+    RateLimitedLog,
     SourceImageAssembler,
     SourceImageChunk,
     SourceRequest,
@@ -44,7 +46,7 @@ from kpvid.protocol import (
 from .jitter import JitterBuffer, PlayoutClock
 from .metrics import ReceiverMetrics
 from .recorder import StreamRecorder
-from .synthesis import SynthesisEngine
+from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 from .video_track import SynthesizedVideoTrack
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,7 @@ class StreamSession:
         self._playing = False
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
+        self._render_errors = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -156,11 +159,24 @@ class StreamSession:
             self.recording_path = self.options.record_dir / f"{self.name}-{stamp}.mp4"
             self.recorder = StreamRecorder(self.recording_path, self.hello.fps)
             self.sinks.append(self.recorder.write)
-        self._tasks = [asyncio.create_task(self._playout(), name=f"playout-{self.name}"),
-                       asyncio.create_task(self._housekeeping(), name=f"ctrl-{self.name}")]
+        self._tasks = [
+            asyncio.create_task(self._guarded(self._playout(), "playout"),
+                                name=f"playout-{self.name}"),
+            asyncio.create_task(self._guarded(self._housekeeping(), "housekeeping"),
+                                name=f"ctrl-{self.name}")]
         log.info("stream %s: %.3g fps, observe %d predict %d, %dpx, %d keypoints, codec %s",
                  self.name, self.hello.fps, self.hello.observe, self.hello.predict,
                  self.hello.frame_size, self.hello.num_kp, self.hello.codec)
+
+    async def _guarded(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """Run one of the stream's tasks; a bug in it ends this stream, never the edge."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream %s: %s failed", self.name, what)
+            await self.end(f"{what} failed")
 
     async def end(self, reason: str) -> None:
         """Stop playing, free the stream's resources and finalise its recording (idempotent)."""
@@ -286,8 +302,17 @@ class StreamSession:
                 self.counts["dropped"] += 1  # too slow to keep up: catch up, do not lag on
                 self.metrics.frames_dropped.labels(self.name).inc()
             else:
-                frame = await self.engine.render(self.name, kp6)
-                self._emit(index, frame, capture_time)
+                try:
+                    frame = await self.engine.render(self.name, kp6)
+                except (EngineClosedError, UnknownStreamError):
+                    await self.end("synthesis stopped")
+                    return
+                except Exception as error:  # this frame's keypoints broke the model: skip it
+                    self._render_errors.warning("render", "stream %s: frame %d not rendered: %s",
+                                                self.name, index, error)
+                    self.counts["dropped"] += 1
+                else:
+                    self._emit(index, frame, capture_time)
             index += 1
         await self.end("sender finished" if self._bye else "sender gone (no packets)")
 

@@ -169,6 +169,40 @@ def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path)
     assert final["latency_ms"]["p99"] < 1000, final  # bounded by max_lag, not growing
 
 
+def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
+    clip = synthetic_clip(20)
+    values, jacobians = detect(clip)
+
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            engine = edge.edge.engine
+            render, calls = engine.render, []
+
+            async def flaky_render(stream, kp6):
+                calls.append(stream)
+                if len(calls) == 5:
+                    raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+                return await render(stream, kp6)
+
+            engine.render = flaky_render
+            sender = RawSender(edge)
+            await sender.connect()
+            await sender.start_stream("flaky", clip[0], predict=0)
+            for i in range(20):
+                sender.kp.send(encode_message(Keypoints(
+                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
+                    value=values[i], jacobian=jacobians[i])))
+                await asyncio.sleep(1 / 30)
+            sender.ctrl.send(encode_message(Bye("done", last_frame_index=19)))
+            await wait_for(lambda: len(edge.edge.ended) == 1, 10)
+            await sender.close()
+            return edge.edge.ended[0]
+
+    final = asyncio.run(scenario())
+    assert final["ended"] == "sender finished"
+    assert final["frames"]["out"] == 19 and final["frames"]["dropped"] == 1
+
+
 @pytest.mark.parametrize("change, words", [({"num_kp": 3}, "keypoint count mismatch"),
                                             ({"frame_size": 128}, "frame size mismatch"),
                                             ({"model_id": "vox-256"}, "model mismatch")])
