@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--playout-delay", type=float, default=0.1, metavar="SECONDS",
                         help="how far the playout clock runs behind the sender: the jitter "
                              "a packet may have and still be used (default: 0.1)")
+    parser.add_argument("--max-lag", type=float, default=0.25, metavar="SECONDS",
+                        help="an edge too busy to keep up skips rendering frames already this "
+                             "late, so the delay stays bounded (default: 0.25)")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="most frames of different streams synthesised in one model "
                              "call (default: 8)")
@@ -117,7 +120,8 @@ async def serve(args: argparse.Namespace, device: torch.device, token: str, cert
         predictor=args.predictor, ice_servers=ice(args.ice_server),
         viewer_ice_servers=None if args.viewer_ice_server is None else
         ice(args.viewer_ice_server),
-        session=SessionOptions(playout_delay=args.playout_delay, record_dir=args.record)))
+        session=SessionOptions(playout_delay=args.playout_delay, max_lag=args.max_lag,
+                               record_dir=args.record)))
     runner = web.AppRunner(make_app(edge, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=server_ssl_context(cert, key))
@@ -158,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port {args.port}: not a TCP port")
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
-    if args.playout_delay < 0:
-        parser.error("--playout-delay cannot be negative")
+    if args.playout_delay < 0 or args.max_lag <= 0:
+        parser.error("--playout-delay cannot be negative and --max-lag must be positive")
     if args.record is not None:
         try:
             args.record.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,7 @@ class SessionOptions:
     idle_timeout: float = 3.0       # no packet for this long: the sender is gone
     source_timeout: float = 2.0     # ask the sender for its source image again after this long
     feedback_interval: float = 1.0
-    max_lag: float = 0.5            # a frame this late is skipped (still predicted), not rendered
+    max_lag: float = 0.25           # a frame this late is skipped (still predicted), not rendered
     record_dir: Path | None = None
 
 

@@ -166,7 +166,7 @@ def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path)
     counts = final["frames"]
     assert counts["observed"] == 60 and counts["out"] + counts["dropped"] == 60
     assert counts["dropped"] > 10, counts
-    assert final["latency_ms"]["p99"] < 1000, final  # bounded by max_lag, not growing
+    assert final["latency_ms"]["p99"] < 600, final  # bounded by max_lag, not growing
 
 
 def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
