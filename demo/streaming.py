@@ -160,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "KPVID_TOKEN": token}
     logs = (args.out / "receiver.log").open("w"), (args.out / "sender.log").open("w")
 
+    # one torch thread each: two processes with a thread per core each oversubscribe a small
+    # machine, and the edge then falls behind real time (measured on 2 cores: 3 runs in 3 kept
+    # up with 1 thread, 1 in 3 with 2)
     receiver = subprocess.Popen(
         [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1",
          "--port", str(port), "--state-dir", str(args.out / "tls"), "--record", str(recordings),
-         "--predictor", args.predictor],
+         "--predictor", args.predictor, "--threads", "1"],
         env=env, stdout=logs[0], stderr=subprocess.STDOUT)
     sender: subprocess.Popen | None = None
     try:

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "shipped kpvid-faces-64); must match the edge's model")
     coding.add_argument("--device", default="cpu",
                         help="torch device for the detector: cpu, cuda or cuda:N (default cpu)")
+    coding.add_argument("--threads", type=_arg_type(_int_at_least(1)), default=1,
+                        help="CPU threads for the detector (default: 1; it needs a few ms a "
+                             "frame, and leaves the other cores to the rest of the machine)")
 
     parser.add_argument("--frames", metavar="N", type=_arg_type(_int_at_least(1)),
                         help="stop after N frames (observed + skipped), then exit 0")
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     try:
         extractor = KeypointExtractor.from_checkpoint(args.checkpoint, args.device)
     except (CheckpointError, OSError, RuntimeError) as exc:
