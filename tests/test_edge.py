@@ -251,3 +251,29 @@ def test_a_vanished_sender_is_cleaned_up_and_its_recording_finalised(tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == session.counts["out"] > 0
     assert np.mean(frames[0]) > 10
+
+
+def test_a_silent_sender_times_out(tmp_path):
+    """A sender whose process hangs or whose network drops sends nothing and closes nothing."""
+    clip = synthetic_clip(6)
+    values, jacobians = detect(clip)
+
+    async def scenario():
+        async with running_edge(tmp_path, idle_timeout=0.5) as edge:
+            sender = RawSender(edge)
+            await sender.connect()
+            await sender.start_stream("silent", clip[0])
+            for i in range(0, 6, 2):
+                sender.kp.send(encode_message(Keypoints(
+                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
+                    value=values[i], jacobian=jacobians[i])))
+                await asyncio.sleep(2 / 30)
+            await wait_for(lambda: len(edge.edge.ended) == 1, 5)
+            await wait_for(lambda: sender.pc.connectionState == "closed"
+                           or any(isinstance(m, Bye) for m in sender.received), 5)
+            await sender.close()
+            return edge.edge.ended[0]
+
+    final = asyncio.run(scenario())
+    assert final["ended"] == "sender gone (no packets)"
+    assert final["frames"]["observed"] == 3
