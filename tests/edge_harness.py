@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from kpvid.demo.streaming import free_port
 from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
 from kpvid.protocol import (
     Hello,
+    Keypoints,
     decode_message,
     encode_message,
     encode_source_image,
@@ -128,6 +130,17 @@ class RawSender:
         for chunk in split_source_image(1, encode_source_image(frame), "jpeg"):
             self.ctrl.send(encode_message(chunk))
         return hello
+
+    async def send_keypoints(self, values: np.ndarray, jacobians: np.ndarray,
+                             indices: range, fps: float = 30.0) -> None:
+        """Keypoint packets (f16) of frames `indices`, paced at `fps` in stream time."""
+        start = time.time()
+        for i in indices:
+            await asyncio.sleep(max(0.0, start + (i - indices[0]) / fps - time.time()))
+            self.kp.send(encode_message(Keypoints(
+                frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
+                value=values[i], jacobian=jacobians[i])))
+        await asyncio.sleep(indices.step / fps)
 
     async def close(self) -> None:
         await self.pc.close()

@@ -151,12 +151,7 @@ def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path)
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("slow", clip[0], predict=0)
-            start = time.time()
-            for i in range(60):
-                sender.kp.send(encode_message(Keypoints(
-                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
-                    value=values[i], jacobian=jacobians[i])))
-                await asyncio.sleep(max(0.0, start + (i + 1) / 30 - time.time()))
+            await sender.send_keypoints(values, jacobians, range(60))
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=59)))
             await wait_for(lambda: len(edge.edge.ended) == 1, 10)
             await sender.close()
@@ -188,11 +183,7 @@ def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("flaky", clip[0], predict=0)
-            for i in range(20):
-                sender.kp.send(encode_message(Keypoints(
-                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
-                    value=values[i], jacobian=jacobians[i])))
-                await asyncio.sleep(1 / 30)
+            await sender.send_keypoints(values, jacobians, range(20))
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=19)))
             await wait_for(lambda: len(edge.edge.ended) == 1, 10)
             await sender.close()
@@ -232,11 +223,7 @@ def test_a_vanished_sender_is_cleaned_up_and_its_recording_finalised(tmp_path):
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("gone", clip[0])
-            for i in range(0, 12, 2):
-                sender.kp.send(encode_message(Keypoints(
-                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
-                    value=values[i], jacobian=jacobians[i])))
-                await asyncio.sleep(2 / 30)
+            await sender.send_keypoints(values, jacobians, range(0, 12, 2))
             await wait_for(lambda: "gone" in edge.edge.streams, 5)
             session = edge.edge.streams["gone"]
             await sender.pc.close()  # no bye: the sender just disappears
@@ -263,11 +250,7 @@ def test_a_silent_sender_times_out(tmp_path):
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("silent", clip[0])
-            for i in range(0, 6, 2):
-                sender.kp.send(encode_message(Keypoints(
-                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
-                    value=values[i], jacobian=jacobians[i])))
-                await asyncio.sleep(2 / 30)
+            await sender.send_keypoints(values, jacobians, range(0, 6, 2))
             await wait_for(lambda: len(edge.edge.ended) == 1, 5)
             await wait_for(lambda: sender.pc.connectionState == "closed"
                            or any(isinstance(m, Bye) for m in sender.received), 5)
