@@ -134,30 +134,35 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
     run(scenario())
 
 
-def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path):
-    clip = synthetic_clip(60)
+def stream_with_render(tmp_path, frames: int, wrap) -> dict:
+    """Send every frame of a clip through an edge whose engine's render is `wrap(render)`;
+    the stream's final figures."""
+    clip = synthetic_clip(frames)
     values, jacobians = detect(clip)
 
     async def scenario():
         async with running_edge(tmp_path) as edge:
-            engine = edge.edge.engine
-            render = engine.render
-
-            async def slow_render(stream, kp6):  # 12 fps of synthesis for a 30 fps stream
-                await asyncio.sleep(1 / 12)
-                return await render(stream, kp6)
-
-            engine.render = slow_render
+            edge.edge.engine.render = wrap(edge.edge.engine.render)
             sender = RawSender(edge)
             await sender.connect()
-            await sender.start_stream("slow", clip[0], predict=0)
-            await sender.send_keypoints(values, jacobians, range(60))
-            sender.ctrl.send(encode_message(Bye("done", last_frame_index=59)))
+            await sender.start_stream("wrapped", clip[0], predict=0)
+            await sender.send_keypoints(values, jacobians, range(frames))
+            sender.ctrl.send(encode_message(Bye("done", last_frame_index=frames - 1)))
             await wait_for(lambda: len(edge.edge.ended) == 1, 10)
             await sender.close()
             return edge.edge.ended[0]
 
-    final = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path):
+    def slow(render):
+        async def slow_render(stream, kp6):  # 12 fps of synthesis for a 30 fps stream
+            await asyncio.sleep(1 / 12)
+            return await render(stream, kp6)
+        return slow_render
+
+    final = stream_with_render(tmp_path, 60, slow)
     counts = final["frames"]
     assert counts["observed"] == 60 and counts["out"] + counts["dropped"] == 60
     assert counts["dropped"] > 10, counts
@@ -165,31 +170,17 @@ def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path)
 
 
 def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
-    clip = synthetic_clip(20)
-    values, jacobians = detect(clip)
+    def flaky(render):
+        calls = []
 
-    async def scenario():
-        async with running_edge(tmp_path) as edge:
-            engine = edge.edge.engine
-            render, calls = engine.render, []
+        async def flaky_render(stream, kp6):
+            calls.append(stream)
+            if len(calls) == 5:
+                raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+            return await render(stream, kp6)
+        return flaky_render
 
-            async def flaky_render(stream, kp6):
-                calls.append(stream)
-                if len(calls) == 5:
-                    raise RuntimeError("CUDA error: an illegal memory access (simulated)")
-                return await render(stream, kp6)
-
-            engine.render = flaky_render
-            sender = RawSender(edge)
-            await sender.connect()
-            await sender.start_stream("flaky", clip[0], predict=0)
-            await sender.send_keypoints(values, jacobians, range(20))
-            sender.ctrl.send(encode_message(Bye("done", last_frame_index=19)))
-            await wait_for(lambda: len(edge.edge.ended) == 1, 10)
-            await sender.close()
-            return edge.edge.ended[0]
-
-    final = asyncio.run(scenario())
+    final = stream_with_render(tmp_path, 20, flaky)
     assert final["ended"] == "sender finished"
     assert final["frames"]["out"] == 19 and final["frames"]["dropped"] == 1
 
