@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -156,7 +157,12 @@ class StreamSession:
     def start(self) -> None:
         if self.options.record_dir is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            self.recording_path = self.options.record_dir / f"{self.name}-{stamp}.mp4"
+            path = self.options.record_dir / f"{self.name}-{stamp}.mp4"
+            for n in itertools.count(2):  # a restart within the same second: never overwrite
+                if not path.exists():
+                    break
+                path = path.with_name(f"{self.name}-{stamp}-{n}.mp4")
+            self.recording_path = path
             self.recorder = StreamRecorder(self.recording_path, self.hello.fps)
             self.sinks.append(self.recorder.write)
         self._tasks = [
