@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -153,13 +154,21 @@ def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """``kpvid-eval reconstruct`` (quality) and ``kpvid-eval speed`` (per-frame cost)."""
+    """``kpvid-eval reconstruct`` (quality), ``kpvid-eval speed`` (per-frame cost) and
+    ``kpvid-eval predict`` (keypoint predictors, the papers' protocols)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:  # its own parser: kpvid-eval predict --help
+        from kpvid.training.evaluate_predict import predict_main
+
+        return predict_main(argv[1:])
     from kpvid.training.evaluate import evaluate_reconstruction, format_table, write_json
     from kpvid.training.speed import format_speed, measure_speed
 
     parser = argparse.ArgumentParser(prog="kpvid-eval",
                                      description="Measure kpvid's models: quality and speed.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("predict", help="keypoint predictors under the papers' protocols M1/M2 "
+                                   "(kpvid-eval predict --help)")
     rec = sub.add_parser(
         "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD",
         description="Source = each test video's first frame; every frame is driven by its own "
