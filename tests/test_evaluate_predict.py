@@ -129,7 +129,6 @@ def test_parse_predictor():
 
 
 def test_predict_reconstruction_json_and_plots(tmp_path, checkpoint, data, monkeypatch):
-    pytest.importorskip("matplotlib")
     # learned predictors stand in as hold-last so that the init/spread plumbing runs
     monkeypatch.setattr(evaluate_predict, "load_learned", lambda *args: HoldLast())
     out = tmp_path / "results.json"
