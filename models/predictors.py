@@ -7,15 +7,17 @@ output is its next input, exactly as if it had been observed, and it never sees 
 of a predicted step. Keypoint sets are ``kp6`` arrays: float32 ``(K, 6)`` rows of
 ``[x, y, j00, j01, j10, j11]`` (see :func:`to_kp6`).
 
-Interface for new predictors (the learned ones come later): subclass :class:`Predictor`, set a
-class attribute ``name``, implement the three methods, and register the class in
-:data:`PREDICTORS`. Batched models may add batched helpers of their own; the receiver only relies
-on ``reset`` / ``observe`` / ``predict``.
+Interface for new predictors: subclass :class:`Predictor`, set a class attribute ``name``,
+implement the three methods, and register the class in :data:`PREDICTORS`. The learned
+predictors (vrnn, rnn, vae; :mod:`kpvid.models.learned_predictor`) need a checkpoint and are
+built by :func:`make_predictor` from one. Batched models may add batched helpers of their own;
+the receiver only relies on ``reset`` / ``observe`` / ``predict``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -135,11 +137,28 @@ PREDICTORS: dict[str, type[Predictor]] = {
 }
 
 
-def make_predictor(name: str) -> Predictor:
-    """A fresh predictor by registry name (ValueError listing the choices for unknown names)."""
+LEARNED_PREDICTORS = ("vrnn", "rnn", "vae")
+
+
+def make_predictor(name: str, checkpoint: str | Path | None = None, *, num_kp: int | None = None,
+                   model_id: str | None = None) -> Predictor:
+    """A fresh predictor by registry name (ValueError listing the choices for unknown names).
+
+    The learned ones (:data:`LEARNED_PREDICTORS`) load their weights from ``checkpoint``, which
+    must hold that kind; ``num_kp`` / ``model_id`` are checked against it (see
+    :func:`kpvid.models.learned_predictor.load_predictor`)."""
+    if name in LEARNED_PREDICTORS:
+        from .learned_predictor import load_predictor
+
+        if checkpoint is None:
+            raise ValueError(f"predictor {name!r} needs a checkpoint file")
+        predictor = load_predictor(checkpoint, num_kp=num_kp, model_id=model_id)
+        if predictor.name != name:
+            raise ValueError(f"{checkpoint} holds a {predictor.name!r} predictor, not {name!r}")
+        return predictor
     try:
         cls = PREDICTORS[name]
     except KeyError:
         raise ValueError(f"unknown predictor {name!r}; choose one of: "
-                         f"{', '.join(sorted(PREDICTORS))}") from None
+                         f"{', '.join(sorted([*PREDICTORS, *LEARNED_PREDICTORS]))}") from None
     return cls()

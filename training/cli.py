@@ -77,11 +77,19 @@ def data_main(argv: list[str] | None = None) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """``kpvid-train fomm``: FOMM reconstruction training."""
+    """``kpvid-train fomm`` (FOMM reconstruction training), ``kpvid-train export`` and
+    ``kpvid-train predictor`` (keypoint predictors)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predictor"]:  # its own parser: kpvid-train predictor --help
+        from kpvid.training.train_predictor import train_predictor_main
+
+        return train_predictor_main(argv[1:])
     from kpvid.training.train_fomm import TrainOptions, train
 
     parser = argparse.ArgumentParser(prog="kpvid-train", description="Train kpvid's models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("predictor", help="a keypoint predictor (vrnn, rnn, vae) on keypoint "
+                                     "sequences from kpvid-extract (kpvid-train predictor --help)")
     fomm = sub.add_parser(
         "fomm", help="train the keypoint detector and generator",
         description="Train FOMM (keypoint detector + dense motion + generator) by reconstruction. "

@@ -1,0 +1,203 @@
+"""Streaming adapter and checkpoints of the learned keypoint predictors (vrnn, rnn, vae).
+
+:class:`LearnedPredictor` wraps a :class:`~.sequence_model.KeypointSequenceModel` behind the
+receiver's :class:`~.predictors.Predictor` interface: ``kp6`` sets in and out in the keypoint
+detector's own units, normalised inside with the statistics the checkpoint carries. Its state is
+one tensor of shape ``(samples, state_size)``, one row per Monte-Carlo particle, so states of many
+streams stack along the batch for :meth:`KeypointSequenceModel.step`.
+
+A predictor checkpoint (:func:`save_predictor`) is a ``torch.save`` dict: ``format``, ``kind``,
+``hparams``, ``state_dict``, ``normalisation`` (``mean``/``std`` lists of 6), ``num_kp``,
+``model_id`` (the FOMM checkpoint whose keypoints it learnt) and ``meta`` (training record).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError
+from .predictors import Predictor, check_kp6
+from .rnn_predictor import KeypointRNN
+from .sequence_model import KeypointSequenceModel
+from .vae_predictor import KeypointVAE
+from .vrnn import KeypointVRNN
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "kpvid-predictor/1"
+NETWORKS: dict[str, type[KeypointSequenceModel]] = {
+    cls.kind: cls for cls in (KeypointVRNN, KeypointRNN, KeypointVAE)}
+MIN_STD = 1e-4
+
+
+def build_network(kind: str, **hparams: object) -> KeypointSequenceModel:
+    """A fresh network by kind (``vrnn``, ``rnn``, ``vae``); ValueError naming the choices."""
+    try:
+        cls = NETWORKS[kind]
+    except KeyError:
+        raise ValueError(f"unknown predictor network {kind!r}; choose one of: "
+                         f"{', '.join(sorted(NETWORKS))}") from None
+    return cls(**hparams)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-column statistics of kp6 sets (over all keypoints): ``x_norm = (kp6 - mean) / std``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            value = np.asarray(getattr(self, name), dtype=np.float32)
+            if value.shape != (6,) or not np.all(np.isfinite(value)):
+                raise ValueError(f"normalisation {name} must be 6 finite numbers, got {value!r}")
+            object.__setattr__(self, name, value)
+        if np.any(self.std <= 0):
+            raise ValueError(f"normalisation std must be positive, got {self.std}")
+
+    @classmethod
+    def fit(cls, kp: np.ndarray) -> Normalisation:
+        """Statistics of kp6 sets ``(..., 6)``; a constant column gets a tiny std, not zero."""
+        flat = np.asarray(kp, dtype=np.float64).reshape(-1, 6)
+        return cls(flat.mean(axis=0), np.maximum(flat.std(axis=0), MIN_STD))
+
+    def apply(self, kp: np.ndarray) -> np.ndarray:
+        """kp6 sets ``(..., K, 6)`` -> normalised float32, flattened to ``(..., K * 6)``."""
+        kp = np.asarray(kp, dtype=np.float32)
+        return ((kp - self.mean) / self.std).reshape(*kp.shape[:-2], -1)
+
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """Flattened normalised sets ``(..., K * 6)`` -> kp6 float32 ``(..., K, 6)``."""
+        x = np.asarray(x, dtype=np.float32).reshape(*np.shape(x)[:-1], -1, 6)
+        return x * self.std + self.mean
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+
+class LearnedPredictor(Predictor):
+    """One stream's learned predictor (see the module docstring).
+
+    ``samples == 1``: deterministic mode (latent means). ``samples > 1`` (stochastic networks
+    only): that many particles, each feeding back its own sampled rollout; :meth:`predict`
+    returns their mean. ``seed`` makes sampled mode repeatable."""
+
+    def __init__(self, network: KeypointSequenceModel, norm: Normalisation, *, samples: int = 1,
+                 seed: int | None = None) -> None:
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        self.name = network.kind
+        self.network = network.eval()
+        self.norm = norm
+        self.num_kp = network.num_kp
+        self.samples = samples if network.stochastic else 1
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: torch.Tensor | None = None
+        self._generator = torch.Generator()
+        if self.seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(self.seed)
+
+    def _step(self, x: torch.Tensor | None, state: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out, self.state = self.network.step(x, state, sample=self.samples > 1,
+                                                generator=self._generator)
+        return out
+
+    def observe(self, kp6: np.ndarray) -> None:
+        kp6 = check_kp6(kp6)
+        if kp6.shape[0] != self.num_kp:
+            raise ValueError(f"{self.name} predictor expects {self.num_kp} keypoints per set, "
+                             f"got {kp6.shape[0]}")
+        x = torch.from_numpy(self.norm.apply(kp6)).unsqueeze(0).expand(self.samples, -1)
+        state = self.network.init_state(self.samples) if self.state is None else self.state
+        self._step(x, state)
+
+    def predict(self) -> np.ndarray:
+        if self.state is None:
+            raise RuntimeError(f"{self.name}: predict() before any observe()")
+        out = self._step(None, self.state)
+        return self.norm.invert(out.mean(dim=0).numpy())
+
+
+@dataclass(frozen=True)
+class PredictorCheckpoint:
+    """What a predictor checkpoint holds, with the network rebuilt (eval mode)."""
+
+    network: KeypointSequenceModel
+    norm: Normalisation
+    model_id: str | None
+    meta: dict
+
+    @property
+    def kind(self) -> str:
+        return self.network.kind
+
+    @property
+    def num_kp(self) -> int:
+        return self.network.num_kp
+
+
+def save_predictor(path: str | Path, network: KeypointSequenceModel, norm: Normalisation,
+                   meta: dict | None = None, *, model_id: str | None = None) -> Path:
+    """Write a predictor checkpoint; ``model_id`` defaults to ``meta['model_id']``."""
+    meta = dict(meta or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": network.kind, "hparams": network.hparams,
+                "state_dict": network.state_dict(), "normalisation": norm.to_dict(),
+                "num_kp": network.num_kp, "model_id": model_id or meta.get("model_id"),
+                "meta": meta}, path)
+    return path
+
+
+def read_predictor_checkpoint(path: str | Path, num_kp: int | None = None,
+                              model_id: str | None = None) -> PredictorCheckpoint:
+    """Load and check a predictor checkpoint (CheckpointError naming both values on a
+    ``num_kp`` or ``model_id`` mismatch, or when the file is not a predictor checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"predictor checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"cannot read predictor checkpoint {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a kpvid predictor checkpoint "
+                              f"(expected format {CHECKPOINT_FORMAT!r})")
+    if num_kp is not None and data["num_kp"] != num_kp:
+        raise CheckpointError(f"predictor {path} was trained on {data['num_kp']} keypoints per "
+                              f"set, but the keypoint model has {num_kp}")
+    stored_id = data.get("model_id")
+    if model_id is not None and stored_id != model_id:
+        if stored_id is None:
+            log.warning("predictor %s does not say which keypoint model it was trained on; "
+                        "using it with %s", path, model_id)
+        else:
+            raise CheckpointError(f"predictor {path} was trained on keypoints of model "
+                                  f"{stored_id!r}, but the keypoint model is {model_id!r} "
+                                  "(its normalisation and dynamics would not fit)")
+    try:
+        network = build_network(data["kind"], **data["hparams"])
+        network.load_state_dict(data["state_dict"])
+        norm = Normalisation(**data["normalisation"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"predictor checkpoint {path} is inconsistent: {exc}") from exc
+    return PredictorCheckpoint(network.eval(), norm, stored_id, data.get("meta", {}))
+
+
+def load_predictor(path: str | Path, num_kp: int | None = None, model_id: str | None = None,
+                   *, samples: int = 1, seed: int | None = None) -> LearnedPredictor:
+    """A :class:`LearnedPredictor` from a checkpoint (see :func:`read_predictor_checkpoint`)."""
+    checkpoint = read_predictor_checkpoint(path, num_kp=num_kp, model_id=model_id)
+    return LearnedPredictor(checkpoint.network, checkpoint.norm, samples=samples, seed=seed)
