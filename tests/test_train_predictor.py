@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from kpvid.models.learned_predictor import load_predictor
+from kpvid.models.learned_predictor import Normalisation, load_predictor
 from kpvid.models.predictors import ConstantVelocity, HoldLast
 from kpvid.models.sequence_model import schedule_mask
 from kpvid.training.train_predictor import (
     KeypointData,
+    PredictorTrainOptions,
+    augmented_batch,
     build_parser,
     evaluate_predictor,
     load_keypoint_file,
@@ -97,6 +99,33 @@ def test_open_loop_scores_and_short_sequences(caplog):
     assert m2.kp_mse == pytest.approx(0.3) and m2.sequences == 3 and m2.skipped == 0
 
 
+def test_augmented_batches_crop_and_shift_positions_only():
+    kp = np.random.default_rng(1).normal(size=(5, 12, 3, 6)).astype(np.float32)
+    norm = Normalisation(np.zeros(6), np.full(6, 2.0))
+    x = torch.from_numpy(norm.apply(kp))
+    valid = torch.ones(5, 12, dtype=torch.bool)
+    opts = PredictorTrainOptions(kind="rnn", data="", out="", batch=7, crop=4, shift=0.5)
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(20):
+        batch, batch_valid = augmented_batch(x, valid, norm, opts, rng)
+        assert batch.shape[0] == 7 and batch.shape[2] == 18 and 8 <= batch.shape[1] <= 12
+        assert batch_valid.shape == batch.shape[:2]
+        starts.add(12 - batch.shape[1])
+        sets = norm.invert(batch.numpy())  # back in detector units: (7, T', 3, 6)
+        # each sequence is one of the originals, cropped, moved by one offset per sequence
+        diffs = [sets[i] - kp[j, 12 - sets.shape[1]:] for i in range(7) for j in range(5)
+                 if np.allclose(sets[i][..., 2:], kp[j, 12 - sets.shape[1]:, :, 2:], atol=1e-5)]
+        assert len(diffs) == 7
+        for diff in diffs:
+            assert np.allclose(diff[..., :2], diff[0, 0, :2], atol=1e-5)
+            assert np.all(np.abs(diff[0, 0, :2]) <= 0.5 + 1e-5)
+    assert starts == {0, 1, 2, 3, 4}
+    plain = PredictorTrainOptions(kind="rnn", data="", out="", batch=3, crop=0, shift=0)
+    batch, _ = augmented_batch(x, valid, norm, plain, rng)
+    assert any(torch.equal(batch[0], x[j]) for j in range(5))
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["--help"])
@@ -112,7 +141,7 @@ def test_train_predictor_main_end_to_end(tmp_path, kind):
     write_npz(tmp_path / "kp.npz")
     run = tmp_path / "run"
     argv = ["--kind", kind, "--data", str(tmp_path / "kp.npz"), "--out", str(run), "--steps", "6",
-            "--batch", "4", "--hidden", "8", "--latent", "2", "--kl-anneal", "3",
+            "--batch", "4", "--hidden", "8", "--latent", "2", "--beta", "0.5", "--kl-anneal", "3",
             "--val-every", "3", "--log-every", "2", "--val-samples", "2", "--threads", "1",
             "--no-progress"]
     assert train_predictor_main(argv) == 0
@@ -120,7 +149,7 @@ def test_train_predictor_main_end_to_end(tmp_path, kind):
                                                "summary.json"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["split"] for r in records] == ["train", "val", "train", "train", "val", "final"]
-    assert records[0]["beta"] == pytest.approx(2 / 3)  # annealed: step 2 of 3
+    assert records[0]["beta"] == pytest.approx(0.5 * 2 / 3)  # annealed: step 2 of 3
     summary = json.loads((run / "summary.json").read_text())
     assert summary["validation"]["m1"]["sequences"] == 2
     assert set(summary["baselines"]) == {"hold-last", "constant-velocity"}
