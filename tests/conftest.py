@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from kpvid.models import load_config
+from kpvid.models import build_networks, load_config
 
 torch.set_num_threads(2)
 
@@ -28,3 +29,14 @@ def tiny_config() -> dict:
     train = config["train_params"]
     train.update(batch_size=4, num_epochs=1, num_repeats=2, scales=[1, 0.5])
     return config
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path, tiny_config) -> Path:
+    """A kpvid checkpoint (config inside) of the tiny config's untrained networks."""
+    torch.manual_seed(0)
+    kp_detector, generator = build_networks(tiny_config)
+    path = tmp_path / "tiny-model.pth.tar"
+    torch.save({"kp_detector": kp_detector.state_dict(), "generator": generator.state_dict(),
+                "config": tiny_config}, path)
+    return path

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from kpvid.models import build_networks
 from kpvid.models.predictors import HoldLast, Predictor
 from kpvid.training import evaluate_predict
 from kpvid.training.evaluate_predict import (
@@ -24,16 +23,6 @@ from kpvid.training.evaluate_predict import (
     summarize,
 )
 from kpvid.training.synthetic import write_dataset
-
-
-@pytest.fixture()
-def checkpoint(tmp_path, tiny_config) -> Path:
-    torch.manual_seed(0)
-    kp_detector, generator = build_networks(tiny_config)
-    path = tmp_path / "tiny-model.pth.tar"
-    torch.save({"kp_detector": kp_detector.state_dict(), "generator": generator.state_dict(),
-                "config": tiny_config}, path)
-    return path
 
 
 @pytest.fixture()
@@ -128,11 +117,11 @@ def test_parse_predictor():
             parse_predictor(bad)
 
 
-def test_predict_reconstruction_json_and_plots(tmp_path, checkpoint, data, monkeypatch):
+def test_predict_reconstruction_json_and_plots(tmp_path, tiny_checkpoint, data, monkeypatch):
     # learned predictors stand in as hold-last so that the init/spread plumbing runs
     monkeypatch.setattr(evaluate_predict, "load_learned", lambda *args: HoldLast())
     out = tmp_path / "results.json"
-    code = predict_main(["--checkpoint", str(checkpoint), "--data", str(data), "--protocol",
+    code = predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol",
                          "m1", "m2", "--predictors", "vrnn=a.pt,b.pt,c.pt", "constant-velocity",
                          "hold-last", "--inits", "2", "--json", str(out), "--plots",
                          str(tmp_path / "plots"), "--threads", "1", "--quiet"])
@@ -188,11 +177,11 @@ def test_fvd_loads_an_exported_program(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_predict_transfer_with_fvd_plumbing(tmp_path, checkpoint, data):
+def test_predict_transfer_with_fvd_plumbing(tmp_path, tiny_checkpoint, data):
     i3d = tmp_path / "fake-i3d.pt"
     torch.jit.script(MeanColour()).save(str(i3d))
     out = tmp_path / "transfer.json"
-    assert predict_main(["--checkpoint", str(checkpoint), "--data", str(data), "--protocol",
+    assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol",
                          "m2", "--mode", "transfer", "--max-videos", "3", "--i3d", str(i3d),
                          "--json", str(out), "--quiet"]) == 0
     results = json.loads(out.read_text())
@@ -203,7 +192,7 @@ def test_predict_transfer_with_fvd_plumbing(tmp_path, checkpoint, data):
     assert 0 <= results["m2"]["hold_last"]["frame_mse"] < 1
 
 
-def test_predict_with_learned_predictor_files(tmp_path, checkpoint, data):
+def test_predict_with_learned_predictor_files(tmp_path, tiny_checkpoint, data):
     learned = pytest.importorskip("kpvid.models.learned_predictor")
     norm = learned.Normalisation(np.zeros(6), np.ones(6))
     files = []
@@ -215,7 +204,7 @@ def test_predict_with_learned_predictor_files(tmp_path, checkpoint, data):
         files.append(learned.save_predictor(tmp_path / f"rnn{seed}.pt", network, norm,
                                             model_id="tiny-model"))
     out = tmp_path / "learned.json"
-    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--protocol", "m2",
+    args = ["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol", "m2",
             "--max-videos", "2", "--quiet", "--json", str(out), "--predictors"]
     assert predict_main([*args, f"rnn={files[0]},{files[1]}", "hold-last"]) == 0
     rnn = json.loads(out.read_text())["m2"]["rnn"]
@@ -224,18 +213,18 @@ def test_predict_with_learned_predictor_files(tmp_path, checkpoint, data):
     assert predict_main([*args, f"vrnn={files[0]}"]) == 2  # an rnn file under the vrnn label
 
 
-def test_predict_bad_input(tmp_path, checkpoint, data, capsys):
+def test_predict_bad_input(tmp_path, tiny_checkpoint, data, capsys):
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copytree(data / "test" / "faces_00000", lone / "faces_00000")
-    assert predict_main(["--checkpoint", str(checkpoint), "--data", str(lone), "--mode",
+    assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(lone), "--mode",
                          "transfer", "--quiet"]) == 2
-    assert predict_main(["--checkpoint", str(checkpoint), "--data", str(lone), "--protocol",
+    assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(lone), "--protocol",
                          "bair", "--quiet"]) == 0  # 32 frames are enough: bair cuts 30
     short = tmp_path / "short"
     short.mkdir()
     shutil.copytree(data / "test" / "faces_00009_short", short / "v")
-    assert predict_main(["--checkpoint", str(checkpoint), "--data", str(short), "--protocol",
+    assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(short), "--protocol",
                          "m1", "--quiet"]) == 2
     with pytest.raises(SystemExit):
         predict_main(["--data", str(data), "--predictors", "vrnn"])

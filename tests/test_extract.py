@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from kpvid.models import build_networks, load_checkpoint_with_config
+from kpvid.models import load_checkpoint_with_config
 from kpvid.training.dataset import read_video
 from kpvid.training.extract import (
     detect_kp6,
@@ -20,16 +19,6 @@ from kpvid.training.extract import (
     load_keypoints,
 )
 from kpvid.training.synthetic import write_dataset
-
-
-@pytest.fixture()
-def checkpoint(tmp_path, tiny_config) -> Path:
-    torch.manual_seed(0)
-    kp_detector, generator = build_networks(tiny_config)
-    path = tmp_path / "tiny-model.pth.tar"
-    torch.save({"kp_detector": kp_detector.state_dict(), "generator": generator.state_dict(),
-                "config": tiny_config}, path)
-    return path
 
 
 @pytest.fixture()
@@ -47,11 +36,11 @@ def data(tmp_path) -> Path:
     return out
 
 
-def test_extract_writes_padded_sequences_and_skips_broken_videos(tmp_path, checkpoint, data,
+def test_extract_writes_padded_sequences_and_skips_broken_videos(tmp_path, tiny_checkpoint, data,
                                                                  caplog):
     out = tmp_path / "kp" / "train.npz"
-    assert extract_main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out),
-                         "--batch", "3", "--threads", "1", "--quiet"]) == 0
+    assert extract_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data),
+                         "--out", str(out), "--batch", "3", "--threads", "1", "--quiet"]) == 0
     assert "faces_00003_broken" in caplog.text
     sequences = load_keypoints(out)
     assert sequences.names == ["faces_00000", "faces_00001", "faces_00002_short"]
@@ -59,7 +48,7 @@ def test_extract_writes_padded_sequences_and_skips_broken_videos(tmp_path, check
     assert sequences.lengths.tolist() == [8, 8, 5]
     assert (sequences.model_id, sequences.frame_size, sequences.split) == ("tiny-model", 32,
                                                                            "train")
-    kp_detector, _, _ = load_checkpoint_with_config(checkpoint)
+    kp_detector, _, _ = load_checkpoint_with_config(tiny_checkpoint)
     frames = frames_to_tensor(read_video(data / "train" / "faces_00001", size=32))
     np.testing.assert_allclose(sequences.kp[1], detect_kp6(kp_detector, frames), atol=1e-5)
     # the short video is the first one's first five frames, padded with its last set
@@ -68,9 +57,10 @@ def test_extract_writes_padded_sequences_and_skips_broken_videos(tmp_path, check
     assert sequences.sequence(2).shape == (5, 4, 6)
 
 
-def test_extract_split_and_refuses_to_overwrite(tmp_path, checkpoint, data, capsys):
+def test_extract_split_and_refuses_to_overwrite(tmp_path, tiny_checkpoint, data, capsys):
     out = tmp_path / "test.npz"
-    common = ["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--quiet"]
+    common = ["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--out", str(out),
+              "--quiet"]
     args = [*common, "--split", "test"]
     assert extract_main(args) == 0
     sequences = load_keypoints(out)
