@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from kpvid.models import (
-    SHIPPED_CHECKPOINT,
     CheckpointError,
     ConfigError,
     export_checkpoint,
@@ -18,25 +17,14 @@ from kpvid.models import (
     load_checkpoint_with_config,
 )
 
+from .arguments import add_checkpoint_arguments, device, positive_int
+
 log = logging.getLogger("kpvid")
 
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _device(text: str) -> str:
-    if text.startswith("cuda") and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"device '{text}' asked for but CUDA is not available")
-    return text
 
 
 def data_main(argv: list[str] | None = None) -> int:
@@ -51,13 +39,13 @@ def data_main(argv: list[str] | None = None) -> int:
     synth.add_argument("--domain", choices=DOMAINS, default="faces",
                        help="faces: talking-head avatars; arm: BAIR-like robot arm pushing "
                             "objects (default: faces)")
-    synth.add_argument("--videos", type=_positive_int, required=True,
+    synth.add_argument("--videos", type=positive_int, required=True,
                        help="number of videos in all, train and test together")
     synth.add_argument("--seed", type=int, default=0,
                        help="data seed; a different seed gives disjoint videos (default: 0)")
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--size", type=int, default=64, help="frame size in pixels (default: 64)")
-    synth.add_argument("--frames", type=_positive_int, default=None,
+    synth.add_argument("--frames", type=positive_int, default=None,
                        help="frames per video (default: 32 for faces, 30 for arm)")
     synth.add_argument("--test-fraction", type=float, default=0.1,
                        help="share of the videos that go to test/ (default: 0.1)")
@@ -106,17 +94,17 @@ def train_main(argv: list[str] | None = None) -> int:
     fomm.add_argument("--vgg", type=Path, default=None,
                       help="torchvision-layout VGG19 state dict: use the perceptual loss instead "
                            "of the default multi-scale L1")
-    fomm.add_argument("--device", type=_device, default="cpu",
+    fomm.add_argument("--device", type=device, default="cpu",
                       help="cpu or cuda[:N] (default: cpu)")
-    fomm.add_argument("--max-steps", type=_positive_int, default=None,
+    fomm.add_argument("--max-steps", type=positive_int, default=None,
                       help="stop after this many optimizer steps in all (default: the config's "
                            "num_epochs)")
     fomm.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     fomm.add_argument("--workers", type=int, default=0,
                       help="data loader worker processes (default: 0)")
-    fomm.add_argument("--threads", type=_positive_int, default=None,
+    fomm.add_argument("--threads", type=positive_int, default=None,
                       help="CPU threads for torch (default: torch's choice)")
-    fomm.add_argument("--log-every", type=_positive_int, default=25,
+    fomm.add_argument("--log-every", type=positive_int, default=25,
                       help="steps between metrics.jsonl records (default: 25)")
     fomm.add_argument("--image-every", type=int, default=500,
                       help="steps between PNG grids in images/, 0 for none (default: 500)")
@@ -153,14 +141,6 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                        help="FOMM checkpoint (default: the shipped one)")
-    parser.add_argument("--config", default=None,
-                        help="config for a checkpoint that carries none (official vox-256 "
-                             "files: vox-256)")
-
-
 def eval_main(argv: list[str] | None = None) -> int:
     """``kpvid-eval reconstruct`` (quality), ``kpvid-eval speed`` (per-frame cost) and
     ``kpvid-eval predict`` (keypoint predictors, the papers' protocols)."""
@@ -181,25 +161,25 @@ def eval_main(argv: list[str] | None = None) -> int:
         "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD",
         description="Source = each test video's first frame; every frame is driven by its own "
                     "detected keypoints. Prints a table and writes the scores as JSON.")
-    _add_checkpoint_arguments(rec)
+    add_checkpoint_arguments(rec)
     rec.add_argument("--data", type=Path, required=True,
                      help="data folder (its test/ subfolder when present)")
     rec.add_argument("--json", type=Path, required=True, help="where to write the scores")
-    rec.add_argument("--max-videos", type=_positive_int, default=None,
+    rec.add_argument("--max-videos", type=positive_int, default=None,
                      help="evaluate only the first N videos")
     rec.add_argument("--save-videos", type=Path, default=None,
                      help="folder for side-by-side mp4s (driving with keypoints | rebuilt)")
-    rec.add_argument("--device", type=_device, default="cpu",
+    rec.add_argument("--device", type=device, default="cpu",
                      help="cpu or cuda[:N] (default: cpu)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     speed = sub.add_parser(
         "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
         description="Time keypoint detection and synthesis of one frame at a time (batch 1, "
                     "source features computed once) on random frames; prints a table.")
-    _add_checkpoint_arguments(speed)
-    speed.add_argument("--frames", type=_positive_int, default=200,
+    add_checkpoint_arguments(speed)
+    speed.add_argument("--frames", type=positive_int, default=200,
                        help="frames to time after 20 warm-up frames (default: 200)")
-    speed.add_argument("--threads", type=_positive_int, default=None,
+    speed.add_argument("--threads", type=positive_int, default=None,
                        help="CPU threads for torch (default: torch's choice)")
     speed.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)

@@ -42,6 +42,7 @@ from kpvid.models import (
 from kpvid.models.predictors import PREDICTORS, Predictor, make_predictor
 
 from . import metrics
+from .arguments import add_checkpoint_arguments, positive_int
 from .dataset import list_videos, read_video
 from .evaluate import write_json
 from .extract import detect_kp6, frames_to_tensor, kp_dict_from_kp6
@@ -474,13 +475,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpvid-eval predict",
@@ -493,13 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="protocols: m1 = observe frames 1-5, predict 6-32; m2 = observe 1, predict 1 over "
                "the whole video; bair = observe 5, predict 25. Videos shorter than a protocol "
                "needs are skipped for it (counted in meta.skipped).")
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                        metavar="FILE",
-                        help="FOMM checkpoint (default: the shipped one)")
-    parser.add_argument("--config", default=None,
-                        metavar="CONFIG",
-                        help="config for a checkpoint that carries none (official vox-256: "
-                             "vox-256)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--data", type=Path, required=True,
                         metavar="DIR",
                         help="data folder (its test/ subfolder when present)")
@@ -516,18 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="built-ins (constant-velocity, hold-last) and learned predictors as "
                              "KIND=FILE[,FILE...], one file per initialisation, e.g. "
                              "vrnn=run1.pt,run2.pt (default: constant-velocity hold-last)")
-    parser.add_argument("--inits", type=_positive_int, default=None,
+    parser.add_argument("--inits", type=positive_int, default=None,
                         metavar="N",
                         help="initialisations (files) per learned kind: the first N files "
                              "(default: 10 for m1, 5 for m2 and bair, as in the paper)")
-    parser.add_argument("--samples", type=_positive_int, default=1,
+    parser.add_argument("--samples", type=positive_int, default=1,
                         metavar="N",
                         help="learned predictors: 1 = deterministic (prior mean), n > 1 = mean "
                              "of n samples (default: 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed of the first initialisation (+1 for each next one; "
                              "default: 0)")
-    parser.add_argument("--max-videos", type=_positive_int, default=None,
+    parser.add_argument("--max-videos", type=positive_int, default=None,
                         metavar="N",
                         help="only the first N videos (sorted by name)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -545,10 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-adapt-scale", dest="adapt_scale", action="store_false",
                         help="transfer mode: do not scale the driving motion by the ratio of "
                              "the keypoint hulls (FOMM's adapt_movement_scale, on by default)")
-    parser.add_argument("--batch", type=_positive_int, default=32,
+    parser.add_argument("--batch", type=positive_int, default=32,
                         metavar="N",
                         help="frames per detector / generator call (default: 32)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         metavar="N",
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")

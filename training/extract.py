@@ -22,7 +22,6 @@ import torch
 from tqdm import tqdm
 
 from kpvid.models import (
-    SHIPPED_CHECKPOINT,
     CheckpointError,
     ConfigError,
     KPDetector,
@@ -31,6 +30,7 @@ from kpvid.models import (
     model_id,
 )
 
+from .arguments import add_checkpoint_arguments, positive_int
 from .dataset import list_videos, read_video
 
 log = logging.getLogger(__name__)
@@ -163,13 +163,6 @@ def resolve_split(data: Path, split: str | None) -> tuple[Path, str]:
     return data, data.name
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpvid-extract",
@@ -177,12 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and write the keypoint sequences (positions and jacobians, K x 6 per frame) "
                     "to one .npz file: kp (N, T, K, 6) float32, names, lengths, model_id, "
                     "frame_size, split. Shorter videos are padded with their last set.")
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                        metavar="FILE",
-                        help="FOMM checkpoint (default: the shipped one)")
-    parser.add_argument("--config", default=None,
-                        help="config for a checkpoint that carries none (official vox-256: "
-                             "vox-256)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--data", type=Path, required=True,
                         metavar="DIR",
                         help="data folder: its --split subfolder, else train/ when present, "
@@ -192,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default=None,
                         help="subfolder of --data to read, e.g. train or test (default: train/ "
                              "when present, else --data itself)")
-    parser.add_argument("--max-videos", type=_positive_int, default=None,
+    parser.add_argument("--max-videos", type=positive_int, default=None,
                         metavar="N",
                         help="only the first N videos (sorted by name)")
-    parser.add_argument("--batch", type=_positive_int, default=32,
+    parser.add_argument("--batch", type=positive_int, default=32,
                         metavar="N",
                         help="frames per detector call (default: 32)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         metavar="N",
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")

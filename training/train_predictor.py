@@ -44,6 +44,8 @@ from kpvid.models.learned_predictor import (
 from kpvid.models.predictors import ConstantVelocity, HoldLast, Predictor
 from kpvid.models.sequence_model import SCHEDULES, KeypointSequenceModel, schedule_mask
 
+from .arguments import non_negative, positive_int
+
 log = logging.getLogger(__name__)
 
 EVAL_SCHEDULES = ("m1", "m2")
@@ -377,20 +379,6 @@ def _final_summary(network: KeypointSequenceModel, norm: Normalisation, val: Key
     return summary
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``kpvid-train predictor`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -404,26 +392,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, required=True,
                         help="keypoint sequences (.npz from kpvid-extract)")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--steps", type=_positive_int, default=3000,
+    parser.add_argument("--steps", type=positive_int, default=3000,
                         help="optimizer steps (default: 3000)")
-    parser.add_argument("--batch", type=_positive_int, default=64,
+    parser.add_argument("--batch", type=positive_int, default=64,
                         help="sequences per step (default: 64)")
     parser.add_argument("--lr", type=float, default=2e-3,
                         help="AdamW learning rate, cosine-decayed to a tenth (default: 2e-3)")
-    parser.add_argument("--weight-decay", type=_non_negative, default=1e-4,
+    parser.add_argument("--weight-decay", type=non_negative, default=1e-4,
                         help="AdamW weight decay (default: 1e-4)")
     parser.add_argument("--clip", type=float, default=1.0,
                         help="gradient norm clip (default: 1.0)")
-    parser.add_argument("--hidden", type=_positive_int, default=128,
+    parser.add_argument("--hidden", type=positive_int, default=128,
                         help="GRU state and layer width (default: 128)")
-    parser.add_argument("--latent", type=_positive_int, default=16,
+    parser.add_argument("--latent", type=positive_int, default=16,
                         help="latent size, vrnn and vae (default: 16)")
-    parser.add_argument("--context", type=_positive_int, default=2,
+    parser.add_argument("--context", type=positive_int, default=2,
                         help="previous sets the vae conditions on (default: 2)")
     parser.add_argument("--fixed-std", action="store_true",
                         help="vrnn/vae decoder variance fixed at 1 in normalised units "
                              "(default: learned per dimension)")
-    parser.add_argument("--beta", type=_non_negative, default=0.1,
+    parser.add_argument("--beta", type=non_negative, default=0.1,
                         help="weight of the KL term, vrnn and vae; at 1.0 the VRNN's posterior "
                              "collapses onto its prior on faces-64 (default: 0.1)")
     parser.add_argument("--kl-anneal", type=int, default=1000,
@@ -435,19 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", type=int, default=8,
                         help="augmentation: training sequences start at a random frame up to "
                              "this one, 0 for none (default: 8)")
-    parser.add_argument("--shift", type=_non_negative, default=0.1,
+    parser.add_argument("--shift", type=non_negative, default=0.1,
                         help="augmentation: random translation of each training sequence's "
                              "keypoints up to this much (detector units, frame = [-1, 1]), 0 for "
                              "none (default: 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the sequences held out for validation (default: 0.1)")
     parser.add_argument("--val-seed", type=int, default=0,
                         help="seed of the validation split, kept apart from --seed so runs "
                              "share it (default: 0)")
-    parser.add_argument("--val-every", type=_positive_int, default=250,
+    parser.add_argument("--val-every", type=positive_int, default=250,
                         help="steps between validations and checkpoints (default: 250)")
     parser.add_argument("--val-samples", type=int, default=8,
                         help="particles for the final sampled-mode validation of vrnn/vae, "
@@ -455,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patience", type=int, default=0,
                         help="stop after this many validations without improvement, 0 never "
                              "(default: 0)")
-    parser.add_argument("--log-every", type=_positive_int, default=25,
+    parser.add_argument("--log-every", type=positive_int, default=25,
                         help="steps between metrics.jsonl training records (default: 25)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
