@@ -57,15 +57,20 @@ def load_state_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], na
     module.load_state_dict(state_dict, strict=True)
 
 
+def load_file(path: Path, what: str = "checkpoint") -> object:
+    """``torch.load`` on the CPU, with clear errors for missing or broken files."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """``torch.load`` a checkpoint dict, with clear errors for missing or broken files."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or "kp_detector" not in checkpoint \
             or "generator" not in checkpoint:
         raise CheckpointError(f"{path} is not a FOMM checkpoint: expected a dict with "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_file
 from .predictors import Predictor, check_kp6
 from .rnn_predictor import KeypointRNN
 from .sequence_model import KeypointSequenceModel
@@ -166,12 +166,7 @@ def read_predictor_checkpoint(path: str | Path, num_kp: int | None = None,
     """Load and check a predictor checkpoint (CheckpointError naming both values on a
     ``num_kp`` or ``model_id`` mismatch, or when the file is not a predictor checkpoint)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"predictor checkpoint not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"cannot read predictor checkpoint {path}: {exc}") from exc
+    data = load_file(path, "predictor checkpoint")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a kpvid predictor checkpoint "
                               f"(expected format {CHECKPOINT_FORMAT!r})")

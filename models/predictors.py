@@ -137,6 +137,21 @@ PREDICTORS: dict[str, type[Predictor]] = {
 }
 
 
+def rollout(predictor: Predictor, kp6: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Drive ``predictor`` over ``kp6`` ``(T, K, 6)`` as the receiver does: observe the sets
+    marked in ``observed`` (T,), predict (open loop) the others. Returns the ``(T, K, 6)`` sets
+    used."""
+    predictor.reset()
+    out = np.empty_like(kp6)
+    for t, seen in enumerate(observed):
+        if seen:
+            predictor.observe(kp6[t])
+            out[t] = kp6[t]
+        else:
+            out[t] = predictor.predict()
+    return out
+
+
 LEARNED_PREDICTORS = ("vrnn", "rnn", "vae")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kpvid.models.predictors import HoldLast, Predictor
+from kpvid.models.predictors import HoldLast, Predictor, rollout
 from kpvid.training import evaluate_predict
 from kpvid.training.evaluate_predict import (
     FVD,
@@ -19,7 +19,6 @@ from kpvid.training.evaluate_predict import (
     frechet_distance,
     parse_predictor,
     predict_main,
-    rollout,
     summarize,
 )
 from kpvid.training.synthetic import write_dataset

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kpvid.models.learned_predictor import Normalisation, load_predictor
-from kpvid.models.predictors import ConstantVelocity, HoldLast
+from kpvid.models.predictors import ConstantVelocity, HoldLast, rollout
 from kpvid.models.sequence_model import schedule_mask
 from kpvid.training.train_predictor import (
     KeypointData,
@@ -19,7 +19,6 @@ from kpvid.training.train_predictor import (
     build_parser,
     evaluate_predictor,
     load_keypoint_file,
-    rollout_predictor,
     split_indices,
     train_predictor_main,
 )
@@ -77,13 +76,13 @@ def test_load_keypoint_file_checks(tmp_path):
         load_keypoint_file(tmp_path / "missing.npz")
 
 
-def test_rollout_predictor_feeds_back_and_hides_ground_truth():
+def test_rollout_feeds_back_and_hides_ground_truth():
     kp = np.cumsum(np.ones((6, 1, 6), np.float32), axis=0)  # 1, 2, 3, ... per number
     mask = schedule_mask("m2", 6)
-    out = rollout_predictor(ConstantVelocity(), kp, mask)
+    out = rollout(ConstantVelocity(), kp, mask)
     np.testing.assert_array_equal(out[1], kp[0])  # one observation: nothing to extrapolate
     np.testing.assert_array_equal(out[2:], kp[2:])  # then the straight line is exact
-    out = rollout_predictor(HoldLast(), kp, schedule_mask("m1", 6))
+    out = rollout(HoldLast(), kp, schedule_mask("m1", 6))
     np.testing.assert_array_equal(out[5], kp[4])
 
 

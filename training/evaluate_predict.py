@@ -39,7 +39,7 @@ from kpvid.models import (
     model_id,
     normalize_kp,
 )
-from kpvid.models.predictors import PREDICTORS, Predictor, make_predictor
+from kpvid.models.predictors import PREDICTORS, Predictor, make_predictor, rollout
 
 from . import metrics
 from .arguments import add_checkpoint_arguments, positive_int
@@ -160,20 +160,6 @@ def make_runs(spec: PredictorSpec, inits: int, num_kp: int, options: EvalOptions
                     spec.name, len(spec.files), inits)
     return [load_learned(spec, path, num_kp, options.model_id, options.samples, options.seed + i)
             for i, path in enumerate(spec.files[:inits])]
-
-
-def rollout(predictor: Predictor, kp6: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """Drive ``predictor`` over ``kp6`` ``(T, K, 6)`` as the receiver does: observe the sets
-    marked in ``observed``, predict (open loop) the others. Returns the ``(T, K, 6)`` sets used."""
-    predictor.reset()
-    out = np.empty_like(kp6)
-    for t, seen in enumerate(observed):
-        if seen:
-            predictor.observe(kp6[t])
-            out[t] = kp6[t]
-        else:
-            out[t] = predictor.predict()
-    return out
 
 
 class Renderer:

@@ -41,7 +41,7 @@ from kpvid.models.learned_predictor import (
     build_network,
     save_predictor,
 )
-from kpvid.models.predictors import ConstantVelocity, HoldLast, Predictor
+from kpvid.models.predictors import ConstantVelocity, HoldLast, Predictor, rollout
 from kpvid.models.sequence_model import SCHEDULES, KeypointSequenceModel, schedule_mask
 
 from .arguments import non_negative, positive_int
@@ -170,27 +170,12 @@ def evaluate_network(network: KeypointSequenceModel, norm: Normalisation, data: 
     return _score(predicted, data, masks, used, schedule)
 
 
-def rollout_predictor(predictor: Predictor, kp: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Sets (T, K, 6) a streaming predictor produces for one sequence under ``mask`` (T,):
-    observed frames are handed to ``observe`` (and copied out), the others come from
-    ``predict`` without the ground truth."""
-    predictor.reset()
-    out = np.empty_like(kp)
-    for t, observed in enumerate(mask):
-        if observed:
-            predictor.observe(kp[t])
-            out[t] = kp[t]
-        else:
-            out[t] = predictor.predict()
-    return out
-
-
 def evaluate_predictor(make: Callable[[], Predictor], data: KeypointData, schedule: str
                        ) -> OpenLoopScore:
     """Open-loop score of a streaming predictor (e.g. hold-last), one sequence at a time."""
     used, masks = _eval_masks(data, schedule)
     predictor = make()
-    predicted = np.stack([rollout_predictor(predictor, data.kp[i], m)
+    predicted = np.stack([rollout(predictor, data.kp[i], m)
                           for i, m in zip(used, masks)]) if used.size else data.kp[used]
     return _score(predicted, data, masks, used, schedule)
 
