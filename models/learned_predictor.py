@@ -14,6 +14,7 @@ A predictor checkpoint (:func:`save_predictor`) is a ``torch.save`` dict: ``form
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,11 +115,15 @@ class LearnedPredictor(Predictor):
                                                 generator=self._generator)
         return out
 
-    def observe(self, kp6: np.ndarray) -> None:
+    def _checked(self, kp6: np.ndarray) -> np.ndarray:
         kp6 = check_kp6(kp6)
         if kp6.shape[0] != self.num_kp:
             raise ValueError(f"{self.name} predictor expects {self.num_kp} keypoints per set, "
                              f"got {kp6.shape[0]}")
+        return kp6
+
+    def observe(self, kp6: np.ndarray) -> None:
+        kp6 = self._checked(kp6)
         x = torch.from_numpy(self.norm.apply(kp6)).unsqueeze(0).expand(self.samples, -1)
         state = self.network.init_state(self.samples) if self.state is None else self.state
         self._step(x, state)
@@ -128,6 +133,58 @@ class LearnedPredictor(Predictor):
             raise RuntimeError(f"{self.name}: predict() before any observe()")
         out = self._step(None, self.state)
         return self.norm.invert(out.mean(dim=0).numpy())
+
+    @classmethod
+    def step_many(cls, predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
+                  ) -> list[np.ndarray]:
+        """Deterministic predictors that share a network and normalisation advance in at most
+        two batched network calls (the observing streams, the predicting ones); sampled-mode
+        predictors keep their own random streams and step one by one."""
+        out: list[np.ndarray | None] = [None] * len(predictors)
+        groups: dict[tuple[int, int], list[int]] = {}
+        loose: list[int] = []
+        for i, predictor in enumerate(predictors):
+            assert isinstance(predictor, LearnedPredictor)
+            if predictor.samples == 1:
+                groups.setdefault((id(predictor.network), id(predictor.norm)), []).append(i)
+            else:
+                loose.append(i)
+        for rows in groups.values():
+            observing = [i for i in rows if kp6[i] is not None]
+            predicting = [i for i in rows if kp6[i] is None]
+            if observing:
+                sets = [predictors[i]._checked(kp6[i]) for i in observing]  # type: ignore
+                _step_batch([predictors[i] for i in observing], np.stack(sets))
+                for i, kp in zip(observing, sets):
+                    out[i] = kp
+            if predicting:
+                predicted = _step_batch([predictors[i] for i in predicting], None)
+                for i, kp in zip(predicting, predicted):
+                    out[i] = kp
+        if loose:
+            results = super().step_many([predictors[i] for i in loose], [kp6[i] for i in loose])
+            for i, result in zip(loose, results):
+                out[i] = result
+        return out  # type: ignore[return-value]  # every row filled above
+
+
+def _step_batch(predictors: list[LearnedPredictor], kp6: np.ndarray | None) -> np.ndarray:
+    """One network step for deterministic predictors sharing a network: observe ``kp6``
+    (B, K, 6), or predict when None. Returns the (B, K, 6) sets."""
+    first = predictors[0]
+    if kp6 is None:
+        if any(p.state is None for p in predictors):
+            raise RuntimeError(f"{first.name}: predict() before any observe()")
+        x = None
+    else:
+        x = torch.from_numpy(first.norm.apply(kp6))
+    state = torch.cat([first.network.init_state(1) if p.state is None else p.state
+                       for p in predictors])
+    with torch.inference_mode():
+        result, state = first.network.step(x, state)
+    for predictor, row in zip(predictors, state):
+        predictor.state = row.unsqueeze(0)
+    return kp6 if kp6 is not None else first.norm.invert(result.numpy())
 
 
 @dataclass(frozen=True)

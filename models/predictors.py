@@ -10,17 +10,21 @@ of a predicted step. Keypoint sets are ``kp6`` arrays: float32 ``(K, 6)`` rows o
 Interface for new predictors: subclass :class:`Predictor`, set a class attribute ``name``,
 implement the three methods, and register the class in :data:`PREDICTORS`. The learned
 predictors (vrnn, rnn, vae; :mod:`kpvid.models.learned_predictor`) need a checkpoint and are
-built by :func:`make_predictor` from one. Batched models may add batched helpers of their own;
-the receiver only relies on ``reset`` / ``observe`` / ``predict``.
+built by :func:`predictor_factory` from one. An edge steps all its streams' predictors at once
+with :func:`step_predictors`; a class whose instances can share one batched call overrides
+:meth:`Predictor.step_many`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+
+from .checkpoint import WEIGHTS_DIR
 
 
 def to_kp6(value: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -65,6 +69,20 @@ class Predictor(ABC):
         """The next set ``(K, 6)`` float32, which then counts as the latest set (fed back).
 
         Raises RuntimeError before any :meth:`observe` since the last :meth:`reset`."""
+
+    @classmethod
+    def step_many(cls, predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
+                  ) -> list[np.ndarray]:
+        """One frame for several streams' predictors of this class: observe ``kp6[i]`` where
+        given, predict where None. Returns each stream's set for the frame. Subclasses batch."""
+        out = []
+        for predictor, kp in zip(predictors, kp6, strict=True):
+            if kp is None:
+                out.append(predictor.predict())
+            else:
+                predictor.observe(kp)
+                out.append(check_kp6(kp))
+        return out
 
 
 class HoldLast(Predictor):
@@ -137,6 +155,23 @@ PREDICTORS: dict[str, type[Predictor]] = {
 }
 
 
+def step_predictors(predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
+                    ) -> list[np.ndarray]:
+    """One frame for many streams (:meth:`Predictor.step_many`), one call per predictor class,
+    results in the order given."""
+    if len(predictors) != len(kp6):
+        raise ValueError(f"{len(predictors)} predictors but {len(kp6)} keypoint entries")
+    out: list[np.ndarray | None] = [None] * len(predictors)
+    groups: dict[type[Predictor], list[int]] = {}
+    for i, predictor in enumerate(predictors):
+        groups.setdefault(type(predictor), []).append(i)
+    for cls, rows in groups.items():
+        results = cls.step_many([predictors[i] for i in rows], [kp6[i] for i in rows])
+        for i, result in zip(rows, results):
+            out[i] = result
+    return out  # type: ignore[return-value]  # every row filled above
+
+
 def rollout(predictor: Predictor, kp6: np.ndarray, observed: np.ndarray) -> np.ndarray:
     """Drive ``predictor`` over ``kp6`` ``(T, K, 6)`` as the receiver does: observe the sets
     marked in ``observed`` (T,), predict (open loop) the others. Returns the ``(T, K, 6)`` sets
@@ -153,27 +188,43 @@ def rollout(predictor: Predictor, kp6: np.ndarray, observed: np.ndarray) -> np.n
 
 
 LEARNED_PREDICTORS = ("vrnn", "rnn", "vae")
+DEFAULT_PREDICTOR = "vrnn"  # the receiver's: the best on the results in docs/prediction.md
+SHIPPED_PREDICTORS_DIR = WEIGHTS_DIR / "predictors"
+
+
+def shipped_predictor(kind: str) -> Path:
+    """Where the shipped weights of a learned predictor kind for the shipped FOMM checkpoint
+    are (:data:`SHIPPED_PREDICTORS_DIR`, ``<kind>-faces-64.pt``)."""
+    return SHIPPED_PREDICTORS_DIR / f"{kind}-faces-64.pt"
+
+
+def predictor_factory(name: str, checkpoint: str | Path | None = None, *,
+                      num_kp: int | None = None, model_id: str | None = None
+                      ) -> Callable[[], Predictor]:
+    """A maker of fresh predictors (one per stream) by registry name; ValueError listing the
+    choices for unknown names.
+
+    The learned ones (:data:`LEARNED_PREDICTORS`) load their weights once from ``checkpoint``
+    (default: the shipped ones, :func:`shipped_predictor`), which must hold that kind;
+    ``num_kp`` / ``model_id`` are checked against it (see
+    :func:`kpvid.models.learned_predictor.read_predictor_checkpoint`). Their predictors share
+the network, so :func:`step_predictors` batches them."""
+    if name in LEARNED_PREDICTORS:
+        from .learned_predictor import LearnedPredictor, read_predictor_checkpoint
+
+        checkpoint = shipped_predictor(name) if checkpoint is None else checkpoint
+        loaded = read_predictor_checkpoint(checkpoint, num_kp=num_kp, model_id=model_id)
+        if loaded.kind != name:
+            raise ValueError(f"{checkpoint} holds a {loaded.kind!r} predictor, not {name!r}")
+        return lambda: LearnedPredictor(loaded.network, loaded.norm)
+    try:
+        return PREDICTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown predictor {name!r}; choose one of: "
+                         f"{', '.join(sorted([*PREDICTORS, *LEARNED_PREDICTORS]))}") from None
 
 
 def make_predictor(name: str, checkpoint: str | Path | None = None, *, num_kp: int | None = None,
                    model_id: str | None = None) -> Predictor:
-    """A fresh predictor by registry name (ValueError listing the choices for unknown names).
-
-    The learned ones (:data:`LEARNED_PREDICTORS`) load their weights from ``checkpoint``, which
-    must hold that kind; ``num_kp`` / ``model_id`` are checked against it (see
-    :func:`kpvid.models.learned_predictor.load_predictor`)."""
-    if name in LEARNED_PREDICTORS:
-        from .learned_predictor import load_predictor
-
-        if checkpoint is None:
-            raise ValueError(f"predictor {name!r} needs a checkpoint file")
-        predictor = load_predictor(checkpoint, num_kp=num_kp, model_id=model_id)
-        if predictor.name != name:
-            raise ValueError(f"{checkpoint} holds a {predictor.name!r} predictor, not {name!r}")
-        return predictor
-    try:
-        cls = PREDICTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown predictor {name!r}; choose one of: "
-                         f"{', '.join(sorted([*PREDICTORS, *LEARNED_PREDICTORS]))}") from None
-    return cls()
+    """One fresh predictor by registry name (see :func:`predictor_factory`)."""
+    return predictor_factory(name, checkpoint, num_kp=num_kp, model_id=model_id)()

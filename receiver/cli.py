@@ -18,8 +18,19 @@ import torch
 from aiohttp import web
 from aiortc import RTCIceServer
 
-from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config, model_id
-from kpvid.models.predictors import PREDICTORS
+from kpvid.models import (
+    SHIPPED_CHECKPOINT,
+    CheckpointError,
+    frame_size,
+    load_checkpoint_with_config,
+    model_id,
+)
+from kpvid.models.predictors import (
+    DEFAULT_PREDICTOR,
+    LEARNED_PREDICTORS,
+    PREDICTORS,
+    predictor_factory,
+)
 
 from .edge import Edge, EdgeOptions
 from .server import make_app
@@ -62,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
                         help="FOMM checkpoint (default: the shipped kpvid-faces-64); senders "
                              "must use the same one")
-    parser.add_argument("--predictor", choices=sorted(PREDICTORS), default="constant-velocity",
-                        help="what fills the keypoint sets the sender skipped or lost "
-                             "(default: constant-velocity)")
+    parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
+                        default=DEFAULT_PREDICTOR,
+                        help="what fills the keypoint sets the sender skipped or lost: a "
+                             "learned vrnn, rnn or vae, or constant-velocity or hold-last "
+                             f"(default: {DEFAULT_PREDICTOR}, the best on docs/prediction.md)")
+    parser.add_argument("--predictor-checkpoint", type=Path, metavar="FILE",
+                        help="weights of a learned --predictor (default: the shipped ones, "
+                             "trained on the shipped --checkpoint's keypoints)")
     parser.add_argument("--playout-delay", type=float, default=0.1, metavar="SECONDS",
                         help="how far the playout clock runs behind the sender: the jitter "
                              "a packet may have and still be used (default: 0.1)")
@@ -111,13 +127,21 @@ async def serve(args: argparse.Namespace, device: torch.device, token: str, cert
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, device=device)
     model = ModelInfo(model_id=model_id(args.checkpoint), frame_size=frame_size(config),
                       num_kp=int(config["model_params"]["common_params"]["num_kp"]))
-    engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch)
+    try:
+        new_predictor = predictor_factory(args.predictor, args.predictor_checkpoint,
+                                          num_kp=model.num_kp, model_id=model.model_id)
+    except (CheckpointError, ValueError) as exc:
+        log.error("--predictor %s: %s", args.predictor, exc)
+        return 2
+    engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch,
+                             new_predictor=new_predictor)
+
     def ice(urls: list[str]) -> list[RTCIceServer]:
         return [RTCIceServer(urls=url, username=args.ice_username,
                              credential=args.ice_credential) for url in urls]
 
     edge = Edge(engine, model, EdgeOptions(
-        predictor=args.predictor, ice_servers=ice(args.ice_server),
+        ice_servers=ice(args.ice_server),
         viewer_ice_servers=None if args.viewer_ice_server is None else
         ice(args.viewer_ice_server),
         session=SessionOptions(playout_delay=args.playout_delay, max_lag=args.max_lag,
@@ -160,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: not a TCP port")
+    if args.predictor_checkpoint is not None and args.predictor not in LEARNED_PREDICTORS:
+        parser.error(f"--predictor-checkpoint is for a learned --predictor "
+                     f"({', '.join(LEARNED_PREDICTORS)}), not {args.predictor}")
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
     if args.playout_delay < 0 or args.max_lag <= 0:

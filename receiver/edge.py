@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
-from kpvid.models.predictors import make_predictor
 from kpvid.protocol import Hello, RateLimitedLog
 
 from .metrics import ReceiverMetrics
@@ -30,7 +29,6 @@ class NoSuchStream(LookupError):
 
 @dataclass
 class EdgeOptions:
-    predictor: str = "constant-velocity"
     session: SessionOptions = field(default_factory=SessionOptions)
     ice_servers: list[RTCIceServer] = field(default_factory=list)  # the edge's own peers
     viewer_ice_servers: list[RTCIceServer] | None = None  # for browsers; None: ice_servers
@@ -46,7 +44,6 @@ class Edge:
         self.model = model
         self.options = options or EdgeOptions()
         self.metrics = metrics or ReceiverMetrics()
-        make_predictor(self.options.predictor)  # fail now on an unknown name, not per stream
         self.streams: dict[str, StreamSession] = {}
         self.relay = MediaRelay()
         self._senders: set[SenderPeer] = set()
@@ -87,10 +84,8 @@ class Edge:
         if previous is not None:
             log.info("stream %s: a new session replaces the live one", hello.stream)
             await previous.end("replaced by a new session of the same name")
-        session = StreamSession(hello, engine=self.engine,
-                                predictor=make_predictor(self.options.predictor),
-                                metrics=self.metrics, send_ctrl=peer.send_ctrl,
-                                options=self.options.session)
+        session = StreamSession(hello, engine=self.engine, metrics=self.metrics,
+                                send_ctrl=peer.send_ctrl, options=self.options.session)
         self.streams[hello.stream] = session
         self.metrics.streams.set(len(self.streams))
         for callback in self.stream_opened:

@@ -4,10 +4,11 @@ The session is independent of WebRTC: it receives decoded protocol messages from
 `SenderPeer` and answers through a `send_ctrl` callable, so it can be tested on its own.
 
 Per frame index i of the stream, when the playout clock says i is due:
-- the jitter buffer has i's keypoints: they are observed (and fed to the predictor);
+- the jitter buffer has i's keypoints: they are observed (and fed to the stream's predictor,
+  which lives in the engine);
 - it does not: the predictor fills the gap, open-loop. The gap counts as *predicted* when the
   sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come.
-The keypoints are rendered by the shared `SynthesisEngine` (batched with other streams) and the
+Prediction and rendering run in the shared `SynthesisEngine` (batched with other streams) and the
 frame goes to the stream's video track (viewers) and, with `--record`, to an mp4. An edge too
 slow for its load skips rendering frames that are already `max_lag` late, so the delay stays
 bounded instead of growing.
@@ -29,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kpvid.models.predictors import Predictor, to_kp6
+from kpvid.models.predictors import to_kp6
 from kpvid.protocol import (
     Bye,
     Feedback,
@@ -113,13 +114,11 @@ class RateWindow:
 class StreamSession:
     """The edge's side of one sender's stream, from its hello to its end."""
 
-    def __init__(self, hello: Hello, *, engine: SynthesisEngine, predictor: Predictor,
-                 metrics: ReceiverMetrics, send_ctrl: SendCtrl,
-                 options: SessionOptions = SessionOptions()) -> None:
+    def __init__(self, hello: Hello, *, engine: SynthesisEngine, metrics: ReceiverMetrics,
+                 send_ctrl: SendCtrl, options: SessionOptions = SessionOptions()) -> None:
         self.hello = hello
         self.name = hello.stream
         self.engine = engine
-        self.predictor = predictor
         self.metrics = metrics
         self.options = options
         self._send_ctrl = send_ctrl
@@ -297,27 +296,27 @@ class StreamSession:
             capture_time = None
             if entry is not None:
                 kp6, capture_time = entry
-                self.predictor.observe(kp6)
                 kind = "observed"
             else:
-                kp6 = self.predictor.predict()
+                kp6 = None
                 kind = "predicted" if self._scheduled_gap(index) else "lost"
             self.counts[kind] += 1
             self.metrics.frames.labels(self.name, kind).inc()
-            if time.monotonic() - self.clock.due(index) > self.options.max_lag:
-                self.counts["dropped"] += 1  # too slow to keep up: catch up, do not lag on
+            late = time.monotonic() - self.clock.due(index) > self.options.max_lag
+            if late:  # too slow to keep up: the predictor advances, the frame is not rendered
+                self.counts["dropped"] += 1
                 self.metrics.frames_dropped.labels(self.name).inc()
+            try:
+                _, frame = await self.engine.play(self.name, kp6, draw=not late)
+            except (EngineClosedError, UnknownStreamError):
+                await self.end("synthesis stopped")
+                return
+            except Exception as error:  # this frame broke a model: skip it
+                self._render_errors.warning("render", "stream %s: frame %d not rendered: %s",
+                                            self.name, index, error)
+                self.counts["dropped"] += 1
             else:
-                try:
-                    frame = await self.engine.render(self.name, kp6)
-                except (EngineClosedError, UnknownStreamError):
-                    await self.end("synthesis stopped")
-                    return
-                except Exception as error:  # this frame's keypoints broke the model: skip it
-                    self._render_errors.warning("render", "stream %s: frame %d not rendered: %s",
-                                                self.name, index, error)
-                    self.counts["dropped"] += 1
-                else:
+                if frame is not None:
                     self._emit(index, frame, capture_time)
             index += 1
         await self.end("sender finished" if self._bye else "sender gone (no packets)")

@@ -1,13 +1,15 @@
-"""Frame synthesis for all streams on one dedicated worker thread, batched across streams.
+"""Keypoint prediction and frame synthesis for all streams on one worker thread, batched.
 
-The event loop never runs a model: :meth:`SynthesisEngine.set_source` and
-:meth:`SynthesisEngine.render` queue a job and await an asyncio future that the worker resolves
-with ``loop.call_soon_threadsafe``. The worker takes one job; for a render it also drains the
-renders already queued behind it (up to ``max_batch``, stopping at the first job of another
-kind so that jobs keep their order) and runs a single batched ``generator.decode`` over them,
-whatever streams they belong to. Each stream's source features (``generator.encode_source``) and
-source keypoints are computed once, by ``set_source``. Reconstruction mode: the driving
-keypoints are used as absolute keypoints.
+The event loop never runs a model: :meth:`SynthesisEngine.set_source`,
+:meth:`SynthesisEngine.play` and :meth:`SynthesisEngine.render` queue a job and await an asyncio
+future that the worker resolves with ``loop.call_soon_threadsafe``. The worker takes one job; for
+a frame job it also drains the frame jobs already queued behind it (up to ``max_batch``,
+stopping at the first job of another kind, or a second one of a stream, so that jobs keep their
+order), steps the predictors of those streams together (:func:`step_predictors`: one batched
+network call for a learned predictor) and runs a single batched ``generator.decode``, whatever
+streams they belong to. Each stream's source features (``generator.encode_source``) and source
+keypoints are computed once, by ``set_source``; its predictor is made on its first ``play``.
+Reconstruction mode: the driving keypoints are used as absolute keypoints.
 """
 
 from __future__ import annotations
@@ -18,13 +20,20 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from kpvid.models.predictors import check_kp6, to_kp6
+from kpvid.models.predictors import (
+    ConstantVelocity,
+    Predictor,
+    check_kp6,
+    step_predictors,
+    to_kp6,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +69,11 @@ class _SourceJob(_Job):
 
 
 @dataclass
-class _RenderJob(_Job):
-    kp6: np.ndarray
+class _FrameJob(_Job):
+    kp6: np.ndarray | None  # None: the stream's predictor fills it in (advance must be set)
+    advance: bool  # observe kp6 (or predict it) with the stream's predictor
+    draw: bool  # render a frame (False: only the predictor advances)
+    failed: bool = False  # set by the worker when it delivered an error
 
 
 @dataclass
@@ -108,21 +120,27 @@ class SynthesisEngine:
     The networks are put in eval mode and moved to ``device``. All methods are called from the
     event loop (or any thread); ``set_source`` and ``render`` must be awaited on a running loop.
     A failure in the model fails only the futures of the jobs involved (a failed batch is
-    retried one job at a time to find them); the worker keeps running.
+    retried one job at a time to find them); the worker keeps running. ``new_predictor`` makes
+    each stream's keypoint predictor (see :func:`kpvid.models.predictors.predictor_factory`).
     """
 
     def __init__(self, kp_detector: torch.nn.Module, generator: torch.nn.Module,
-                 device: torch.device | str, max_batch: int = 8) -> None:
+                 device: torch.device | str, max_batch: int = 8,
+                 new_predictor: Callable[[], Predictor] = ConstantVelocity) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)
         self.kp_detector = kp_detector.to(self.device).eval()
         self.generator = generator.to(self.device).eval()
         self.max_batch = max_batch
+        self.new_predictor = new_predictor
+        self.predictor_name = new_predictor().name
         self.batches = 0  # successful batched decodes
         self.frames = 0  # frames delivered
         self.errors = 0  # jobs failed by an exception in the model
         self._sources: dict[str, _SourceState] = {}  # worker thread only
+        self._predictors: dict[str, Predictor] = {}  # worker thread only
+        self._observed: set[str] = set()  # streams whose predictor has seen a set; worker only
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -145,18 +163,34 @@ class SynthesisEngine:
         return await future
 
     async def render(self, stream: str, kp6: np.ndarray) -> np.ndarray:
-        """The frame (uint8 H x W x 3 RGB) for driving keypoints ``kp6`` (K, 6) of ``stream``.
+        """The frame (uint8 H x W x 3 RGB) for driving keypoints ``kp6`` (K, 6) of ``stream``;
+        the stream's predictor is not touched.
 
         Fails with :class:`UnknownStreamError` (a KeyError) when the stream has no source."""
-        kp6 = check_kp6(kp6).copy()
+        _, frame = await self._frame(stream, check_kp6(kp6).copy(), advance=False, draw=True)
+        return frame
+
+    async def play(self, stream: str, kp6: np.ndarray | None, draw: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The next frame of ``stream``: its predictor observes ``kp6`` (K, 6), or predicts the
+        set when ``kp6`` is None (open loop). Returns the set used and its frame (None when
+        ``draw`` is False: the predictor advances, nothing is rendered).
+
+        Fails with :class:`UnknownStreamError` when drawing for a stream with no source, and
+        RuntimeError when predicting for a stream that has observed nothing yet."""
+        kp6 = None if kp6 is None else check_kp6(kp6).copy()
+        return await self._frame(stream, kp6, advance=True, draw=draw)
+
+    async def _frame(self, stream: str, kp6: np.ndarray | None, advance: bool, draw: bool
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._submit(_RenderJob(stream, loop, future, kp6))
+        self._submit(_FrameJob(stream, loop, future, kp6, advance, draw))
         return await future
 
     def drop(self, stream: str) -> None:
-        """Forget ``stream``'s source; later renders for it fail. Queued in order with renders;
-        a no-op once the engine is closed."""
+        """Forget ``stream``'s source and predictor; later renders for it fail. Queued in order
+        with renders; a no-op once the engine is closed."""
         with contextlib.suppress(EngineClosedError):
             self._submit(_DropJob(stream))
 
@@ -199,14 +233,18 @@ class SynthesisEngine:
                     self._fail_closed(job)
                     break
                 batch = [job]
-                if isinstance(job, _RenderJob):
+                if isinstance(job, _FrameJob):
+                    advancing = {job.stream} if job.advance else set()
                     while len(batch) < self.max_batch:
                         try:
                             nxt = self._queue.get_nowait()
                         except queue.Empty:
                             break
-                        if isinstance(nxt, _RenderJob):
+                        if isinstance(nxt, _FrameJob) and not (nxt.advance
+                                                               and nxt.stream in advancing):
                             batch.append(nxt)
+                            if nxt.advance:
+                                advancing.add(nxt.stream)
                         else:
                             pending.append(nxt)
                             break
@@ -222,12 +260,14 @@ class SynthesisEngine:
 
     def _dispatch(self, batch: list) -> None:
         job = batch[0]
-        if isinstance(job, _RenderJob):
-            self._render_batch(batch)
+        if isinstance(job, _FrameJob):
+            self._render_batch(self._advance(batch))
         elif isinstance(job, _SourceJob):
             self._set_source(job)
         elif isinstance(job, _DropJob):
             self._sources.pop(job.stream, None)
+            self._predictors.pop(job.stream, None)
+            self._observed.discard(job.stream)
 
     def _set_source(self, job: _SourceJob) -> None:
         try:
@@ -248,19 +288,67 @@ class SynthesisEngine:
             return
         _deliver(job, kp6)
 
-    def _render_batch(self, jobs: list[_RenderJob]) -> None:
-        ready: list[tuple[_RenderJob, _SourceState]] = []
+    def _advance(self, jobs: list[_FrameJob]) -> list[_FrameJob]:
+        """Step the predictors of the advancing jobs together, filling in their kp6; returns
+        the jobs left to draw. A job that cannot step (a prediction before any observation, a
+        wrong keypoint count) fails alone, before anything steps."""
+        stepping = []
+        for job in jobs:
+            if not job.advance or job.future.done():
+                continue
+            problem = self._cannot_step(job)
+            if problem is None:
+                stepping.append(job)
+            else:
+                job.failed = True
+                _deliver(job, error=problem)
+        if stepping:
+            predictors = [self._predictors.setdefault(job.stream, self.new_predictor())
+                          for job in stepping]
+            try:
+                sets = step_predictors(predictors, [job.kp6 for job in stepping])
+            except Exception as exc:  # a bug in a predictor: these streams' frames fail
+                self.errors += len(stepping)
+                log.exception("prediction failed for streams %s",
+                              sorted({job.stream for job in stepping}))
+                for job in stepping:
+                    job.failed = True
+                    _deliver(job, error=exc)
+            else:
+                for job, kp6 in zip(stepping, sets):
+                    job.kp6 = kp6
+                    self._observed.add(job.stream)
+                    if not job.draw:
+                        _deliver(job, (kp6, None))
+        return [job for job in jobs if job.draw and not job.failed]
+
+    def _cannot_step(self, job: _FrameJob) -> Exception | None:
+        if job.kp6 is None:
+            if job.stream not in self._observed:
+                return RuntimeError(f"stream {job.stream!r}: nothing observed to predict from")
+            return None
+        return self._wrong_kp_count(job)
+
+    def _wrong_kp_count(self, job: _FrameJob) -> Exception | None:
+        state = self._sources.get(job.stream)
+        assert job.kp6 is not None
+        if state is not None and job.kp6.shape[0] != state.kp_source["value"].shape[1]:
+            return ValueError(f"stream {job.stream!r}: {job.kp6.shape[0]} keypoints, the model "
+                              f"has {state.kp_source['value'].shape[1]}")
+        return None
+
+    def _render_batch(self, jobs: list[_FrameJob]) -> None:
+        ready: list[tuple[_FrameJob, _SourceState]] = []
         for job in jobs:
             if job.future.done():  # cancelled while queued (a racy read, only saves work)
                 continue
+            assert job.kp6 is not None  # filled in by _advance
             state = self._sources.get(job.stream)
             if state is None:
                 _deliver(job, error=UnknownStreamError(
                     f"no source image for stream {job.stream!r} (never set, or dropped)"))
-            elif job.kp6.shape[0] != state.kp_source["value"].shape[1]:
-                _deliver(job, error=ValueError(
-                    f"stream {job.stream!r}: {job.kp6.shape[0]} keypoints, the model has "
-                    f"{state.kp_source['value'].shape[1]}"))
+            elif (problem := self._wrong_kp_count(job)) is not None:
+                _deliver(job, error=problem)
             else:
                 ready.append((job, state))
         if not ready:
@@ -279,11 +367,12 @@ class SynthesisEngine:
         self.batches += 1
         self.frames += len(ready)
         for (job, _), frame in zip(ready, frames):
-            _deliver(job, np.ascontiguousarray(frame))
+            _deliver(job, (job.kp6, np.ascontiguousarray(frame)))
 
-    def _decode(self, ready: list[tuple[_RenderJob, _SourceState]]) -> np.ndarray:
+    def _decode(self, ready: list[tuple[_FrameJob, _SourceState]]) -> np.ndarray:
         states = [state for _, state in ready]
-        kp6 = torch.from_numpy(np.stack([job.kp6 for job, _ in ready])).to(self.device)
+        kp6 = torch.from_numpy(np.stack([job.kp6 for job, _ in ready])  # type: ignore[misc]
+                               ).to(self.device)
         kp_driving = {"value": kp6[..., :2].contiguous(),
                       "jacobian": kp6[..., 2:].reshape(*kp6.shape[:2], 2, 2)}
         kp_source = {key: torch.cat([s.kp_source[key] for s in states])

@@ -18,6 +18,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from kpvid.demo.streaming import free_port
 from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
+from kpvid.models.predictors import predictor_factory
 from kpvid.protocol import (
     Hello,
     Keypoints,
@@ -75,12 +76,13 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        viewer_ice_servers: list[RTCIceServer] | None = None,
                        ) -> AsyncIterator[EdgeHandle]:
     kp_detector, generator, config = shipped_model()
-    engine = SynthesisEngine(kp_detector, generator, "cpu")
     model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
                       num_kp=config["model_params"]["common_params"]["num_kp"])
+    engine = SynthesisEngine(kp_detector, generator, "cpu", new_predictor=predictor_factory(
+        predictor, num_kp=model.num_kp, model_id=model.model_id))
     edge = Edge(engine, model, EdgeOptions(
-        predictor=predictor, viewer_ice_servers=viewer_ice_servers,
+        viewer_ice_servers=viewer_ice_servers,
         session=SessionOptions(playout_delay=playout_delay, idle_timeout=idle_timeout,
                                record_dir=record_dir)))
     cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1"])

@@ -119,8 +119,10 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
             good.ctrl.send(encode_message(Bye("done", last_frame_index=39)))
             session = edge.edge.streams["good"]
             await asyncio.wait_for(session.ended.wait(), 10)
-            assert session.counts == {"observed": 20, "predicted": 20, "lost": 0, "out": 40,
-                                      "dropped": 0}
+            counts = session.counts
+            assert (counts["observed"], counts["predicted"], counts["lost"]) == (20, 20, 0)
+            # a loaded machine may skip rendering a late frame; none goes missing
+            assert counts["out"] + counts["dropped"] == 40 and counts["out"] >= 20, counts
             assert session.end_reason == "sender finished"
             status, metrics = await edge.request("GET", "/metrics")
             for reason in ("MalformedMessage", "UnsupportedVersion", "MessageTooLarge"):
@@ -135,14 +137,14 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
 
 
 def stream_with_render(tmp_path, frames: int, wrap) -> dict:
-    """Send every frame of a clip through an edge whose engine's render is `wrap(render)`;
-    the stream's final figures."""
+    """Send every frame of a clip through an edge whose engine's play is `wrap(play)`; the
+    stream's final figures."""
     clip = synthetic_clip(frames)
     values, jacobians = detect(clip)
 
     async def scenario():
         async with running_edge(tmp_path) as edge:
-            edge.edge.engine.render = wrap(edge.edge.engine.render)
+            edge.edge.engine.play = wrap(edge.edge.engine.play)
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("wrapped", clip[0], predict=0)
@@ -156,11 +158,11 @@ def stream_with_render(tmp_path, frames: int, wrap) -> dict:
 
 
 def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path):
-    def slow(render):
-        async def slow_render(stream, kp6):  # 12 fps of synthesis for a 30 fps stream
+    def slow(play):
+        async def slow_play(stream, kp6, draw=True):  # 12 fps of synthesis for a 30 fps stream
             await asyncio.sleep(1 / 12)
-            return await render(stream, kp6)
-        return slow_render
+            return await play(stream, kp6, draw)
+        return slow_play
 
     final = stream_with_render(tmp_path, 60, slow)
     counts = final["frames"]
@@ -170,15 +172,15 @@ def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path)
 
 
 def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
-    def flaky(render):
+    def flaky(play):
         calls = []
 
-        async def flaky_render(stream, kp6):
+        async def flaky_play(stream, kp6, draw=True):
             calls.append(stream)
             if len(calls) == 5:
                 raise RuntimeError("CUDA error: an illegal memory access (simulated)")
-            return await render(stream, kp6)
-        return flaky_render
+            return await play(stream, kp6, draw)
+        return flaky_play
 
     final = stream_with_render(tmp_path, 20, flaky)
     assert final["ended"] == "sender finished"

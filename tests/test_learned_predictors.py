@@ -17,7 +17,13 @@ from kpvid.models.learned_predictor import (
     read_predictor_checkpoint,
     save_predictor,
 )
-from kpvid.models.predictors import HoldLast, Predictor, make_predictor
+from kpvid.models.predictors import (
+    HoldLast,
+    Predictor,
+    make_predictor,
+    rollout,
+    step_predictors,
+)
 from kpvid.models.sequence_model import gaussian_kl, schedule_mask, standard_normal_kl
 from kpvid.training.train_predictor import KeypointData, evaluate_network, evaluate_predictor
 
@@ -260,8 +266,6 @@ def test_checkpoint_mismatches_name_both_values(tmp_path):
     assert load_predictor(path, num_kp=2, model_id="kpvid-faces-64").num_kp == 2
     with pytest.raises(ValueError, match="holds a 'vrnn' predictor, not 'rnn'"):
         make_predictor("rnn", path)
-    with pytest.raises(ValueError, match="needs a checkpoint"):
-        make_predictor("vrnn")
     torch.save({"kp_detector": {}}, tmp_path / "fomm.pt")
     with pytest.raises(CheckpointError, match="not a kpvid predictor"):
         load_predictor(tmp_path / "fomm.pt")
@@ -279,3 +283,28 @@ def test_normalisation_checks_and_round_trip():
         Normalisation(np.zeros(5), np.ones(5))
     with pytest.raises(ValueError):
         Normalisation(np.zeros(6), np.zeros(6))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_predictors_batches_streams_like_one_at_a_time(kind):
+    """Streams on different schedules, stepped together, get exactly the sets each would get
+    alone; a hold-last stream in the same call is stepped by its own class."""
+    net = randomised(tiny(kind)).eval()
+    norm = Normalisation.fit(sinusoids(4, 8) + 1)
+    seqs = sinusoids(3, 12, seed=5) + 1
+    masks = [schedule_mask("m1", 12), schedule_mask("m2", 12), np.arange(12) % 3 == 0]
+    expected = [rollout(LearnedPredictor(net, norm), seq, mask) for seq, mask in zip(seqs, masks)]
+    predictors: list[Predictor] = [LearnedPredictor(net, norm) for _ in seqs] + [HoldLast()]
+    got = []
+    for t in range(12):
+        sets = [seq[t] if mask[t] else None for seq, mask in zip(seqs, masks)] + [seqs[0][0]]
+        got.append(step_predictors(predictors, sets))
+    for i in range(3):
+        np.testing.assert_allclose(np.stack([frame[i] for frame in got]), expected[i],
+                                   atol=1e-5)
+    np.testing.assert_array_equal(got[-1][3], seqs[0][0])
+    fresh = [LearnedPredictor(net, norm), LearnedPredictor(net, norm)]
+    with pytest.raises(RuntimeError, match="before any observe"):
+        step_predictors(fresh, [seqs[0][0], None])
+    with pytest.raises(ValueError, match="expects 2 keypoints"):
+        step_predictors(fresh, [np.zeros((3, 6), np.float32), None])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 import torch
 
 from kpvid.models import build_networks
-from kpvid.models.predictors import to_kp6
+from kpvid.models.predictors import ConstantVelocity, step_predictors, to_kp6
 from kpvid.receiver.synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 
 
@@ -237,6 +238,64 @@ def test_cancelled_render_does_not_break_the_engine(networks):
             task.cancel()
             frame = await engine.render("a", kp6)
             assert frame.shape == (32, 32, 3)
+        finally:
+            engine.close()
+
+    asyncio.run(main())
+
+
+def test_play_steps_every_streams_predictor_in_one_batch(networks):
+    """Two streams played together: each gets its own predictor's sets (observed or predicted,
+    the same as a predictor driven alone) and the frame of that set; draw=False advances the
+    predictor without rendering; drop() forgets it."""
+    kp_detector, generator = networks
+    kp6s = [driving_kp6(kp_detector, image) for image in images(6, seed=7)]
+    source = images(1, seed=8)[0]
+    plans = {"a": [0, 1, None, None, 2, None], "b": [3, None, 4, None, None, 5]}
+    alone = {}
+    for name, plan in plans.items():
+        predictor = ConstantVelocity()
+        alone[name] = [step_predictors([predictor], [None if i is None else kp6s[i]])[0]
+                       for i in plan]
+    stepped = []
+
+    def counting(predictors, sets):
+        stepped.append(len(predictors))
+        return step_predictors(predictors, sets)
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu", max_batch=4)
+        try:
+            for name in plans:
+                await engine.set_source(name, source)
+            with pytest.raises(RuntimeError, match="nothing observed"):
+                await engine.play("a", None)
+            await engine.set_source("blocker", source)
+            with patch("kpvid.receiver.synthesis.step_predictors", counting):
+                for t in range(6):
+                    # the worker is busy with a gated render while both plays queue up
+                    gate = gate_decode(generator)
+                    blocker = asyncio.ensure_future(engine.render("blocker", kp6s[0]))
+                    await asyncio.sleep(0.05)
+                    draw = t != 3
+                    tasks = [asyncio.ensure_future(engine.play(
+                        name, None if plan[t] is None else kp6s[plan[t]], draw=draw))
+                        for name, plan in plans.items()]
+                    await asyncio.sleep(0.05)
+                    gate.set()
+                    await blocker
+                    del generator.decode  # the next gate wraps the plain method again
+                    for name, (kp6, frame) in zip(plans, await asyncio.gather(*tasks)):
+                        np.testing.assert_allclose(kp6, alone[name][t], atol=1e-6)
+                        if draw:
+                            expected = reference_frame(kp_detector, generator, source, kp6)
+                            assert np.abs(frame.astype(int) - expected).max() <= 1
+                        else:
+                            assert frame is None
+            assert stepped == [2] * 6  # both streams' predictors in one call per frame
+            engine.drop("a")
+            with pytest.raises(RuntimeError, match="nothing observed"):
+                await engine.play("a", None, draw=False)
         finally:
             engine.close()
 
