@@ -359,7 +359,7 @@ class StreamSession:
         return {
             "name": self.name, "fps": self.hello.fps, "frame_size": self.hello.frame_size,
             "observe": self.hello.observe, "predict": self.hello.predict,
-            "codec": self.hello.codec,
+            "codec": self.hello.codec, "predictor": self.engine.predictor_name,
             "frames": dict(self.counts),
             "packets": self.packets,
             "kbps": round(self.kp_bytes.rate() * 8 / 1000, 2),

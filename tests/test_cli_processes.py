@@ -12,10 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 
 from kpvid.demo.streaming import free_port
+from kpvid.models.learned_predictor import Normalisation, build_network, save_predictor
 from kpvid.receiver.cli import main as receiver_main
 from kpvid.receiver.tls import CERT_FILE
 
@@ -40,6 +42,7 @@ def test_gpu_without_cuda_is_a_clear_error(capsys):
     (["--cert", "c.pem"], "both --cert and --key"),
     (["--cert", "c.pem", "--key", "k.pem"], "c.pem"),
     (["--predictor", "oracle"], "invalid choice"),
+    (["--predictor", "hold-last", "--predictor-checkpoint", "p.pt"], "is for a learned"),
 ])
 def test_bad_receiver_flags_exit_2_with_a_message(tmp_path, monkeypatch, capsys, flags, words):
     monkeypatch.chdir(tmp_path)
@@ -47,6 +50,19 @@ def test_bad_receiver_flags_exit_2_with_a_message(tmp_path, monkeypatch, capsys,
         receiver_main(["--cpu", "--state-dir", str(tmp_path), *flags])
     assert exit_info.value.code == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_kp, words", [(2, "trained on 2 keypoints per set, but the "
+                                               "keypoint model has 10"),
+                                            (10, "'another-model', but the keypoint model is")])
+def test_a_predictor_for_another_model_is_refused_naming_both(tmp_path, caplog, num_kp, words):
+    checkpoint = save_predictor(tmp_path / "p.pt", build_network("rnn", input_dim=num_kp * 6),
+                                Normalisation(np.zeros(6), np.ones(6)), model_id="another-model")
+    code = receiver_main(["--cpu", "--state-dir", str(tmp_path), "--port", str(free_port()),
+                          "--token", "t", "--predictor", "rnn",
+                          "--predictor-checkpoint", str(checkpoint)])
+    assert code == 2
+    assert words in caplog.text
 
 
 def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):
