@@ -123,8 +123,11 @@ def test_predict_reconstruction_json_and_plots(tmp_path, tiny_checkpoint, data, 
     code = predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol",
                          "m1", "m2", "--predictors", "vrnn=a.pt,b.pt,c.pt", "constant-velocity",
                          "hold-last", "--inits", "2", "--json", str(out), "--plots",
-                         str(tmp_path / "plots"), "--threads", "1", "--quiet"])
+                         str(tmp_path / "plots"), "--markdown", str(tmp_path / "tables.md"),
+                         "--threads", "1", "--quiet"])
     assert code == 0
+    tables = (tmp_path / "tables.md").read_text()
+    assert "**M1, reconstruction** (3 videos)" in tables and "| constant_velocity | 1 |" in tables
     results = json.loads(out.read_text())
     assert set(results) == {"m1", "m2", "meta"}
     meta = results["meta"]

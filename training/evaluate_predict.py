@@ -461,6 +461,35 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: dict) -> str:
+    """Markdown tables, one per protocol: predictors best first by frame MSE (mean ± std over
+    initialisations), how far each is from the best, and the all-keypoints reference."""
+    meta = results["meta"]
+    lines = []
+    for protocol, entries in results.items():
+        if protocol == "meta":
+            continue
+        ranked = sorted(entries.items(), key=lambda item: item[1]["frame_mse"])
+        best = ranked[0][1]["frame_mse"]
+        lines += [f"**{protocol.upper()}, {meta['mode']}** ({meta['videos'][protocol]} videos)",
+                  "",
+                  "| predictor | inits | frame MSE | vs best | PSNR (dB) | SSIM | kp MSE |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, s in ranked:
+            std = s["std"]
+            lines.append(
+                f"| {key} | {s['inits']} | {s['frame_mse']:.5f} ± {std['frame_mse']:.5f} | "
+                f"{100 * (s['frame_mse'] / best - 1):+.1f} % | {s['psnr']:.2f} ± "
+                f"{std['psnr']:.2f} | {s['ssim']:.3f} ± {std['ssim']:.3f} | "
+                f"{s['kp_mse']:.5f} ± {std['kp_mse']:.5f} |")
+        if "reference" in meta:
+            ref = meta["reference"][protocol]
+            lines.append(f"| *all keypoints (no prediction)* | | {ref['frame_mse']:.5f} | | "
+                         f"{ref['psnr']:.2f} | {ref['ssim']:.3f} | |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpvid-eval predict",
@@ -506,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only the first N videos (sorted by name)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="write the results here")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                        help="write the tables as Markdown here (predictors ranked by frame "
+                             "MSE)")
     parser.add_argument("--plots", type=Path, default=None,
                         metavar="DIR",
                         help="folder for PNG plots of kp MSE, frame MSE and PSNR against the "
@@ -571,6 +603,10 @@ def predict_main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(results, args.json)
         log.info("wrote %s", args.json)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(format_markdown(results))
+        log.info("wrote %s", args.markdown)
     if args.plots:
         from .plots import write_plots
 
