@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
+from kpvid.models.predictors import DEFAULT_PREDICTOR, LEARNED_PREDICTORS, PREDICTORS
 from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.sources import SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
@@ -137,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="frames the sender detects keypoints on, per group (default: 1)")
     parser.add_argument("--predict", type=int, default=1,
                         help="frames the edge predicts, per group (default: 1)")
-    parser.add_argument("--predictor", default="constant-velocity",
-                        help="the edge's predictor (default: constant-velocity)")
+    parser.add_argument("--predictor", default=DEFAULT_PREDICTOR,
+                        choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
+                        help=f"the edge's predictor (default: {DEFAULT_PREDICTOR})")
     parser.add_argument("--port", type=int, default=0,
                         help="the receiver's HTTPS port (default: a free one)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
