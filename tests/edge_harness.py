@@ -72,7 +72,7 @@ class EdgeHandle:
 @contextlib.asynccontextmanager
 async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        predictor: str = "constant-velocity", playout_delay: float = 0.05,
-                       idle_timeout: float = 1.0,
+                       idle_timeout: float = 1.0, max_lag: float = 0.25,
                        viewer_ice_servers: list[RTCIceServer] | None = None,
                        ) -> AsyncIterator[EdgeHandle]:
     kp_detector, generator, config = shipped_model()
@@ -84,7 +84,7 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
     edge = Edge(engine, model, EdgeOptions(
         viewer_ice_servers=viewer_ice_servers,
         session=SessionOptions(playout_delay=playout_delay, idle_timeout=idle_timeout,
-                               record_dir=record_dir)))
+                               max_lag=max_lag, record_dir=record_dir)))
     cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1"])
     runner = web.AppRunner(make_app(edge, TOKEN))
     await runner.setup()
