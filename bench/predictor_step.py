@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -62,6 +63,18 @@ def time_steps(name: str, streams: int, frames: int, num_kp: int,
     return StepTiming(name, streams, median, median / streams, float(np.percentile(ms, 99)))
 
 
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpvid-bench predictor", description=__doc__)
     parser.add_argument("--predictors", nargs="+",
@@ -93,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
-              f"{args.threads} thread(s)"
+    machine = f"{cpu_name()}, torch {torch.__version__}, {args.threads} thread(s)"
     print(f"predictor step cost (M2 pattern, K={num_kp}; {machine})")
     print(f"{'predictor':18s} {'streams':>7s} {'ms/call':>9s} {'p99 ms':>8s} "
           f"{'ms/stream':>10s}  <= {BUDGET_MS:g} ms")

@@ -463,8 +463,14 @@ def format_table(results: dict) -> str:
 
 def format_markdown(results: dict) -> str:
     """Markdown tables, one per protocol: predictors best first by frame MSE (mean ± std over
-    initialisations), how far each is from the best, and the all-keypoints reference."""
+    initialisations; MSEs in thousandths), how far each is from the best, and the all-keypoints
+    reference."""
     meta = results["meta"]
+
+    def spread(s: dict, key: str, scale: float, digits: int) -> str:
+        value = f"{s[key] * scale:.{digits}f}"
+        return value if s["inits"] < 2 else f"{value} ± {s['std'][key] * scale:.{digits}f}"
+
     lines = []
     for protocol, entries in results.items():
         if protocol == "meta":
@@ -473,19 +479,18 @@ def format_markdown(results: dict) -> str:
         best = ranked[0][1]["frame_mse"]
         lines += [f"**{protocol.upper()}, {meta['mode']}** ({meta['videos'][protocol]} videos)",
                   "",
-                  "| predictor | inits | frame MSE | vs best | PSNR (dB) | SSIM | kp MSE |",
+                  "| predictor | inits | frame MSE (x1e-3) | vs best | PSNR (dB) | SSIM | "
+                  "kp MSE (x1e-3) |",
                   "|---|---|---|---|---|---|---|"]
         for key, s in ranked:
-            std = s["std"]
             lines.append(
-                f"| {key} | {s['inits']} | {s['frame_mse']:.5f} ± {std['frame_mse']:.5f} | "
-                f"{100 * (s['frame_mse'] / best - 1):+.1f} % | {s['psnr']:.2f} ± "
-                f"{std['psnr']:.2f} | {s['ssim']:.3f} ± {std['ssim']:.3f} | "
-                f"{s['kp_mse']:.5f} ± {std['kp_mse']:.5f} |")
+                f"| {key} | {s['inits']} | {spread(s, 'frame_mse', 1e3, 3)} | "
+                f"{100 * (s['frame_mse'] / best - 1):+.1f} % | {spread(s, 'psnr', 1, 2)} | "
+                f"{spread(s, 'ssim', 1, 3)} | {spread(s, 'kp_mse', 1e3, 2)} |")
         if "reference" in meta:
             ref = meta["reference"][protocol]
-            lines.append(f"| *all keypoints (no prediction)* | | {ref['frame_mse']:.5f} | | "
-                         f"{ref['psnr']:.2f} | {ref['ssim']:.3f} | |")
+            lines.append(f"| *all keypoints (no prediction)* | | {ref['frame_mse'] * 1e3:.3f} | "
+                         f"| {ref['psnr']:.2f} | {ref['ssim']:.3f} | |")
         lines.append("")
     return "\n".join(lines)
 
