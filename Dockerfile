@@ -22,6 +22,7 @@ COPY receiver receiver
 COPY sender sender
 COPY training training
 COPY demo demo
+COPY bench bench
 RUN pip install . && rm -rf /src
 
 RUN useradd --create-home --uid 1000 kpvid \
