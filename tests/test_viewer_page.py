@@ -105,6 +105,7 @@ def test_plays_without_click_and_shows_live_stats(live: LiveEdge, browser: Viewe
     assert result["dialogs"] == []  # the token came from the URL
     stats = result["stats"]
     assert stats["s-viewers"] == "1"
+    assert stats["s-predictor"] == "constant-velocity"  # the harness edge's predictor
     assert int(stats["s-observed"].replace(",", "")) > 0
     assert int(stats["s-predicted"].replace(",", "")) > 0
     assert stats["s-kbps"].endswith("kbps") and float(stats["s-kbps"].split()[0]) > 1
