@@ -2,7 +2,7 @@
 # The papers' BAIR protocol (observe 5, predict 25) on the robot-arm domain, for
 # docs/prediction.md: synthetic arm videos, a FOMM model for them (configs/kpvid-arm-64.yaml;
 # not shipped), keypoints, 5 seeds each of vrnn/rnn/vae, and the evaluation in both modes on
-# 50 fresh test videos. About 70 minutes on 2 CPU cores.
+# 50 fresh test videos. About 55 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/arm-64}
