@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from . import predictor_step
-
-BENCHMARKS = {"predictor": predictor_step.main}
+# subcommand -> (module in kpvid.bench with a ``main(argv) -> int``, one-line summary)
+BENCHMARKS = {
+    "predictor": ("predictor_step", "what one keypoint-prediction step costs the edge, per stream"),
+    "bandwidth": ("bandwidth", "bytes and quality of each keypoint codec and schedule, "
+                               "against video codecs"),
+    "speed": ("speed", "detector, synthesis, predictor and end-to-end speed"),
+}
 USAGE = ("usage: kpvid-bench {" + ",".join(BENCHMARKS) + "} [--help]\n\n"
-         "  predictor  what one keypoint-prediction step costs the edge, per stream")
+         + "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in BENCHMARKS.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in BENCHMARKS:
-        return BENCHMARKS[argv[0]](argv[1:])
+        module = importlib.import_module(f"{__package__}.{BENCHMARKS[argv[0]][0]}")
+        return module.main(argv[1:])
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -1,5 +1,6 @@
-"""Wire protocol between sender and receiver: versioned msgpack messages, keypoint codecs and
-source image transfer. protocol/README.md is the byte-level spec."""
+"""Wire protocol between sender and receiver: versioned messages (msgpack, and a compact
+binary layout for keypoints), keypoint codecs and source image transfer. protocol/README.md
+is the byte-level spec."""
 
 from .errors import (
     InvalidField,
@@ -10,6 +11,13 @@ from .errors import (
     UnsupportedVersion,
 )
 from .keypoint_codec import KEYPOINT_CODECS, MAX_KEYPOINTS, KeypointCodec
+from .keypoint_stream import (
+    CODEC_NAMES,
+    DEFAULT_INTRA_INTERVAL,
+    DecodedKeypoints,
+    KeypointDecoder,
+    KeypointEncoder,
+)
 from .messages import (
     IMAGE_FORMATS,
     MAX_CHUNK_DATA_BYTES,
@@ -18,6 +26,7 @@ from .messages import (
     Bye,
     Feedback,
     Hello,
+    IntraRequest,
     Keypoints,
     Message,
     SourceImageChunk,
@@ -35,6 +44,8 @@ from .source_image import (
 )
 
 __all__ = [
+    "CODEC_NAMES",
+    "DEFAULT_INTRA_INTERVAL",
     "IMAGE_FORMATS",
     "KEYPOINT_CODECS",
     "MAX_CHUNK_DATA_BYTES",
@@ -43,10 +54,14 @@ __all__ = [
     "MAX_SOURCE_PIXELS",
     "PROTOCOL_VERSION",
     "Bye",
+    "DecodedKeypoints",
     "Feedback",
     "Hello",
+    "IntraRequest",
     "InvalidField",
     "KeypointCodec",
+    "KeypointDecoder",
+    "KeypointEncoder",
     "Keypoints",
     "MalformedMessage",
     "Message",

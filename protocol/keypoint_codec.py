@@ -62,7 +62,7 @@ def _check_finite(kp6: np.ndarray, where: str = "") -> None:
                            "keypoints must be finite")
 
 
-def _checked_kp6(value: ArrayLike, jacobian: ArrayLike) -> np.ndarray:
+def checked_kp6(value: ArrayLike, jacobian: ArrayLike) -> np.ndarray:
     """Validated (K, 6) float64 rows [x, y, j00, j01, j10, j11]; InvalidField if not valid."""
     v = _float_array("value", value)
     j = _float_array("jacobian", jacobian)
@@ -104,7 +104,7 @@ class Float16Codec:
         return 12 * num_kp
 
     def encode(self, value: ArrayLike, jacobian: ArrayLike) -> bytes:
-        kp6 = _checked_kp6(value, jacobian)
+        kp6 = checked_kp6(value, jacobian)
         with np.errstate(over="ignore"):
             half = kp6.astype("<f2")
         if not np.isfinite(half).all():
@@ -122,7 +122,7 @@ class Float16Codec:
     def error_bound(self, value: ArrayLike, jacobian: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         # Round to nearest: half a unit in the last place, at most |x| * 2**-11 for normal
         # numbers and 2**-25 for subnormal ones.
-        bound = np.maximum(np.abs(_checked_kp6(value, jacobian)) * 2.0**-11, 2.0**-25)
+        bound = np.maximum(np.abs(checked_kp6(value, jacobian)) * 2.0**-11, 2.0**-25)
         return bound[:, :2], bound[:, 2:].reshape(-1, 2, 2)
 
 
@@ -159,7 +159,7 @@ class QuantizedCodec:
         return num_kp * self._bits_per_kp // 8
 
     def encode(self, value: ArrayLike, jacobian: ArrayLike) -> bytes:
-        kp6 = _checked_kp6(value, jacobian)
+        kp6 = checked_kp6(value, jacobian)
         bits = []
         for column, (r, nbits) in enumerate(self._columns):
             levels = 2**nbits - 1
@@ -182,7 +182,7 @@ class QuantizedCodec:
 
     def error_bound(self, value: ArrayLike, jacobian: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         # Clamping error + half a step + rounding the decoded number to float32.
-        kp6 = _checked_kp6(value, jacobian)
+        kp6 = checked_kp6(value, jacobian)
         bound = np.empty_like(kp6)
         for column, (r, nbits) in enumerate(self._columns):
             x = kp6[:, column]

@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import msgpack
-import numpy as np
 
+from .bitstream import read_varint, unzigzag, write_varint, zigzag
 from .errors import (
     InvalidField,
     MalformedMessage,
@@ -18,9 +18,10 @@ from .errors import (
     ProtocolError,
     UnsupportedVersion,
 )
-from .keypoint_codec import CODECS_BY_WIRE_ID, KEYPOINT_CODECS, MAX_KEYPOINTS
+from .keypoint_codec import MAX_KEYPOINTS
+from .keypoint_stream import CODEC_IDS, CODEC_NAMES, CODECS_BY_ID
 
-PROTOCOL_VERSION: int = 1
+PROTOCOL_VERSION: int = 2
 MAX_MESSAGE_BYTES: int = 16384  # no encoded message may exceed this (SCTP-safe)
 
 MAX_FRAME_INDEX = 2**53 - 1  # also the largest Feedback counter (exact in a JavaScript number)
@@ -29,6 +30,8 @@ MAX_GROUP = MAX_KEYPOINTS  # observe + predict <= 64
 MIN_FRAME_SIZE, MAX_FRAME_SIZE = 16, 1024
 MAX_MODEL_ID_CHARS = 128
 MAX_REASON_CHARS = 256
+MAX_CAPTURE_OFFSET_MS = 2**31 - 1  # |capture time - nominal time|: about 24 days
+BINARY_MARKER = 0xC1  # first byte of a binary (Keypoints) message; never starts msgpack
 IMAGE_FORMATS = ("jpeg", "webp")
 MAX_IMAGE_ID = 2**32 - 1
 MAX_CHUNKS = 1024
@@ -49,7 +52,21 @@ class Hello:
     frame_size: int
     num_kp: int
     model_id: str
-    codec: str  # keypoint codec name, e.g. "f16" or "q12"
+    codec: str  # keypoint codec name: "f16", "q12" or "delta"
+    start_time: float  # sender wall clock at frame 0, seconds since the epoch
+
+    def nominal_time(self, frame_index: int) -> float:
+        """When frame ``frame_index`` is due by the stream's clock."""
+        return self.start_time + frame_index / self.fps
+
+    def capture_offset_ms(self, frame_index: int, capture_time: float) -> int:
+        """A Keypoints ``capture_offset_ms``: capture time minus nominal time, in ms."""
+        offset = round((capture_time - self.nominal_time(frame_index)) * 1000)
+        return max(-MAX_CAPTURE_OFFSET_MS, min(MAX_CAPTURE_OFFSET_MS, offset))
+
+    def capture_time(self, keypoints: Keypoints) -> float:
+        """The sender's wall clock when ``keypoints``' frame was captured."""
+        return self.nominal_time(keypoints.frame_index) + keypoints.capture_offset_ms / 1000
 
 
 @dataclass(frozen=True)
@@ -65,23 +82,14 @@ class SourceImageChunk:
 
 @dataclass(frozen=True)
 class Keypoints:
-    """One keypoint set. ``value`` (K,2) and ``jacobian`` (K,2,2): any real array-likes on
-    encode, float32 arrays on decode. ``==`` compares arrays exactly."""
+    """One keypoint set, its payload coded by the stream's codec (a ``KeypointEncoder``;
+    ``KeypointDecoder`` turns it back into a set)."""
 
     frame_index: int
-    capture_time: float  # sender wall clock, seconds since the epoch
+    capture_offset_ms: int  # capture time - Hello.nominal_time(frame_index), milliseconds
     group_position: int  # 0 .. observe+predict-1 (position in its group)
     codec: str
-    value: np.ndarray
-    jacobian: np.ndarray
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Keypoints):
-            return NotImplemented
-        return ((self.frame_index, self.capture_time, self.group_position, self.codec)
-                == (other.frame_index, other.capture_time, other.group_position, other.codec)
-                and np.array_equal(self.value, other.value)
-                and np.array_equal(self.jacobian, other.jacobian))
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,14 @@ class SourceRequest:
 
 
 @dataclass(frozen=True)
+class IntraRequest:
+    """Receiver -> sender: make the next keypoint payload self-contained (``delta`` codec: a
+    reference was lost)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Bye:
     """Either side ends the session. From a sender, `last_frame_index` is the stream's last
     frame, so the edge plays (and predicts) through it before it stops."""
@@ -110,12 +126,12 @@ class Bye:
     last_frame_index: int | None = None
 
 
-Message = Hello | SourceImageChunk | Keypoints | Feedback | SourceRequest | Bye
+Message = (Hello | SourceImageChunk | Keypoints | Feedback | SourceRequest | Bye
+           | IntraRequest)
 
 _TYPE_CODES: dict[type, int] = {Hello: 1, SourceImageChunk: 2, Keypoints: 3, Feedback: 4,
-                                SourceRequest: 5, Bye: 6}
+                                SourceRequest: 5, Bye: 6, IntraRequest: 7}
 _TYPES_BY_CODE = {code: cls for cls, code in _TYPE_CODES.items()}
-_KEYPOINTS_WIRE_FIELDS = 5  # frame_index, capture_time, group_position, codec id, payload
 
 
 def _show(value: Any) -> str:
@@ -198,7 +214,8 @@ def _hello(m: Hello, c: _Checker) -> Hello:
                  frame_size=c.integer("frame_size", m.frame_size, MIN_FRAME_SIZE, MAX_FRAME_SIZE),
                  num_kp=c.integer("num_kp", m.num_kp, 1, MAX_KEYPOINTS),
                  model_id=c.text("model_id", m.model_id, MAX_MODEL_ID_CHARS),
-                 codec=c.choice("codec", m.codec, KEYPOINT_CODECS))
+                 codec=c.choice("codec", m.codec, CODEC_NAMES),
+                 start_time=c.number("start_time", m.start_time, 0.0, math.inf))
 
 
 def _chunk(m: SourceImageChunk, c: _Checker) -> SourceImageChunk:
@@ -216,13 +233,6 @@ def _chunk(m: SourceImageChunk, c: _Checker) -> SourceImageChunk:
                             crc32=c.integer("crc32", m.crc32, 0, 2**32 - 1),
                             data=c.binary("data", m.data, 1,
                                          min(total_bytes, MAX_CHUNK_DATA_BYTES)))
-
-
-def _keypoints_header(c: _Checker, frame_index: Any, capture_time: Any,
-                      group_position: Any) -> tuple[int, float, int]:
-    return (c.integer("frame_index", frame_index, 0, MAX_FRAME_INDEX),
-            c.number("capture_time", capture_time, 0.0, math.inf),
-            c.integer("group_position", group_position, 0, MAX_GROUP - 1))
 
 
 def _feedback(m: Feedback, c: _Checker) -> Feedback:
@@ -245,60 +255,71 @@ def _bye(m: Bye, c: _Checker) -> Bye:
                c.integer("last_frame_index", last, 0, MAX_FRAME_INDEX))
 
 
-_CHECKS = {Hello: _hello, SourceImageChunk: _chunk, Feedback: _feedback,
-           SourceRequest: _source_request, Bye: _bye}
+def _intra_request(m: IntraRequest, c: _Checker) -> IntraRequest:
+    return IntraRequest(reason=c.text("reason", m.reason, MAX_REASON_CHARS))
 
 
-def _encode_keypoints(m: Keypoints) -> tuple[Keypoints, list[Any]]:
-    """The message with its scalars normalised, and its wire fields."""
-    c = _Checker("Keypoints", InvalidField)
-    frame_index, capture_time, group_position = _keypoints_header(
-        c, m.frame_index, m.capture_time, m.group_position)
-    codec = KEYPOINT_CODECS[c.choice("codec", m.codec, KEYPOINT_CODECS)]
-    try:
-        payload = codec.encode(m.value, m.jacobian)
-    except InvalidField as exc:
-        raise InvalidField(f"Keypoints.{exc}") from None
-    normalised = Keypoints(frame_index, capture_time, group_position, codec.name, m.value,
-                           m.jacobian)
-    return normalised, [frame_index, capture_time, group_position, codec.wire_id, payload]
+def _keypoints(m: Keypoints, c: _Checker) -> Keypoints:
+    return Keypoints(
+        frame_index=c.integer("frame_index", m.frame_index, 0, MAX_FRAME_INDEX),
+        capture_offset_ms=c.integer("capture_offset_ms", m.capture_offset_ms,
+                                    -MAX_CAPTURE_OFFSET_MS, MAX_CAPTURE_OFFSET_MS),
+        group_position=c.integer("group_position", m.group_position, 0, MAX_GROUP - 1),
+        codec=c.choice("codec", m.codec, CODEC_NAMES),
+        payload=c.binary("payload", m.payload, 1, MAX_MESSAGE_BYTES - KEYPOINTS_MAX_HEADER))
+
+
+_CHECKS = {Hello: _hello, SourceImageChunk: _chunk, Keypoints: _keypoints, Feedback: _feedback,
+           SourceRequest: _source_request, Bye: _bye, IntraRequest: _intra_request}
+# marker, version and codec, frame_index (8), capture_offset_ms (5), group_position
+KEYPOINTS_MAX_HEADER = 1 + 1 + 8 + 5 + 1
 
 
 def validate_message(msg: Message) -> Message:
     """The message with its scalar fields normalised to plain Python types (numpy scalars ->
     int, float; bytearray -> bytes); InvalidField if a receiver would reject it."""
-    if isinstance(msg, Keypoints):
-        return _encode_keypoints(msg)[0]
     check = _CHECKS.get(type(msg))
     if check is None:
         raise TypeError(f"not a protocol message: {type(msg).__name__}")
     return check(msg, _Checker(type(msg).__name__, InvalidField))
 
 
+def _encode_keypoints(m: Keypoints) -> bytes:
+    return b"".join((bytes((BINARY_MARKER, PROTOCOL_VERSION << 4 | CODEC_IDS[m.codec])),
+                     write_varint(m.frame_index), write_varint(zigzag(m.capture_offset_ms)),
+                     bytes((m.group_position,)), m.payload))
+
+
 def encode_message(msg: Message) -> bytes:
-    """msgpack array [PROTOCOL_VERSION, type code, fields...]; InvalidField for bad values."""
+    """Keypoints: the binary layout; any other message: msgpack array [PROTOCOL_VERSION, type
+    code, fields...]. InvalidField for bad values."""
+    msg = validate_message(msg)
     if isinstance(msg, Keypoints):
-        msg, body = _encode_keypoints(msg)
-    else:
-        msg = validate_message(msg)
-        body = [getattr(msg, f.name) for f in fields(msg)]
+        return _encode_keypoints(msg)
+    body = [getattr(msg, f.name) for f in fields(msg)]
     return msgpack.packb([PROTOCOL_VERSION, _TYPE_CODES[type(msg)], *body], use_bin_type=True)
 
 
-def _decode_keypoints(body: list[Any]) -> Keypoints:
-    c = _Checker("Keypoints", MalformedMessage)
-    frame_index, capture_time, group_position, codec_id, payload = body
-    header = _keypoints_header(c, frame_index, capture_time, group_position)
-    codec = CODECS_BY_WIRE_ID.get(c.integer("codec", codec_id, 0, 2**64 - 1))
+def _decode_keypoints(data: bytes) -> Keypoints:
+    if len(data) < 2:
+        raise MalformedMessage("a binary message of 1 byte")
+    version, codec_id = data[1] >> 4, data[1] & 0x0F
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(f"protocol version {version}, this side speaks "
+                                 f"{PROTOCOL_VERSION}")
+    codec = CODECS_BY_ID.get(codec_id)
     if codec is None:
-        raise c.invalid("codec", f"unknown codec id {codec_id} (known: " + ", ".join(
-            f"{i} {k.name}" for i, k in CODECS_BY_WIRE_ID.items()) + ")")
-    payload = c.binary("payload", payload, 0, MAX_MESSAGE_BYTES)
+        raise InvalidField(f"Keypoints.codec: unknown codec id {codec_id} (known: " + ", ".join(
+            f"{i} {name}" for i, name in CODECS_BY_ID.items()) + ")")
     try:
-        value, jacobian = codec.decode(payload)
+        frame_index, at = read_varint(data, 2, "frame_index")
+        offset_code, at = read_varint(data, at, "capture_offset_ms", max_bytes=5)
     except InvalidField as exc:
-        raise c.invalid("payload", str(exc)) from None
-    return Keypoints(*header, codec=codec.name, value=value, jacobian=jacobian)
+        raise MalformedMessage(f"Keypoints.{exc}") from None
+    if at >= len(data):
+        raise MalformedMessage("Keypoints: the message ends before group_position")
+    message = Keypoints(frame_index, unzigzag(offset_code), data[at], codec, data[at + 1:])
+    return _keypoints(message, _Checker("Keypoints", MalformedMessage))
 
 
 def decode_message(data: bytes) -> Message:
@@ -310,6 +331,8 @@ def decode_message(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(f"message of {len(data)} bytes, at most {MAX_MESSAGE_BYTES} "
                               "allowed")
+    if data[:1] == bytes((BINARY_MARKER,)):
+        return _decode_keypoints(data)
     try:
         obj = msgpack.unpackb(data, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -330,13 +353,11 @@ def decode_message(data: bytes) -> Message:
     if isinstance(code, bool) or not isinstance(code, int):
         raise MalformedMessage(f"type: expected an integer, got {_show(code)}")
     cls = _TYPES_BY_CODE.get(code)
-    if cls is None:
-        raise InvalidField(f"type: unknown message type code {code}")
+    if cls is None or cls is Keypoints:
+        why = "Keypoints are binary messages" if cls is Keypoints else "unknown"
+        raise InvalidField(f"type: message type code {code} ({why})")
     body = obj[2:]
-    expected = _KEYPOINTS_WIRE_FIELDS if cls is Keypoints else len(fields(cls))
-    if len(body) != expected:
-        raise MalformedMessage(f"{cls.__name__}: expected {expected} fields after version and "
-                               f"type, got {len(body)}")
-    if cls is Keypoints:
-        return _decode_keypoints(body)
+    if len(body) != len(fields(cls)):
+        raise MalformedMessage(f"{cls.__name__}: expected {len(fields(cls))} fields after "
+                               f"version and type, got {len(body)}")
     return _CHECKS[cls](cls(*body), _Checker(cls.__name__, MalformedMessage))

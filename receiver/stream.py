@@ -35,6 +35,8 @@ from kpvid.protocol import (
     Bye,
     Feedback,
     Hello,
+    IntraRequest,
+    KeypointDecoder,
     Keypoints,
     Message,
     ProtocolError,
@@ -44,6 +46,7 @@ from kpvid.protocol import (
     SourceRequest,
     decode_source_image,
 )
+from kpvid.protocol.keypoint_stream import MAX_PENDING
 
 from .jitter import JitterBuffer, PlayoutClock
 from .metrics import ReceiverMetrics
@@ -84,6 +87,7 @@ class SessionOptions:
     idle_timeout: float = 3.0       # no packet for this long: the sender is gone
     source_timeout: float = 2.0     # ask the sender for its source image again after this long
     feedback_interval: float = 1.0
+    intra_request_interval: float = 0.5  # at most one IntraRequest this often
     max_lag: float = 0.25           # a frame this late is skipped (still predicted), not rendered
     record_dir: Path | None = None
 
@@ -134,6 +138,9 @@ class StreamSession:
         self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0, "dropped": 0}
         self.packets = 0
         self.packet_bytes = 0
+        self.decoder = KeypointDecoder(hello.codec, hello.num_kp)
+        self._capture_times: dict[int, float] = {}  # of payloads not decoded yet
+        self._intra_asked_at = -float("inf")
         self.kp_bytes = RateWindow()
         self.frames_out = RateWindow()
         self.latencies: deque[float] = deque(maxlen=600)
@@ -235,12 +242,16 @@ class StreamSession:
         hello = self.hello
         if message.codec != hello.codec:
             raise ProtocolError(f"keypoints in codec {message.codec!r}, hello said {hello.codec!r}")
-        if len(message.value) != hello.num_kp:
-            raise ProtocolError(f"{len(message.value)} keypoints, hello said {hello.num_kp}")
         period = hello.observe + hello.predict
         if message.group_position >= period:
             raise ProtocolError(f"group position {message.group_position} outside a group of "
                                 f"{period} frames")
+        self._capture_times[message.frame_index] = hello.capture_time(message)
+        try:
+            decoded = self.decoder.decode(message.frame_index, message.payload)
+        except ProtocolError as exc:
+            del self._capture_times[message.frame_index]
+            raise ProtocolError(f"keypoints of frame {message.frame_index}: {exc}") from None
         now = time.monotonic()
         self._last_packet = now
         self.packets += 1
@@ -249,11 +260,20 @@ class StreamSession:
         self.metrics.keypoint_bytes.labels(self.name).inc(nbytes)
         if self._phase is None:
             self._phase = (message.frame_index - message.group_position) % period
-        if self.jitter.put(message.frame_index,
-                           (to_kp6(message.value, message.jacobian), message.capture_time)):
-            self.clock.on_packet(message.frame_index, now)
-            self._highest_index = max(self._highest_index, message.frame_index)
-            self._first_packet.set()
+        if (self.decoder.waiting
+                and now - self._intra_asked_at > self.options.intra_request_interval):
+            self._send_ctrl(IntraRequest(f"keypoints of frame {message.frame_index} wait for "
+                                         "a reference that has not come"))
+            self._intra_asked_at = now
+        for keypoints in decoded:
+            capture_time = self._capture_times.pop(keypoints.frame_index, None)
+            if self.jitter.put(keypoints.frame_index,
+                               (to_kp6(keypoints.value, keypoints.jacobian), capture_time)):
+                self.clock.on_packet(keypoints.frame_index, now)
+                self._highest_index = max(self._highest_index, keypoints.frame_index)
+                self._first_packet.set()
+        while len(self._capture_times) > 2 * MAX_PENDING:
+            del self._capture_times[min(self._capture_times)]
 
     async def _on_source_chunk(self, chunk: SourceImageChunk) -> None:
         data = self._assembler.add(chunk)
@@ -362,6 +382,7 @@ class StreamSession:
             "codec": self.hello.codec, "predictor": self.engine.predictor_name,
             "frames": dict(self.counts),
             "packets": self.packets,
+            "undecodable": self.decoder.undecodable,
             "kbps": round(self.kp_bytes.rate() * 8 / 1000, 2),
             "kbps_mean": round(self.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
             "fps_out": round(self.frames_out.rate(), 2),

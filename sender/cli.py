@@ -9,19 +9,20 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError
-from kpvid.protocol import IMAGE_FORMATS, KEYPOINT_CODECS
+from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.training.synthetic import DOMAINS
 
 from .client import (
+    DEFAULT_CODEC,
     DEFAULT_PORT,
     STREAM_NAME_RE,
     SenderOptions,
-    default_codec,
     make_hello,
     parse_ice_server,
     parse_target,
@@ -160,8 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                         type=_arg_type(_int_at_least(0)),
                         help=f"frames per group left to the edge's predictor "
                              f"(default {DEFAULT_PREDICT}; 0 sends every frame)")
-    coding.add_argument("--codec", choices=sorted(KEYPOINT_CODECS), default=default_codec(),
-                        help="keypoint packet codec (default %(default)s)")
+    coding.add_argument("--codec", choices=CODEC_NAMES, default=DEFAULT_CODEC,
+                        help="keypoint codec: delta (each set against the previous one sent, "
+                             "entropy coded, about 24 bytes a packet), q12 (12-bit, 107 bytes) "
+                             "or f16 (float16, 137 bytes) (default %(default)s)")
+    coding.add_argument("--intra-interval", metavar="PACKETS", default=DEFAULT_INTRA_INTERVAL,
+                        type=_arg_type(_int_at_least(1)),
+                        help="delta codec: a self-contained packet at least every PACKETS "
+                             "packets, so a lost one is not felt for longer (default "
+                             "%(default)s; the edge also asks for one when it lost a packet)")
     coding.add_argument("--source-format", choices=IMAGE_FORMATS, default="jpeg",
                         help="format of the source image sent at the start (default jpeg)")
     coding.add_argument("--checkpoint", metavar="FILE", type=Path, default=SHIPPED_CHECKPOINT,
@@ -279,11 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         options = SenderOptions(
             host=host, port=port, token=args.token, insecure=args.insecure,
             ca_file=str(args.ca) if args.ca else None, stream=args.stream or default_name,
-            codec=args.codec, observe=args.observe, predict=args.predict,
-            source_format=args.source_format,
+            codec=args.codec, intra_interval=args.intra_interval, observe=args.observe,
+            predict=args.predict, source_format=args.source_format,
             ice_servers=args.ice_server,
             max_frames=args.frames)
-        make_hello(source, extractor, options)
+        make_hello(source, extractor, options, time.time())
     except ValueError as exc:
         source.close()
         parser.error(str(exc))

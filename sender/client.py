@@ -39,11 +39,14 @@ from aiortc import (
 )
 
 from kpvid.protocol import (
+    CODEC_NAMES,
+    DEFAULT_INTRA_INTERVAL,
     IMAGE_FORMATS,
-    KEYPOINT_CODECS,
     Bye,
     Feedback,
     Hello,
+    IntraRequest,
+    KeypointEncoder,
     Keypoints,
     ProtocolError,
     RateLimitedLog,
@@ -89,9 +92,7 @@ class _Retry(Exception):
     """A transient failure: reconnect after a backoff."""
 
 
-def default_codec() -> str:
-    """The quantised keypoint codec when the protocol has it, else the first one it has."""
-    return "q12" if "q12" in KEYPOINT_CODECS else next(iter(KEYPOINT_CODECS))
+DEFAULT_CODEC = "delta"
 
 
 def parse_target(text: str) -> tuple[str, int]:
@@ -153,7 +154,8 @@ class SenderOptions:
     insecure: bool = False
     ca_file: str | None = None
     stream: str = "camera0"
-    codec: str = field(default_factory=default_codec)
+    codec: str = DEFAULT_CODEC
+    intra_interval: int = DEFAULT_INTRA_INTERVAL
     observe: int = 1
     predict: int = 1
     source_format: str = "jpeg"
@@ -165,9 +167,11 @@ class SenderOptions:
     def __post_init__(self) -> None:
         if not STREAM_NAME_RE.fullmatch(self.stream):
             raise ValueError(f"stream name must be 1-64 of A-Z a-z 0-9 _ . -, got {self.stream!r}")
-        if self.codec not in KEYPOINT_CODECS:
+        if self.codec not in CODEC_NAMES:
             raise ValueError(f"unknown keypoint codec {self.codec!r}; "
-                             f"choose from {', '.join(KEYPOINT_CODECS)}")
+                             f"choose from {', '.join(CODEC_NAMES)}")
+        if self.intra_interval < 1:
+            raise ValueError(f"intra_interval must be >= 1, got {self.intra_interval}")
         if self.source_format not in IMAGE_FORMATS:
             raise ValueError(f"source image format must be one of {', '.join(IMAGE_FORMATS)}")
         if not self.token:
@@ -197,13 +201,14 @@ class SenderOptions:
         return ssl.create_default_context(cafile=self.ca_file)
 
 
-def make_hello(source: FrameSource, extractor: KeypointExtractor,
-               options: SenderOptions) -> Hello:
-    """The session's Hello, validated (InvalidField, a ValueError, names what the receiver
-    would reject, e.g. a frame rate over 240 or observe + predict over 64)."""
+def make_hello(source: FrameSource, extractor: KeypointExtractor, options: SenderOptions,
+               start_time: float) -> Hello:
+    """The session's Hello (frame 0 captured at ``start_time``), validated (InvalidField, a
+    ValueError, names what the receiver would reject, e.g. a frame rate over 240 or observe +
+    predict over 64)."""
     hello = Hello(stream=options.stream, fps=float(source.fps), observe=options.observe,
                   predict=options.predict, frame_size=source.size, num_kp=extractor.num_kp,
-                  model_id=extractor.model_id, codec=options.codec)
+                  model_id=extractor.model_id, codec=options.codec, start_time=start_time)
     return validate_message(hello)
 
 
@@ -230,7 +235,8 @@ class SenderClient:
         self.source = source
         self.extractor = extractor
         self.options = options
-        self.hello = make_hello(source, extractor, options)
+        self.hello = make_hello(source, extractor, options, time.time())  # checks early
+        self._encoder = KeypointEncoder(options.codec, options.intra_interval)
         self.schedule = options.schedule
         self.stats = stats if stats is not None else SenderStats()
         self.stop = stop if stop is not None else asyncio.Event()
@@ -392,6 +398,9 @@ class SenderClient:
         if isinstance(message, SourceRequest):
             log.info("edge asks for the source image (%s)", message.reason)
             self._source_wanted = True
+        elif isinstance(message, IntraRequest):
+            log.debug("edge asks for an intra keypoint payload (%s)", message.reason)
+            self._encoder.request_intra()
         elif isinstance(message, Feedback):
             self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
                                                    message.predicted, message.prediction_error)
@@ -434,6 +443,8 @@ class SenderClient:
             await self._goodbye(kp, ctrl, "end of stream")
             return
         options = self.options
+        self.hello = make_hello(self.source, self.extractor, options, first.capture_time)
+        self._encoder = KeypointEncoder(options.codec, options.intra_interval)  # new receiver
         ctrl.send(encode_message(self.hello))
         source_image = encode_source_image(first.rgb, options.source_format,
                                            options.source_quality)
@@ -476,13 +487,15 @@ class SenderClient:
             self.stats.maybe_report()
 
     def _send_keypoints(self, kp: RTCDataChannel, index: int, captured: _Captured) -> None:
-        data = encode_message(Keypoints(
-            frame_index=index, capture_time=captured.capture_time,
-            group_position=self.schedule.position(index), codec=self.options.codec,
-            value=captured.value, jacobian=captured.jacobian))
         if kp.readyState != "open" or kp.bufferedAmount > self.options.kp_buffer_limit:
             self.stats.record_drop()
-            return
+            return  # before encoding: a delta payload refers to the previous one sent
+        payload = self._encoder.encode(index, captured.value, captured.jacobian)
+        data = encode_message(Keypoints(
+            frame_index=index,
+            capture_offset_ms=self.hello.capture_offset_ms(index, captured.capture_time),
+            group_position=self.schedule.position(index), codec=self.options.codec,
+            payload=payload))
         kp.send(data)
         self.stats.record_packet(len(data))
 

@@ -20,6 +20,7 @@ from kpvid.demo.streaming import free_port
 from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
 from kpvid.models.predictors import predictor_factory
 from kpvid.protocol import (
+    KEYPOINT_CODECS,
     Hello,
     Keypoints,
     decode_message,
@@ -126,7 +127,8 @@ class RawSender:
         _, _, config = shipped_model()
         fields = dict(stream=name, fps=30.0, observe=1, predict=1, frame_size=frame.shape[0],
                       num_kp=config["model_params"]["common_params"]["num_kp"],
-                      model_id=model_id(SHIPPED_CHECKPOINT), codec="f16")
+                      model_id=model_id(SHIPPED_CHECKPOINT), codec="f16",
+                      start_time=time.time())
         hello = Hello(**{**fields, **hello_fields})
         self.ctrl.send(encode_message(hello))
         for chunk in split_source_image(1, encode_source_image(frame), "jpeg"):
@@ -139,13 +141,17 @@ class RawSender:
         start = time.time()
         for i in indices:
             await asyncio.sleep(max(0.0, start + (i - indices[0]) / fps - time.time()))
-            self.kp.send(encode_message(Keypoints(
-                frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
-                value=values[i], jacobian=jacobians[i])))
+            self.kp.send(f16_keypoints(i, values[i], jacobians[i]))
         await asyncio.sleep(indices.step / fps)
 
     async def close(self) -> None:
         await self.pc.close()
+
+
+def f16_keypoints(frame_index: int, value: np.ndarray, jacobian: np.ndarray) -> bytes:
+    """An encoded Keypoints message of one set in the stateless f16 codec."""
+    return encode_message(Keypoints(frame_index, 0, 0, "f16",
+                                    KEYPOINT_CODECS["f16"].encode(value, jacobian)))
 
 
 async def wait_for(condition, timeout: float, interval: float = 0.05) -> None:

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 from aiortc import RTCIceServer
 
-from kpvid.protocol import Bye, Keypoints, encode_message
-from tests.edge_harness import RawSender, detect, running_edge, synthetic_clip, wait_for
+from kpvid.protocol import Bye, encode_message
+from tests.edge_harness import (
+    RawSender,
+    detect,
+    f16_keypoints,
+    running_edge,
+    synthetic_clip,
+    wait_for,
+)
 
 
 def run(coro):
@@ -110,9 +117,7 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
             ]
             start = time.time()
             for i in range(0, 40, 2):
-                good.kp.send(encode_message(Keypoints(
-                    frame_index=i, capture_time=time.time(), group_position=0, codec="f16",
-                    value=values[i], jacobian=jacobians[i])))
+                good.kp.send(f16_keypoints(i, values[i], jacobians[i]))
                 bad.kp.send(garbage[i // 2 % len(garbage)])
                 bad.ctrl.send("a text message")
                 await asyncio.sleep(max(0.0, start + (i + 2) / 30 - time.time()))

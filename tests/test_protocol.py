@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kpvid.protocol import (
+    CODEC_NAMES,
     KEYPOINT_CODECS,
     MAX_CHUNK_DATA_BYTES,
     MAX_MESSAGE_BYTES,
     Bye,
     Feedback,
     Hello,
+    IntraRequest,
     InvalidField,
     Keypoints,
     MalformedMessage,
@@ -48,35 +50,20 @@ Q12_VALUE_ERROR, Q12_JACOBIAN_ERROR = 1.25 / 4095, 8.0 / 4095
 F16_UNIT_ERROR = 2.0**-12  # |x| <= 1
 
 HELLO = Hello(stream="cam-1", fps=30.0, observe=1, predict=1, frame_size=64, num_kp=10,
-              model_id="kpvid-faces-64", codec="q12")
+              model_id="kpvid-faces-64", codec="q12", start_time=1.7e9)
 RNG = np.random.default_rng(0)
 VALUE = RNG.uniform(-1, 1, (10, 2))
 JACOBIAN = RNG.uniform(-4, 4, (10, 2, 2))
-KEYPOINTS = Keypoints(frame_index=1234, capture_time=1.7e9 + 0.25, group_position=0,
-                      codec="q12", value=VALUE, jacobian=JACOBIAN)
+Q12_PAYLOAD = KEYPOINT_CODECS["q12"].encode(VALUE, JACOBIAN)
+KEYPOINTS = Keypoints(frame_index=1234, capture_offset_ms=-3, group_position=0, codec="q12",
+                      payload=Q12_PAYLOAD)
 CHUNK = SourceImageChunk(image_id=3, index=1, count=2, format="jpeg", total_bytes=7,
                          crc32=123456, data=b"\x00\x01\x02")
 FEEDBACK = Feedback(received=100, lost=2, predicted=98, prediction_error=0.0125)
 EXAMPLES = [HELLO, KEYPOINTS, CHUNK, FEEDBACK, Feedback(0, 0, 0, None),
             SourceRequest("decode failed"), SourceRequest(""), Bye("user closed the tab"),
-            Bye("end of clip", last_frame_index=299)]
-
-
-def assert_same(decoded: object, original: object) -> None:
-    """Equal, keypoint arrays within their codec's documented error."""
-    assert type(decoded) is type(original)
-    if not isinstance(original, Keypoints):
-        assert decoded == original
-        return
-    assert (decoded.frame_index, decoded.capture_time, decoded.group_position, decoded.codec) \
-        == (original.frame_index, original.capture_time, original.group_position, original.codec)
-    assert decoded.value.dtype == np.float32 and decoded.jacobian.dtype == np.float32
-    value_bound, jacobian_bound = KEYPOINT_CODECS[original.codec].error_bound(
-        original.value, original.jacobian)
-    value_error = np.abs(decoded.value - np.asarray(original.value, np.float64))
-    jacobian_error = np.abs(decoded.jacobian - np.asarray(original.jacobian, np.float64))
-    assert (value_error <= value_bound).all()
-    assert (jacobian_error <= jacobian_bound).all()
+            Bye("end of clip", last_frame_index=299), IntraRequest("lost frame 7")]
+MESSAGE_TYPES = (Hello, SourceImageChunk, Keypoints, Feedback, SourceRequest, Bye, IntraRequest)
 
 
 def raw(*fields: object) -> bytes:
@@ -100,7 +87,8 @@ def hellos(draw: st.DrawFn) -> Hello:
                  fps=draw(st.floats(0, 240, exclude_min=True)),
                  observe=observe, predict=draw(st.integers(0, 64 - observe)),
                  frame_size=draw(st.integers(16, 1024)), num_kp=draw(st.integers(1, 64)),
-                 model_id=draw(st.text(max_size=128)), codec=draw(st.sampled_from(["f16", "q12"])))
+                 model_id=draw(st.text(max_size=128)), codec=draw(st.sampled_from(CODEC_NAMES)),
+                 start_time=draw(st.floats(0, 1e12)))
 
 
 @st.composite
@@ -126,17 +114,11 @@ def keypoint_sets(draw: st.DrawFn, codec: str) -> tuple[np.ndarray, np.ndarray]:
     return value, jacobian
 
 
-@st.composite
-def keypoints(draw: st.DrawFn) -> Keypoints:
-    codec = draw(st.sampled_from(["f16", "q12"]))
-    value, jacobian = draw(keypoint_sets(codec))
-    return Keypoints(frame_index=draw(uint53),
-                     capture_time=draw(st.floats(0, 1e12)), group_position=draw(st.integers(0, 63)),
-                     codec=codec, value=value, jacobian=jacobian)
-
-
+keypoints = st.builds(Keypoints, uint53, st.integers(-(2**31) + 1, 2**31 - 1),
+                      st.integers(0, 63), st.sampled_from(CODEC_NAMES),
+                      st.binary(min_size=1, max_size=300))
 messages = st.one_of(
-    hellos(), chunks(), keypoints(),
+    hellos(), chunks(), keypoints, st.builds(IntraRequest, st.text(max_size=256)),
     st.builds(Feedback, uint53, uint53, uint53, st.none() | st.floats(0, 1e300)),
     st.builds(SourceRequest, st.text(max_size=256)), st.builds(Bye, st.text(max_size=256),
               st.none() | st.integers(0, 2**53 - 1)))
@@ -154,8 +136,8 @@ def decodes_or_rejects(data: bytes) -> None:
         msg = decode_message(data)
     except ProtocolError:
         return
-    assert isinstance(msg, (Hello, SourceImageChunk, Keypoints, Feedback, SourceRequest, Bye))
-    assert_same(decode_message(encode_message(msg)), msg)
+    assert isinstance(msg, MESSAGE_TYPES)
+    assert decode_message(encode_message(msg)) == msg
 
 
 # --- round trips ----------------------------------------------------------------------------
@@ -164,8 +146,8 @@ def decodes_or_rejects(data: bytes) -> None:
 def test_round_trip_every_message_type(msg: object) -> None:
     data = encode_message(msg)
     assert isinstance(data, bytes) and len(data) <= MAX_MESSAGE_BYTES
-    assert_same(decode_message(data), msg)
-    assert_same(decode_message(bytearray(data)), msg)
+    assert decode_message(data) == msg
+    assert decode_message(bytearray(data)) == msg
 
 
 @FAST
@@ -174,57 +156,58 @@ def test_round_trip_random_messages(msg: object) -> None:
     data = encode_message(msg)
     assert len(data) <= MAX_MESSAGE_BYTES
     decoded = decode_message(data)
-    assert_same(decoded, msg)
+    assert decoded == msg
     assert encode_message(decoded) == data  # decoding loses nothing the encoding kept
 
 
 def test_wire_layout_is_a_compact_array() -> None:
-    assert wire(HELLO) == [1, 1, "cam-1", 30.0, 1, 1, 64, 10, "kpvid-faces-64", "q12"]
-    assert wire(CHUNK) == [1, 2, 3, 1, 2, "jpeg", 7, 123456, b"\x00\x01\x02"]
-    assert wire(FEEDBACK) == [1, 4, 100, 2, 98, 0.0125]
-    assert wire(SourceRequest("x")) == [1, 5, "x"] and wire(Bye("y")) == [1, 6, "y", None]
-    version, code, frame_index, capture_time, position, codec, payload = wire(KEYPOINTS)
-    assert (version, code, frame_index, capture_time, position, codec) == (1, 3, 1234, 1.7e9 + 0.25,
-                                                                          0, 2)
-    assert payload == KEYPOINT_CODECS["q12"].encode(VALUE, JACOBIAN) and len(payload) == 90
+    assert wire(HELLO) == [2, 1, "cam-1", 30.0, 1, 1, 64, 10, "kpvid-faces-64", "q12", 1.7e9]
+    assert wire(CHUNK) == [2, 2, 3, 1, 2, "jpeg", 7, 123456, b"\x00\x01\x02"]
+    assert wire(FEEDBACK) == [2, 4, 100, 2, 98, 0.0125]
+    assert wire(SourceRequest("x")) == [2, 5, "x"] and wire(Bye("y")) == [2, 6, "y", None]
+    assert wire(IntraRequest("z")) == [2, 7, "z"]
+
+
+def test_keypoints_binary_layout_matches_the_spec() -> None:
+    # marker, version 2 | codec 2, frame_index 1234 as LEB128, zigzag(-3) = 5, group position
+    assert encode_message(KEYPOINTS) == b"\xc1\x22\xd2\x09\x05\x00" + Q12_PAYLOAD
+    data = encode_message(Keypoints(2**53 - 1, 2**31 - 1, 63, "delta", b"\x80"))
+    assert data[:2] == b"\xc1\x23" and data[-2:] == b"\x3f\x80" and len(data) == 2 + 8 + 5 + 2
+
+
+def test_capture_time_travels_as_an_offset_from_the_nominal_time() -> None:
+    offset = HELLO.capture_offset_ms(1234, 1.7e9 + 1234 / 30 - 0.003)
+    assert offset == -3
+    assert HELLO.capture_time(KEYPOINTS) == pytest.approx(1.7e9 + 1234 / 30 - 0.003, abs=1e-6)
+    assert HELLO.capture_offset_ms(0, 0.0) == -(2**31 - 1)  # clamped to the wire range
 
 
 def test_encode_normalises_numpy_scalars_and_array_likes() -> None:
     hello = Hello("s", np.float32(25), np.int64(2), np.int32(1), np.int16(64), np.uint8(10), "",
-                  "f16")
+                  "f16", np.float64(5))
     decoded = decode_message(encode_message(hello))
-    assert decoded == Hello("s", 25.0, 2, 1, 64, 10, "", "f16") == validate_message(hello)
+    assert decoded == Hello("s", 25.0, 2, 1, 64, 10, "", "f16", 5.0) == validate_message(hello)
     assert type(decoded.observe) is int and type(decoded.fps) is float
-    kp = Keypoints(np.int64(5), 12, 1, "f16", VALUE.tolist(), JACOBIAN.astype(np.float16))
-    assert_same(decode_message(encode_message(kp)), kp)
+    kp = Keypoints(np.int64(5), np.int16(-2), np.uint8(1), "f16", bytearray(b"ab"))
     normalised = validate_message(kp)
-    assert normalised.frame_index == 5 and type(normalised.capture_time) is float
+    assert decode_message(encode_message(kp)) == normalised == Keypoints(5, -2, 1, "f16", b"ab")
+    assert type(normalised.frame_index) is int and type(normalised.payload) is bytes
     chunk = SourceImageChunk(0, 0, 1, "webp", 2, 0, bytearray(b"ab"))
     assert decode_message(encode_message(chunk)).data == b"ab"
 
 
 def test_decoder_accepts_integers_and_float32_for_float_fields() -> None:
     # JavaScript msgpack encoders write 30.0 as the integer 30.
-    assert decode_message(raw(1, 1, "a", 30, 1, 0, 64, 10, "m", "f16")).fps == 30.0
-    rest = b"".join(msgpack.packb(x) for x in (1, 0, 64, 10, "m", "f16"))
-    data = b"\x9a\x01\x01\xa1a\xca" + np.array(12.5, ">f4").tobytes() + rest
+    assert decode_message(raw(2, 1, "a", 30, 1, 0, 64, 10, "m", "f16", 0)).fps == 30.0
+    rest = b"".join(msgpack.packb(x) for x in (1, 0, 64, 10, "m", "f16", 0))
+    data = b"\x9b\x02\x01\xa1a\xca" + np.array(12.5, ">f4").tobytes() + rest
     assert decode_message(data).fps == 12.5
-    assert decode_message(raw(1, 4, 0, 0, 0, 0)).prediction_error == 0.0
-
-
-def test_keypoints_equality_compares_arrays() -> None:
-    decoded = decode_message(encode_message(KEYPOINTS))
-    assert decoded == decode_message(encode_message(KEYPOINTS))
-    assert decoded != KEYPOINTS  # quantised
-    assert decoded != Keypoints(decoded.frame_index + 1, decoded.capture_time, 0, "q12",
-                                decoded.value, decoded.jacobian)
-    assert decoded != HELLO
+    assert decode_message(raw(2, 4, 0, 0, 0, 0)).prediction_error == 0.0
 
 
 # --- rejections -----------------------------------------------------------------------------
 
-GOOD_HELLO = [1, 1, "cam", 30.0, 1, 1, 64, 10, "m", "q12"]
-GOOD_KP = wire(KEYPOINTS)
+GOOD_HELLO = [2, 1, "cam", 30.0, 1, 1, 64, 10, "m", "q12", 1.7e9]
 GOOD_CHUNK = wire(CHUNK)
 
 
@@ -235,28 +218,29 @@ def with_field(fields: list, position: int, value: object) -> bytes:
 
 
 @pytest.mark.parametrize(("data", "error", "match"), [
-    (raw(2, 1, "cam"), UnsupportedVersion, "version 2"),
+    (raw(1, 1, "cam"), UnsupportedVersion, "version 1"),
     (raw(0), UnsupportedVersion, "version 0"),
     (raw(True, 1), MalformedMessage, "version"),
-    (raw("1", 1), MalformedMessage, "version"),
+    (raw("2", 1), MalformedMessage, "version"),
     (b"\x00" * (MAX_MESSAGE_BYTES + 1), MessageTooLarge, "16385"),
-    (raw(1, 9, "x"), InvalidField, "type code 9"),
-    (raw(1, True), MalformedMessage, "type"),
-    (raw(1), MalformedMessage, "type"),
+    (raw(2, 9, "x"), InvalidField, "type code 9"),
+    (raw(2, 3, 0, 0, 0, 2, b"x"), InvalidField, "Keypoints are binary"),
+    (raw(2, True), MalformedMessage, "type"),
+    (raw(2), MalformedMessage, "type"),
     (raw(), MalformedMessage, "array"),
     (msgpack.packb({"version": 1}), MalformedMessage, "array"),
     (msgpack.packb(1), MalformedMessage, "array"),
     (b"", MalformedMessage, "msgpack"),
-    (b"\xc1", MalformedMessage, "msgpack"),
+    (b"\xc1", MalformedMessage, "a binary message of 1 byte"),
     (b"\x91" * 5000 + b"\x00", MalformedMessage, "msgpack"),  # nested too deep
     (b"\x92\x01\x81\x91\x00\x00", MalformedMessage, "msgpack"),  # a list as a map key
-    (b"\x93\x01\x01\xd4\xff\x00", MalformedMessage, "msgpack"),  # bad timestamp extension
-    (b"\x93\x01\x05\xd6\xff\x00\x00\x00\x01", MalformedMessage, "reason"),  # timestamp
+    (b"\x93\x02\x01\xd4\xff\x00", MalformedMessage, "msgpack"),  # bad timestamp extension
+    (b"\x93\x02\x05\xd6\xff\x00\x00\x00\x01", MalformedMessage, "reason"),  # timestamp
     (raw(*GOOD_HELLO) + b"\x00", MalformedMessage, "msgpack"),
     (raw(*GOOD_HELLO)[:-1], MalformedMessage, "msgpack"),
-    (b"\x9a\x01\x01\xa3\xff\xfe\xfd" + raw(*GOOD_HELLO)[7:], MalformedMessage, "msgpack"),
-    (raw(*GOOD_HELLO[:-1]), MalformedMessage, "expected 8 fields"),
-    (raw(*GOOD_HELLO, "extra"), MalformedMessage, "expected 8 fields"),
+    (b"\x9b\x02\x01\xa3\xff\xfe\xfd" + raw(*GOOD_HELLO)[7:], MalformedMessage, "msgpack"),
+    (raw(*GOOD_HELLO[:-1]), MalformedMessage, "expected 9 fields"),
+    (raw(*GOOD_HELLO, "extra"), MalformedMessage, "expected 9 fields"),
     (with_field(GOOD_HELLO, 2, ""), InvalidField, "stream"),
     (with_field(GOOD_HELLO, 2, "a b"), InvalidField, "'a b'"),
     (with_field(GOOD_HELLO, 2, "a/b"), InvalidField, "stream"),
@@ -276,7 +260,8 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (with_field(GOOD_HELLO, 5, -1), InvalidField, "predict: -1"),
     (with_field(GOOD_HELLO, 5, 64), InvalidField, "predict"),
     (with_field(GOOD_HELLO, 5, 2**64 - 1), InvalidField, "predict"),
-    (raw(1, 1, "cam", 30.0, 40, 30, 64, 10, "m", "q12"), InvalidField, "observe \\+ predict = 70"),
+    (raw(2, 1, "cam", 30.0, 40, 30, 64, 10, "m", "q12", 0), InvalidField,
+     "observe \\+ predict = 70"),
     (with_field(GOOD_HELLO, 6, 15), InvalidField, "frame_size: 15"),
     (with_field(GOOD_HELLO, 6, 1025), InvalidField, "frame_size: 1025"),
     (with_field(GOOD_HELLO, 7, 0), InvalidField, "num_kp: 0"),
@@ -284,24 +269,9 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (with_field(GOOD_HELLO, 8, "m" * 129), InvalidField, "model_id: 129 characters"),
     (with_field(GOOD_HELLO, 8, None), MalformedMessage, "model_id"),
     (with_field(GOOD_HELLO, 9, "q99"), InvalidField, "codec: unknown 'q99'"),
-    (with_field(GOOD_KP, 2, -1), InvalidField, "frame_index: -1"),
-    (with_field(GOOD_KP, 2, 2**53), InvalidField, f"frame_index: {2**53}"),
-    (with_field(GOOD_KP, 2, True), MalformedMessage, "frame_index: expected an integer, got bool"),
-    (with_field(GOOD_KP, 2, 3.0), MalformedMessage, "frame_index"),
-    (with_field(GOOD_KP, 3, float("nan")), InvalidField, "capture_time: nan"),
-    (with_field(GOOD_KP, 3, float("inf")), InvalidField, "capture_time: inf"),
-    (with_field(GOOD_KP, 3, -1.0), InvalidField, "capture_time: -1.0"),
-    (with_field(GOOD_KP, 3, None), MalformedMessage, "capture_time"),
-    (with_field(GOOD_KP, 4, 64), InvalidField, "group_position: 64"),
-    (with_field(GOOD_KP, 5, 7), InvalidField, "unknown codec id 7"),
-    (with_field(GOOD_KP, 5, "q12"), MalformedMessage, "codec"),
-    (with_field(GOOD_KP, 6, GOOD_KP[6][:-1]), InvalidField, "payload: 89 bytes is not 9 \\* K"),
-    (with_field(GOOD_KP, 6, b""), InvalidField, "payload: 0 bytes"),
-    (with_field(GOOD_KP, 6, b"\x00" * 9 * 65), InvalidField, "payload: 585 bytes"),
-    (with_field(GOOD_KP, 6, "x" * 90), MalformedMessage, "payload: expected bytes, got str"),
-    (raw(1, 3, 0, 0.0, 0, 1, b"\x00\x7e" + b"\x00" * 10), InvalidField, r"value\[0, 0\] is nan"),
-    (raw(1, 3, 0, 0.0, 0, 1, b"\x00" * 10 + b"\x00\xfc"), InvalidField,
-     r"jacobian\[0, 1, 1\] is -inf"),
+    (with_field(GOOD_HELLO, 10, -1.0), InvalidField, "start_time: -1.0"),
+    (with_field(GOOD_HELLO, 10, float("nan")), InvalidField, "start_time: nan"),
+    (with_field(GOOD_HELLO, 10, None), MalformedMessage, "start_time"),
     (with_field(GOOD_CHUNK, 2, 2**32), InvalidField, "image_id"),
     (with_field(GOOD_CHUNK, 3, 2), InvalidField, "index: 2 is not less than count 2"),
     (with_field(GOOD_CHUNK, 4, 0), InvalidField, "count: 0"),
@@ -313,13 +283,24 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (with_field(GOOD_CHUNK, 7, -5), InvalidField, "crc32: -5"),
     (with_field(GOOD_CHUNK, 8, b""), InvalidField, "data: 0 bytes"),
     (with_field(GOOD_CHUNK, 8, "abc"), MalformedMessage, "data"),
-    (raw(1, 4, -1, 0, 0, None), InvalidField, "received: -1"),
-    (raw(1, 4, 0, 0, False, None), MalformedMessage, "predicted"),
-    (raw(1, 4, 0, 0, 0, -0.5), InvalidField, "prediction_error: -0.5"),
-    (raw(1, 4, 0, 0, 0, float("nan")), InvalidField, "prediction_error: nan"),
-    (raw(1, 5, "r" * 257), InvalidField, "reason: 257 characters"),
-    (raw(1, 6, 1, None), MalformedMessage, "reason"),
-    (raw(1, 6, "r", -1), InvalidField, "last_frame_index"),
+    (raw(2, 4, -1, 0, 0, None), InvalidField, "received: -1"),
+    (raw(2, 4, 0, 0, False, None), MalformedMessage, "predicted"),
+    (raw(2, 4, 0, 0, 0, -0.5), InvalidField, "prediction_error: -0.5"),
+    (raw(2, 4, 0, 0, 0, float("nan")), InvalidField, "prediction_error: nan"),
+    (raw(2, 5, "r" * 257), InvalidField, "reason: 257 characters"),
+    (raw(2, 6, 1, None), MalformedMessage, "reason"),
+    (raw(2, 6, "r", -1), InvalidField, "last_frame_index"),
+    (raw(2, 7, 5), MalformedMessage, "reason"),
+    (b"\xc1\x12\x00\x00\x00\x01", UnsupportedVersion, "version 1"),
+    (b"\xc1\x27\x00\x00\x00\x01", InvalidField, "unknown codec id 7"),
+    (b"\xc1\x22" + b"\x80" * 7 + b"\x10\x00\x00\x01", InvalidField, "frame_index: " + str(2**53)),
+    (b"\xc1\x22\x80\x00\x00\x00\x01", MalformedMessage, "frame_index: not in its shortest"),
+    (b"\xc1\x22\x80", MalformedMessage, "frame_index: the message ends"),
+    (b"\xc1\x22" + b"\xff" * 9, MalformedMessage, "frame_index: longer than 8 bytes"),
+    (b"\xc1\x22\x00\x80\x80\x80\x80\x10\x00\x01", InvalidField, "capture_offset_ms"),
+    (b"\xc1\x22\x00\x00", MalformedMessage, "ends before group_position"),
+    (b"\xc1\x22\x00\x00\x40\x01", InvalidField, "group_position: 64"),
+    (b"\xc1\x22\x00\x00\x00", InvalidField, "payload: 0 bytes"),
 ])
 def test_decode_rejects(data: bytes, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
@@ -333,23 +314,22 @@ def test_decode_rejects_non_bytes() -> None:
 
 
 @pytest.mark.parametrize(("msg", "match"), [
-    (Hello("bad name", 30, 1, 1, 64, 10, "m", "q12"), "stream: 'bad name'"),
-    (Hello("s", True, 1, 1, 64, 10, "m", "q12"), "fps: expected a number, got bool"),
-    (Hello("s", 30, 1.0, 1, 64, 10, "m", "q12"), "observe: expected an integer"),
-    (Hello("s", 30, 1, 1, 64, 10, "m", "png"), "codec"),
-    (Hello("s", 30, 1, 1, 64, 10**400, "m", "q12"), "num_kp"),
-    (Hello("s", 10**400, 1, 1, 64, 10, "m", "q12"), "fps"),
-    (Keypoints(True, 0.0, 0, "q12", VALUE, JACOBIAN), "frame_index"),
-    (Keypoints(0, float("nan"), 0, "q12", VALUE, JACOBIAN), "capture_time: nan"),
-    (Keypoints(0, 0.0, 0, "q8", VALUE, JACOBIAN), "codec: unknown 'q8'"),
-    (Keypoints(0, 0.0, 0, "q12", VALUE[:, :1], JACOBIAN), r"value: expected shape \(K, 2\)"),
-    (Keypoints(0, 0.0, 0, "q12", VALUE, JACOBIAN[:9]), r"jacobian: expected shape \(10, 2, 2\)"),
-    (Keypoints(0, 0.0, 0, "f16", np.zeros((0, 2)), np.zeros((0, 2, 2))), "0 keypoints"),
-    (Keypoints(0, 0.0, 0, "f16", np.zeros((65, 2)), np.zeros((65, 2, 2))), "65 keypoints"),
-    (Keypoints(0, 0.0, 0, "f16", VALUE.astype(complex), JACOBIAN), "dtype complex128"),
-    (Keypoints(0, 0.0, 0, "f16", [["a", "b"]], JACOBIAN[:1]), "value"),
-    (Keypoints(0, 0.0, 0, "q12", np.where(VALUE > 0.5, np.inf, VALUE), JACOBIAN), "is inf"),
-    (Keypoints(0, 0.0, 0, "f16", VALUE, JACOBIAN * 1e5), "beyond the float16 range"),
+    (Hello("bad name", 30, 1, 1, 64, 10, "m", "q12", 0), "stream: 'bad name'"),
+    (Hello("s", True, 1, 1, 64, 10, "m", "q12", 0), "fps: expected a number, got bool"),
+    (Hello("s", 30, 1.0, 1, 64, 10, "m", "q12", 0), "observe: expected an integer"),
+    (Hello("s", 30, 1, 1, 64, 10, "m", "png", 0), "codec"),
+    (Hello("s", 30, 1, 1, 64, 10**400, "m", "q12", 0), "num_kp"),
+    (Hello("s", 10**400, 1, 1, 64, 10, "m", "q12", 0), "fps"),
+    (Hello("s", 30, 1, 1, 64, 10, "m", "q12", float("inf")), "start_time: inf"),
+    (Keypoints(True, 0, 0, "q12", b"x"), "frame_index"),
+    (Keypoints(2**53, 0, 0, "q12", b"x"), "frame_index"),
+    (Keypoints(0, 0.5, 0, "q12", b"x"), "capture_offset_ms: expected an integer"),
+    (Keypoints(0, 2**31, 0, "q12", b"x"), "capture_offset_ms"),
+    (Keypoints(0, 0, 64, "q12", b"x"), "group_position: 64"),
+    (Keypoints(0, 0, 0, "q8", b"x"), "codec: unknown 'q8'"),
+    (Keypoints(0, 0, 0, "q12", b""), "payload: 0 bytes"),
+    (Keypoints(0, 0, 0, "q12", "x"), "payload: expected bytes"),
+    (Keypoints(0, 0, 0, "q12", b"x" * MAX_MESSAGE_BYTES), "payload"),
     (SourceImageChunk(0, 0, 1, "jpeg", 10, 0, b"x" * 11), "data: 11 bytes"),
     (SourceImageChunk(0, 0, 1, "jpeg", 2**23, 0, b"x" * (MAX_CHUNK_DATA_BYTES + 1)), "data"),
     (Feedback(0, -1, 0, None), "lost: -1"),
@@ -373,7 +353,7 @@ def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
 
 
 @FAST
-@given(st.sampled_from([0, 1, 2]), st.integers(0, 7), st.lists(msgpack_values, max_size=10))
+@given(st.sampled_from([0, 1, 2, 3]), st.integers(0, 8), st.lists(msgpack_values, max_size=10))
 def test_arbitrary_msgpack_arrays_decode_or_raise_protocol_error(version: int, code: int,
                                                                   body: list) -> None:
     decodes_or_rejects(msgpack.packb([version, code, *body], use_bin_type=True))
@@ -401,7 +381,8 @@ def test_mutated_messages_decode_or_raise_protocol_error(msg: object, data: st.D
 @FAST
 @given(st.builds(Hello, stream_names | st.text(max_size=70), st.floats() | st.integers(-5, 300),
                  st.integers(-2, 70), st.integers(-2, 70), st.integers(0, 2000),
-                 st.integers(-1, 70), st.text(max_size=130), st.sampled_from(["f16", "q12", "x"]))
+                 st.integers(-1, 70), st.text(max_size=130),
+                 st.sampled_from([*CODEC_NAMES, "x"]), st.floats() | st.integers(-1, 5))
        | st.builds(Feedback, st.integers(-2, 2**54), st.integers(-2, 5), st.integers(-2, 5),
                    st.none() | st.floats()))
 def test_what_the_encoder_accepts_the_decoder_accepts(msg: object) -> None:
@@ -409,7 +390,7 @@ def test_what_the_encoder_accepts_the_decoder_accepts(msg: object) -> None:
         data = encode_message(msg)
     except InvalidField:
         return
-    assert_same(decode_message(data), validate_message(msg))
+    assert decode_message(data) == validate_message(msg)
 
 
 # --- keypoint codecs ------------------------------------------------------------------------
@@ -426,14 +407,14 @@ def test_codec_sizes() -> None:
 def test_bytes_per_packet_match_readme() -> None:
     """The K=10 table in protocol/README.md is what the encoder produces."""
     text = README.read_text()
-    frame_indexes = [0, 200, 1000, 100_000, 2**40]  # one per column of the table
+    frame_indexes = [0, 200, 100_000]  # one per column of the table
     for codec in KEYPOINT_CODECS:
-        row = re.search(rf"^\| {codec} \|(( \d+ \|)+)$", text, re.MULTILINE)
+        row = re.search(rf"^\| `?{codec}`? \|(( \d+ \|)+)$", text, re.MULTILINE)
         assert row, f"no K=10 size row for {codec} in the README"
         payload, *sizes = (int(n) for n in re.findall(r"\d+", row.group(1)))
         assert payload == KEYPOINT_CODECS[codec].payload_bytes(10)
-        measured = [len(encode_message(Keypoints(i, 1.7e9, 1, codec, VALUE, JACOBIAN)))
-                    for i in frame_indexes]
+        data = KEYPOINT_CODECS[codec].encode(VALUE, JACOBIAN)
+        measured = [len(encode_message(Keypoints(i, -5, 1, codec, data))) for i in frame_indexes]
         assert measured == sizes
 
 

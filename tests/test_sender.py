@@ -16,10 +16,10 @@ import pytest
 
 from kpvid.models import build_networks
 from kpvid.protocol import (
-    KEYPOINT_CODECS,
     Bye,
     Feedback,
     InvalidField,
+    KeypointDecoder,
     Keypoints,
     SourceRequest,
     decode_message,
@@ -27,10 +27,10 @@ from kpvid.protocol import (
 )
 from kpvid.sender import cli, sources
 from kpvid.sender.client import (
+    DEFAULT_CODEC,
     SenderClient,
     SenderOptions,
     _Captured,
-    default_codec,
     make_hello,
     parse_ice_server,
     parse_target,
@@ -365,14 +365,14 @@ def test_sender_options() -> None:
     options = SenderOptions(host="edge", token="t")
     assert options.url == "https://edge:8443/offer"
     assert SenderOptions(host="::1", port=9000, token="t").url == "https://[::1]:9000/offer"
-    assert options.codec == default_codec() and options.codec in KEYPOINT_CODECS
+    assert options.codec == DEFAULT_CODEC == "delta" and options.intra_interval == 30
     assert options.ssl_context() is not False
     assert SenderOptions(host="edge", token="t", insecure=True).ssl_context() is False
     assert sanitize_stream_name("my clip (1)") == "my-clip-1"
     assert sanitize_stream_name("???") == "stream"
     for bad in (dict(stream="no spaces"), dict(codec="nope"), dict(token=""),
                 dict(insecure=True, ca_file="x.pem"), dict(observe=0), dict(max_frames=0),
-                dict(source_format="png"), dict(ice_servers=["turn:nocreds"])):
+                dict(intra_interval=0), dict(source_format="png"), dict(ice_servers=["turn:nocreds"])):
         with pytest.raises(ValueError):
             SenderOptions(**{"host": "edge", "token": "t", **bad})
 
@@ -381,11 +381,15 @@ def test_hello_is_validated(tiny_config: dict) -> None:
     kp_detector, _ = build_networks(tiny_config)
     extractor = KeypointExtractor(kp_detector, model_id="tiny", frame_size=32)
     source = SyntheticSource(size=32, length=2)
-    hello = make_hello(source, extractor, SenderOptions(host="edge", token="t", stream="s1"))
-    assert (hello.stream, hello.num_kp, hello.frame_size, hello.model_id) == ("s1", 4, 32, "tiny")
+    options = SenderOptions(host="edge", token="t", stream="s1")
+    hello = make_hello(source, extractor, options, 1.7e9)
+    assert (hello.stream, hello.num_kp, hello.frame_size, hello.model_id, hello.codec,
+            hello.start_time) == ("s1", 4, 32, "tiny", "delta", 1.7e9)
     with pytest.raises(InvalidField, match="observe \\+ predict"):
         make_hello(source, extractor,
-                   SenderOptions(host="edge", token="t", observe=40, predict=40))
+                   SenderOptions(host="edge", token="t", observe=40, predict=40), 1.7e9)
+    with pytest.raises(InvalidField, match="start_time"):
+        make_hello(source, extractor, options, -1.0)
 
 
 class _FakeChannel:
@@ -404,13 +408,16 @@ def test_client_sends_keypoints_and_drops_when_congested(tiny_config: dict) -> N
     client = SenderClient(source, extractor, options)
     frame = source.read()
     value, jacobian = extractor.detect(frame)
-    captured = _Captured(frame, 1234.5, value, jacobian)
+    captured_at = client.hello.start_time + 0.2  # frame 4 is due at start + 0.133 s
+    captured = _Captured(frame, captured_at, value, jacobian)
     channel = _FakeChannel()
     client._send_keypoints(channel, 4, captured)
     message = decode_message(channel.sent[0])
     assert isinstance(message, Keypoints)
-    assert (message.frame_index, message.group_position, message.capture_time) == (4, 1, 1234.5)
-    np.testing.assert_allclose(message.value, value, atol=1e-3)
+    assert (message.frame_index, message.group_position, message.capture_offset_ms) == (4, 1, 67)
+    assert client.hello.capture_time(message) == pytest.approx(captured_at, abs=1e-3)
+    (decoded,) = KeypointDecoder("f16", extractor.num_kp).decode(4, message.payload)
+    np.testing.assert_allclose(decoded.value, value, atol=1e-3)
     client._send_keypoints(_FakeChannel(buffered=options.kp_buffer_limit + 1), 5, captured)
     client._send_keypoints(_FakeChannel(state="connecting"), 6, captured)
     assert (client.stats.packets, client.stats.bytes, client.stats.dropped) == (

@@ -10,7 +10,12 @@ import torch
 
 from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.models.predictors import from_kp6, make_predictor, to_kp6
-from kpvid.protocol import KEYPOINT_CODECS, decode_source_image, encode_source_image
+from kpvid.protocol import (
+    KeypointDecoder,
+    KeypointEncoder,
+    decode_source_image,
+    encode_source_image,
+)
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
@@ -25,7 +30,7 @@ def expected_frames(source: SyntheticSource, frames: int, observe: int, predict:
     generator call per frame."""
     kp_detector, generator, _ = shipped_model()
     extractor = KeypointExtractor(kp_detector)
-    coder = KEYPOINT_CODECS[codec]
+    encoder, decoder = KeypointEncoder(codec), KeypointDecoder(codec, extractor.num_kp)
     source_image = decode_source_image(encode_source_image(source.frame_at(0)), "jpeg")
 
     def tensor(image: np.ndarray) -> torch.Tensor:
@@ -37,9 +42,9 @@ def expected_frames(source: SyntheticSource, frames: int, observe: int, predict:
         kp_source = kp_detector(tensor(source_image))
         for index in range(frames):
             if index % (observe + predict) < observe:
-                value, jacobian = coder.decode(coder.encode(*extractor.detect(
-                    source.frame_at(index))))
-                kp6 = to_kp6(value, jacobian)
+                payload = encoder.encode(index, *extractor.detect(source.frame_at(index)))
+                (decoded,) = decoder.decode(index, payload)
+                kp6 = to_kp6(decoded.value, decoded.jacobian)
                 predict_gaps.observe(kp6)
             else:
                 kp6 = predict_gaps.predict()
@@ -51,10 +56,10 @@ def expected_frames(source: SyntheticSource, frames: int, observe: int, predict:
     return np.stack(out)
 
 
-@pytest.mark.parametrize("observe, predict, predictor", [(1, 1, "constant-velocity"),
-                                                         (2, 3, "vrnn")])
-def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predictor):
-    frames, codec = 30, "q12"
+@pytest.mark.parametrize("observe, predict, predictor, codec", [
+    (1, 1, "constant-velocity", "delta"), (2, 3, "vrnn", "q12")])
+def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predictor, codec):
+    frames = 30
 
     async def scenario() -> tuple[int, dict, dict[int, np.ndarray]]:
         # every frame rendered, however late a busy machine makes it: this test is about content
