@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -134,7 +135,7 @@ def test_distributed_training_under_torchrun(tmp_path, tiny_config, tiny_data):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--no-python",
          "kpvid-train", "fomm", "--config", str(config), "--data", str(tiny_data),
          "--out", str(run), "--threads", "1", "--no-progress", "--image-every", "0"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     # 4 training videos x 2 repeats / (batch 2 x 2 processes) = 2 steps an epoch, 2 epochs
     state = torch.load(run / "checkpoints" / "latest.pth.tar", weights_only=False)
@@ -161,11 +162,25 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
                       "--quiet"])
     assert code == 0
     report = json.loads(out_json.read_text())
-    assert set(report["mean"]) == {"l1", "psnr", "ssim", "akd"}
+    assert set(report["mean"]) == {"l1", "psnr", "ssim", "akd", "kp_bytes_per_frame"}
+    assert report["mean"]["kp_bytes_per_frame"] is None and report["codec"] == "none"
+    assert report["schedule"] == {"observe": 1, "predict": 0}
     assert len(report["videos"]) == 2 and report["videos"][0]["frames"] == 8
     assert 0 < report["mean"]["ssim"] <= 1 and report["mean"]["psnr"] > 0
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
     assert "mean" in capsys.readouterr().out
+    # as a stream plays it: every other frame sent in the delta codec, the rest predicted
+    code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
+                      "--json", str(out_json), "--observe", "1", "--predict", "1",
+                      "--codec", "delta", "--predictor", "constant-velocity", "--quiet"])
+    assert code == 0
+    streamed = json.loads(out_json.read_text())
+    assert streamed["schedule"] == {"observe": 1, "predict": 1}
+    assert (streamed["codec"], streamed["predictor"]) == ("delta", "constant-velocity")
+    per_frame = [v["kp_bytes_per_frame"] for v in streamed["videos"]]
+    assert streamed["mean"]["kp_bytes_per_frame"] == pytest.approx(np.mean(per_frame))
+    assert 4 < streamed["mean"]["kp_bytes_per_frame"] < 30  # 4 of 8 frames sent, a few bytes
+    assert streamed["mean"]["psnr"] != report["mean"]["psnr"]
 
 
 def test_export_and_speed(tmp_path, tiny_config, tiny_data, capsys):

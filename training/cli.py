@@ -17,7 +17,7 @@ from kpvid.models import (
     load_checkpoint_with_config,
 )
 
-from .arguments import add_checkpoint_arguments, device, positive_int
+from .arguments import add_checkpoint_arguments, device, nonnegative_int, positive_int
 
 log = logging.getLogger("kpvid")
 
@@ -149,8 +149,16 @@ def eval_main(argv: list[str] | None = None) -> int:
         from kpvid.training.evaluate_predict import predict_main
 
         return predict_main(argv[1:])
-    from kpvid.training.evaluate import evaluate_reconstruction, format_table, write_json
+    from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS
+    from kpvid.protocol import CODEC_NAMES
+    from kpvid.training.evaluate import (
+        StreamSettings,
+        evaluate_reconstruction,
+        format_table,
+        write_json,
+    )
     from kpvid.training.speed import format_speed, measure_speed
+    from kpvid.training.transmission import UNCODED
 
     parser = argparse.ArgumentParser(prog="kpvid-eval",
                                      description="Measure kpvid's models: quality and speed.")
@@ -160,7 +168,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser(
         "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD",
         description="Source = each test video's first frame; every frame is driven by its own "
-                    "detected keypoints. Prints a table and writes the scores as JSON.")
+                    "detected keypoints, or, with --observe/--predict/--codec, by the keypoints "
+                    "a stream would play: the observed frames' through the codec, the others "
+                    "predicted. Prints a table and writes the scores, the schedule and "
+                    "kp_bytes_per_frame as JSON.")
     add_checkpoint_arguments(rec)
     rec.add_argument("--data", type=Path, required=True,
                      help="data folder (its test/ subfolder when present)")
@@ -171,6 +182,17 @@ def eval_main(argv: list[str] | None = None) -> int:
                      help="folder for side-by-side mp4s (driving with keypoints | rebuilt)")
     rec.add_argument("--device", type=device, default="cpu",
                      help="cpu or cuda[:N] (default: cpu)")
+    rec.add_argument("--observe", metavar="M", type=positive_int, default=1,
+                     help="frames whose keypoints are sent per group (default: 1)")
+    rec.add_argument("--predict", metavar="N", type=nonnegative_int, default=0,
+                     help="frames per group left to the predictor (default: 0, every frame's "
+                          "keypoints sent)")
+    rec.add_argument("--codec", choices=[UNCODED, *CODEC_NAMES], default=UNCODED,
+                     help="keypoint codec the sent sets go through; kp_bytes_per_frame counts "
+                          "its Keypoints messages, predicted frames as zero (default: none, the "
+                          "detector's float keypoints and no byte count)")
+    rec.add_argument("--predictor", choices=sorted(PREDICTORS), default=DEFAULT_PREDICTOR,
+                     help="predictor for the frames not sent (default: %(default)s)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     speed = sub.add_parser(
         "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
@@ -198,7 +220,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                                              size=frame_size(config),
                                              max_videos=args.max_videos,
                                              save_videos=args.save_videos, device=args.device,
-                                             progress=not args.quiet)
+                                             progress=not args.quiet,
+                                             stream=StreamSettings(args.observe, args.predict,
+                                                                   args.codec, args.predictor))
             print(format_table(report))
             result = report.to_json()
     except (ConfigError, CheckpointError, ValueError) as exc:

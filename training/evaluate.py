@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -15,12 +16,41 @@ import torch
 from tqdm import tqdm
 
 from kpvid.models import KPDetector, OcclusionAwareGenerator
+from kpvid.models.predictors import (
+    DEFAULT_PREDICTOR,
+    HoldLast,
+    Predictor,
+    predictor_factory,
+)
+from kpvid.sender.schedule import Schedule
 
 from . import metrics
 from .dataset import list_videos, read_video
+from .extract import detect_kp6, kp_dict_from_kp6
+from .transmission import UNCODED, TransmittedClip, transmit
 from .visualize import draw_keypoints, to_uint8
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How keypoints reach the generator: the sender's schedule and keypoint codec, and the
+    edge's predictor for the frames the schedule skips. The default sends every frame's
+    keypoints uncoded: the model's own reconstruction quality."""
+
+    observe: int = 1
+    predict: int = 0
+    codec: str = UNCODED
+    predictor: str = DEFAULT_PREDICTOR
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.observe, self.predict)
+
+    def predictor_factory(self) -> Callable[[], Predictor]:
+        """Makes the predictor (none is needed, or loaded, when every frame is sent)."""
+        return predictor_factory(self.predictor) if self.predict else HoldLast
 
 
 @dataclass
@@ -33,53 +63,60 @@ class VideoScores:
     psnr: float
     ssim: float
     akd: float
+    kp_bytes_per_frame: float | None  # Keypoints message bytes per frame (None: uncoded)
 
 
 @dataclass
 class Report:
     """Scores of every video and their mean."""
 
-    mean: dict[str, float]
+    mean: dict[str, float | None]
+    stream: StreamSettings = field(default_factory=StreamSettings)
     videos: list[VideoScores] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "videos": [asdict(v) for v in self.videos],
-                "skipped": self.skipped}
+        return {"mean": self.mean, "schedule": {"observe": self.stream.observe,
+                                                "predict": self.stream.predict},
+                "codec": self.stream.codec,
+                "predictor": self.stream.predictor if self.stream.predict else None,
+                "videos": [asdict(v) for v in self.videos], "skipped": self.skipped}
 
 
 @torch.inference_mode()
 def reconstruct_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator,
-                      frames: torch.Tensor, batch_size: int = 16
-                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Rebuild T x 3 x H x W frames from the first one and each frame's keypoints.
-    Returns the rebuilt frames and the driving keypoints."""
+                      frames: torch.Tensor, stream: StreamSettings = StreamSettings(),
+                      new_predictor: Callable[[], Predictor] | None = None, batch_size: int = 16
+                      ) -> tuple[torch.Tensor, np.ndarray, TransmittedClip]:
+    """Rebuild T x 3 x H x W frames from the first one and the keypoints the edge would play
+    (:func:`~kpvid.training.transmission.transmit`). Returns the rebuilt frames, the detected
+    keypoints (T, K, 6) and what was transmitted."""
     source = frames[:1]
     kp_source = kp_detector(source)
     source_features = generator.encode_source(source)
-    outputs, kp_values, kp_jacobians = [], [], []
+    kp6 = detect_kp6(kp_detector, frames, batch_size)
+    sent = transmit(kp6, stream.schedule, stream.codec,
+                    new_predictor or stream.predictor_factory())
+    outputs = []
     for start in range(0, frames.shape[0], batch_size):
-        driving = frames[start:start + batch_size]
-        n = driving.shape[0]
-        kp_driving = kp_detector(driving)
+        kp_driving = kp_dict_from_kp6(sent.kp6[start:start + batch_size], frames.device)
+        n = kp_driving["value"].shape[0]
         expand = {k: v.expand(n, *v.shape[1:]) for k, v in kp_source.items()}
         out = generator.decode(source_features.expand(n, -1, -1, -1),
                                source.expand(n, -1, -1, -1), kp_driving, expand)
         outputs.append(out["prediction"])
-        kp_values.append(kp_driving["value"])
-        if "jacobian" in kp_driving:
-            kp_jacobians.append(kp_driving["jacobian"])
-    kp = {"value": torch.cat(kp_values)}
-    if kp_jacobians:
-        kp["jacobian"] = torch.cat(kp_jacobians)
-    return torch.cat(outputs), kp
+    return torch.cat(outputs), kp6, sent
 
 
 @torch.inference_mode()
 def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, name: str,
-                frames: torch.Tensor) -> tuple[VideoScores, torch.Tensor, torch.Tensor]:
-    """Scores of one video plus its rebuilt frames and driving keypoint positions."""
-    rebuilt, kp_driving = reconstruct_video(kp_detector, generator, frames)
+                frames: torch.Tensor, stream: StreamSettings = StreamSettings(),
+                new_predictor: Callable[[], Predictor] | None = None
+                ) -> tuple[VideoScores, torch.Tensor, np.ndarray]:
+    """Scores of one video plus its rebuilt frames and detected keypoint positions (T, K, 2)."""
+    rebuilt, kp6, sent = reconstruct_video(kp_detector, generator, frames, stream,
+                                           new_predictor)
+    detected = torch.from_numpy(kp6[..., :2]).to(frames.device)
     kp_rebuilt = torch.cat([kp_detector(rebuilt[i:i + 16])["value"]
                             for i in range(0, rebuilt.shape[0], 16)])
     scores = VideoScores(
@@ -87,10 +124,11 @@ def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, nam
         l1=float(metrics.l1(rebuilt, frames).mean()),
         psnr=float(metrics.psnr(rebuilt, frames).mean()),
         ssim=float(metrics.ssim(rebuilt, frames).mean()),
-        akd=float(metrics.keypoint_distance(kp_driving["value"], kp_rebuilt,
-                                            frames.shape[-1]).mean()),
+        akd=float(metrics.keypoint_distance(detected, kp_rebuilt, frames.shape[-1]).mean()),
+        kp_bytes_per_frame=(None if stream.codec == UNCODED
+                            else float(sent.message_bytes.mean())),
     )
-    return scores, rebuilt, kp_driving["value"]
+    return scores, rebuilt, kp6[..., :2]
 
 
 def write_side_by_side(path: Path, panels: list[np.ndarray], fps: float = 25) -> None:
@@ -111,16 +149,19 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
                             data: str | Path, size: int | None = None,
                             max_videos: int | None = None,
                             save_videos: str | Path | None = None,
-                            device: str | torch.device = "cpu", progress: bool = True) -> Report:
+                            device: str | torch.device = "cpu", progress: bool = True,
+                            stream: StreamSettings = StreamSettings()) -> Report:
     """Reconstruct every test video under ``data`` (``data/test`` if it exists), its frames
-    resized to ``size`` (the model's training frame size)."""
+    resized to ``size`` (the model's training frame size), its keypoints sent as ``stream``
+    says."""
     root = Path(data)
     if (root / "test").is_dir():
         root = root / "test"
     videos = list_videos(root)[:max_videos]
     if not videos:
         raise ValueError(f"no videos found under {root}")
-    report = Report(mean={})
+    report = Report(mean={}, stream=stream)
+    new_predictor = stream.predictor_factory()
     for path in tqdm(videos, desc="reconstruct", disable=not progress, dynamic_ncols=True):
         try:
             array = read_video(path, size=size)
@@ -129,17 +170,22 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
             report.skipped.append(path.name)
             continue
         frames = torch.from_numpy(array).permute(0, 3, 1, 2).float().div(255).to(device)
-        scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames)
+        scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames, stream,
+                                          new_predictor)
         report.videos.append(scores)
         if save_videos:
             driving = [draw_keypoints(image, points)
-                       for image, points in zip(to_uint8(frames), kp.cpu().numpy())]
+                       for image, points in zip(to_uint8(frames), kp)]
             write_side_by_side(Path(save_videos) / f"{path.stem}.mp4",
                                [np.stack(driving), to_uint8(rebuilt)])
     if not report.videos:
         raise ValueError(f"none of the {len(videos)} videos under {root} could be read")
     report.mean = {key: float(np.mean([getattr(v, key) for v in report.videos]))
                    for key in ("l1", "psnr", "ssim", "akd")}
+    report.mean["kp_bytes_per_frame"] = (
+        None if stream.codec == UNCODED else
+        float(np.average([v.kp_bytes_per_frame for v in report.videos],
+                         weights=[v.frames for v in report.videos])))
     return report
 
 
