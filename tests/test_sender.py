@@ -372,7 +372,8 @@ def test_sender_options() -> None:
     assert sanitize_stream_name("???") == "stream"
     for bad in (dict(stream="no spaces"), dict(codec="nope"), dict(token=""),
                 dict(insecure=True, ca_file="x.pem"), dict(observe=0), dict(max_frames=0),
-                dict(intra_interval=0), dict(source_format="png"), dict(ice_servers=["turn:nocreds"])):
+                dict(intra_interval=0), dict(source_format="png"),
+                dict(ice_servers=["turn:nocreds"])):
         with pytest.raises(ValueError):
             SenderOptions(**{"host": "edge", "token": "t", **bad})
 
