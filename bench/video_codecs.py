@@ -49,10 +49,10 @@ log = logging.getLogger(__name__)
 QualityFn = Callable[[np.ndarray, np.ndarray], tuple[float, float]]
 Metric = Literal["psnr", "ssim"]
 
-# Target bitrates (kbps) of the default sweep: about 1.6 apart, from below every encoder's floor
-# at 64 x 64, 30 fps (the rate of its coarsest quantiser: 5-8 kbps, 22-28 dB PSNR on the synthetic
-# faces) to its top quality there (34-36 dB, capped by 4:2:0); at 256 x 256 the same rates span
-# 23-38 dB.
+# Target bitrates (kbps) of the default sweep, about 1.6 apart. At 64 x 64, 30 fps on the synthetic
+# faces they go from every encoder's floor (the cost of its coarsest quantiser: 4-7 kbps, 15-27 dB
+# PSNR) to its top quality there (34-36 dB, near the 4:2:0 cap), bracketing 27-29 dB for each. At
+# 256 x 256 they span about 15-38 dB (VP8's floor there: ~29 kbps at 28 dB).
 DEFAULT_BITRATES_KBPS: tuple[float, ...] = (3.0, 5.0, 8.0, 13.0, 20.0, 32.0, 50.0, 80.0, 130.0,
                                             200.0)
 
