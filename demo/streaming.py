@@ -126,6 +126,31 @@ def score(received: np.ndarray, sent: np.ndarray) -> tuple[float, float]:
     return float(psnr(a, b).mean()), float(ssim(a, b).mean())
 
 
+@dataclass(frozen=True)
+class DemoSummary:
+    """What one demo run measured (the figures its summary table prints)."""
+
+    frames_sent: int
+    frames_out: int
+    dropped: int
+    observed: int
+    predicted: int
+    lost: int
+    predicted_share: float  # (predicted + lost) / frames out
+    kbps_mean: float  # keypoint stream: its Keypoints messages
+    packets: int
+    fps_out: float
+    latency_p50_ms: float  # capture on the sender to frame out of the receiver
+    latency_p99_ms: float
+    sender_cpu_percent: float | None  # of one core, while the stream played
+    receiver_cpu_percent: float | None
+    psnr: float  # mean, recorded output against the frames the sender captured
+    ssim: float
+    scored_frames: int  # frames of the H.264 recording PSNR and SSIM were measured on
+    recording: Path
+    side_by_side: Path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpvid-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
+    """Stream one clip through a real receiver and sender (the options of
+    :func:`build_parser`) and measure it; ``quiet`` prints no viewer URL and no progress bar.
+    Raises SystemExit when a process fails."""
     if args.frames < 2 or args.fps <= 0:
         raise SystemExit("kpvid-demo: --frames must be >= 2 and --fps > 0")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -180,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         edge.ssl_context = ssl.create_default_context(cafile=str(cert)) if cert.exists() \
             else ssl.create_default_context()
         wait_until_up(edge, receiver)
-        print(f"viewer (while it runs): https://localhost:{port}/?token={token}")
-        print(f"  (self-signed certificate: {cert}; logs in {args.out})")
+        if not quiet:
+            print(f"viewer (while it runs): https://localhost:{port}/?token={token}")
+            print(f"  (self-signed certificate: {cert}; logs in {args.out})")
 
         sender = subprocess.Popen(
             [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
@@ -191,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env, stdout=logs[1], stderr=subprocess.STDOUT)
         meters = CpuMeter(sender.pid), CpuMeter(receiver.pid)
         snapshot: dict | None = None
-        with tqdm(total=args.frames, desc="frames out", unit="frame") as bar:
+        with tqdm(total=args.frames, desc="frames out", unit="frame", disable=quiet) as bar:
             while True:
                 current, ended = edge.stream()
                 if current is not None:
@@ -237,25 +265,43 @@ def main(argv: list[str] | None = None) -> int:
     write_side_by_side(side_by_side, [sent, received], fps=args.fps)
 
     frames = snapshot["frames"]
-    predicted_share = (frames["predicted"] + frames["lost"]) / max(frames["out"], 1)
     sender_cpu, receiver_cpu = (meter.percent() for meter in meters)
     latency = snapshot["latency_ms"]
+    return DemoSummary(
+        frames_sent=args.frames, frames_out=frames["out"], dropped=frames["dropped"],
+        observed=frames["observed"], predicted=frames["predicted"], lost=frames["lost"],
+        predicted_share=(frames["predicted"] + frames["lost"]) / max(frames["out"], 1),
+        kbps_mean=snapshot["kbps_mean"], packets=snapshot["packets"],
+        fps_out=snapshot["fps_out"], latency_p50_ms=latency["p50"],
+        latency_p99_ms=latency["p99"], sender_cpu_percent=sender_cpu,
+        receiver_cpu_percent=receiver_cpu, psnr=mean_psnr, ssim=mean_ssim,
+        scored_frames=len(received), recording=recording, side_by_side=side_by_side)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    summary = run_demo(args)
     rows = [
-        ("frames out / sent", f"{frames['out']} / {args.frames}  ({frames['dropped']} dropped)"),
-        ("observed / predicted / lost", f"{frames['observed']} / {frames['predicted']} / "
-                                        f"{frames['lost']}"),
-        ("predicted share", f"{100 * predicted_share:.1f} %  (schedule observe {args.observe}, "
-                            f"predict {args.predict}, predictor {args.predictor})"),
-        ("keypoint stream", f"{snapshot['kbps_mean']:.1f} kbps mean "
-                            f"({snapshot['packets']} packets, msgpack payload)"),
-        ("frame rate out", f"{snapshot['fps_out']:.1f} fps"),
-        ("latency capture -> frame out", f"p50 {latency['p50']} ms, p99 {latency['p99']} ms"),
-        ("CPU sender / receiver", " / ".join("n/a" if c is None else f"{c:.0f} %"
-                                             for c in (sender_cpu, receiver_cpu))),
-        ("PSNR / SSIM vs sent frames", f"{mean_psnr:.2f} dB / {mean_ssim:.3f} "
-                                       f"({len(received)} frames of the H.264 recording)"),
-        ("recording", str(recording)),
-        ("sent | received", str(side_by_side)),
+        ("frames out / sent", f"{summary.frames_out} / {summary.frames_sent}  "
+                              f"({summary.dropped} dropped)"),
+        ("observed / predicted / lost", f"{summary.observed} / {summary.predicted} / "
+                                        f"{summary.lost}"),
+        ("predicted share", f"{100 * summary.predicted_share:.1f} %  (schedule observe "
+                            f"{args.observe}, predict {args.predict}, predictor "
+                            f"{args.predictor})"),
+        ("keypoint stream", f"{summary.kbps_mean:.1f} kbps mean "
+                            f"({summary.packets} Keypoints messages)"),
+        ("frame rate out", f"{summary.fps_out:.1f} fps"),
+        ("latency capture -> frame out", f"p50 {summary.latency_p50_ms} ms, "
+                                         f"p99 {summary.latency_p99_ms} ms"),
+        ("CPU sender / receiver", " / ".join(
+            "n/a" if c is None else f"{c:.0f} %"
+            for c in (summary.sender_cpu_percent, summary.receiver_cpu_percent))),
+        ("PSNR / SSIM vs sent frames", f"{summary.psnr:.2f} dB / {summary.ssim:.3f} "
+                                       f"({summary.scored_frames} frames of the H.264 "
+                                       "recording)"),
+        ("recording", str(summary.recording)),
+        ("sent | received", str(summary.side_by_side)),
     ]
     width = max(len(name) for name, _ in rows)
     print("\nkpvid demo summary")

@@ -17,6 +17,7 @@ from .discriminator import MultiScaleDiscriminator
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
 from .relative_motion import normalize_kp
+from .synthesizer import PreparedSource, Synthesizer, optimize_for_inference
 
 __all__ = [
     "SHIPPED_CHECKPOINT",
@@ -26,6 +27,8 @@ __all__ = [
     "KPDetector",
     "MultiScaleDiscriminator",
     "OcclusionAwareGenerator",
+    "PreparedSource",
+    "Synthesizer",
     "build_networks",
     "export_checkpoint",
     "frame_size",
@@ -34,6 +37,7 @@ __all__ = [
     "load_config",
     "model_id",
     "normalize_kp",
+    "optimize_for_inference",
     "read_checkpoint",
     "validate_config",
 ]

@@ -41,13 +41,19 @@ class DenseMotionNetwork(nn.Module):
         if scale_factor != 1:
             self.down = AntiAliasInterpolation2d(num_channels, scale_factor)
 
-    def create_heatmap_representations(self, source_image: torch.Tensor,
-                                       kp_driving: KeypointDict,
-                                       kp_source: KeypointDict) -> torch.Tensor:
-        """B x (K+1) x 1 x H x W: driving minus source gaussians, zero background first."""
-        spatial_size = source_image.shape[2:]
-        heatmap = (kp2gaussian(kp_driving, spatial_size, self.kp_variance)
-                   - kp2gaussian(kp_source, spatial_size, self.kp_variance))
+    def source_inputs(self, source_image: torch.Tensor, kp_source: KeypointDict
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`motion` needs of the source alone: the source at the motion resolution
+        (B x C x h x w) and the gaussians of its keypoints there (B x K x h x w)."""
+        if self.scale_factor != 1:
+            source_image = self.down(source_image)
+        return source_image, kp2gaussian(kp_source, source_image.shape[2:], self.kp_variance)
+
+    def create_heatmap_representations(self, source_heatmap: torch.Tensor,
+                                       kp_driving: KeypointDict) -> torch.Tensor:
+        """B x (K+1) x 1 x h x w: driving minus source gaussians, zero background first."""
+        spatial_size = source_heatmap.shape[2:]
+        heatmap = kp2gaussian(kp_driving, spatial_size, self.kp_variance) - source_heatmap
         zeros = heatmap.new_zeros(heatmap.shape[0], 1, *spatial_size)
         return torch.cat([zeros, heatmap], dim=1).unsqueeze(2)
 
@@ -77,11 +83,13 @@ class DenseMotionNetwork(nn.Module):
 
     def forward(self, source_image: torch.Tensor, kp_driving: KeypointDict,
                 kp_source: KeypointDict) -> dict[str, torch.Tensor]:
-        if self.scale_factor != 1:
-            source_image = self.down(source_image)
+        return self.motion(*self.source_inputs(source_image, kp_source), kp_driving, kp_source)
+
+    def motion(self, source_image: torch.Tensor, source_heatmap: torch.Tensor,
+               kp_driving: KeypointDict, kp_source: KeypointDict) -> dict[str, torch.Tensor]:
+        """The per-frame part of :meth:`forward`, given :meth:`source_inputs`."""
         bs, _, h, w = source_image.shape
-        heatmap_representation = self.create_heatmap_representations(source_image, kp_driving,
-                                                                      kp_source)
+        heatmap_representation = self.create_heatmap_representations(source_heatmap, kp_driving)
         sparse_motion = self.create_sparse_motions(source_image, kp_driving, kp_source)
         deformed_source = self.create_deformed_source_image(source_image, sparse_motion)
         out = {"sparse_deformed": deformed_source}

@@ -78,22 +78,32 @@ class OcclusionAwareGenerator(nn.Module):
                                                      kp_driving=kp_driving, kp_source=kp_source)
             output_dict["mask"] = dense_motion["mask"]
             output_dict["sparse_deformed"] = dense_motion["sparse_deformed"]
-            deformation = dense_motion["deformation"]
-            out = deform_input(out, deformation)
-            occlusion_map = dense_motion.get("occlusion_map")
-            if occlusion_map is not None:
-                output_dict["occlusion_map"] = occlusion_map
-                if out.shape[2:] != occlusion_map.shape[2:]:
-                    occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:],
-                                                  mode="bilinear")
-                out = out * occlusion_map
-            output_dict["deformed"] = deform_input(source_image, deformation)
+            if "occlusion_map" in dense_motion:
+                output_dict["occlusion_map"] = dense_motion["occlusion_map"]
+            out = self.warp_features(out, dense_motion)
+            output_dict["deformed"] = deform_input(source_image, dense_motion["deformation"])
+        output_dict["prediction"] = self.decode_features(out)
+        return output_dict
 
-        out = self.bottleneck(out)
+    def warp_features(self, source_features: torch.Tensor,
+                      dense_motion: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Source features warped by the dense motion's deformation, times its occlusion map
+        when it has one."""
+        out = deform_input(source_features, dense_motion["deformation"])
+        occlusion_map = dense_motion.get("occlusion_map")
+        if occlusion_map is not None:
+            if out.shape[2:] != occlusion_map.shape[2:]:
+                occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:], mode="bilinear")
+            out = out * occlusion_map
+        return out
+
+    def decode_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Bottleneck, up blocks and final convolution: (warped) features to the frame
+        (B x C x H x W in [0, 1])."""
+        out = self.bottleneck(features)
         for up_block in self.up_blocks:
             out = up_block(out)
-        output_dict["prediction"] = torch.sigmoid(self.final(out))
-        return output_dict
+        return torch.sigmoid(self.final(out))
 
     def forward(self, source_image: torch.Tensor, kp_driving: KeypointDict,
                 kp_source: KeypointDict) -> dict[str, torch.Tensor]:

@@ -6,9 +6,10 @@ future that the worker resolves with ``loop.call_soon_threadsafe``. The worker t
 a frame job it also drains the frame jobs already queued behind it (up to ``max_batch``,
 stopping at the first job of another kind, or a second one of a stream, so that jobs keep their
 order), steps the predictors of those streams together (:func:`step_predictors`: one batched
-network call for a learned predictor) and runs a single batched ``generator.decode``, whatever
-streams they belong to. Each stream's source features (``generator.encode_source``) and source
-keypoints are computed once, by ``set_source``; its predictor is made on its first ``play``.
+network call for a learned predictor) and renders them in one
+:meth:`~kpvid.models.Synthesizer.render_many` call, whatever streams they belong to. Everything
+that depends on a stream's source alone (keypoints, encoder features, the dense motion's source
+inputs) is computed once, by ``set_source``; its predictor is made on its first ``play``.
 Reconstruction mode: the driving keypoints are used as absolute keypoints.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kpvid.models import KPDetector, OcclusionAwareGenerator, PreparedSource, Synthesizer
 from kpvid.models.predictors import (
     ConstantVelocity,
     Predictor,
@@ -47,13 +49,6 @@ class UnknownStreamError(KeyError):
 
 class EngineClosedError(RuntimeError):
     """The engine was closed before (or while) the request was queued."""
-
-
-@dataclass
-class _SourceState:
-    image: torch.Tensor  # 1 x 3 x H x W in [0, 1], on the engine's device
-    features: torch.Tensor  # generator.encode_source(image)
-    kp_source: dict[str, torch.Tensor]  # value 1 x K x 2, jacobian 1 x K x 2 x 2
 
 
 @dataclass
@@ -117,28 +112,29 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
 class SynthesisEngine:
     """Renders keypoint sets into frames for many streams on one worker thread.
 
-    The networks are put in eval mode and moved to ``device``. All methods are called from the
-    event loop (or any thread); ``set_source`` and ``render`` must be awaited on a running loop.
+    The networks are put in eval mode and moved to ``device``; frames come from a
+    :class:`~kpvid.models.Synthesizer` made of them (which renders with an optimized copy of
+    the generator). All methods are called from the event loop (or any thread); ``set_source``
+    and ``render`` must be awaited on a running loop.
     A failure in the model fails only the futures of the jobs involved (a failed batch is
     retried one job at a time to find them); the worker keeps running. ``new_predictor`` makes
     each stream's keypoint predictor (see :func:`kpvid.models.predictors.predictor_factory`).
     """
 
-    def __init__(self, kp_detector: torch.nn.Module, generator: torch.nn.Module,
+    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
                  device: torch.device | str, max_batch: int = 8,
                  new_predictor: Callable[[], Predictor] = ConstantVelocity) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)
-        self.kp_detector = kp_detector.to(self.device).eval()
-        self.generator = generator.to(self.device).eval()
+        self.synthesizer = Synthesizer(kp_detector.to(self.device), generator.to(self.device))
         self.max_batch = max_batch
         self.new_predictor = new_predictor
         self.predictor_name = new_predictor().name
         self.batches = 0  # successful batched decodes
         self.frames = 0  # frames delivered
         self.errors = 0  # jobs failed by an exception in the model
-        self._sources: dict[str, _SourceState] = {}  # worker thread only
+        self._sources: dict[str, PreparedSource] = {}  # worker thread only
         self._predictors: dict[str, Predictor] = {}  # worker thread only
         self._observed: set[str] = set()  # streams whose predictor has seen a set; worker only
         self._queue: queue.Queue = queue.Queue()
@@ -271,16 +267,10 @@ class SynthesisEngine:
 
     def _set_source(self, job: _SourceJob) -> None:
         try:
-            image = image_to_tensor(job.image, self.device)
-            kp = self.kp_detector(image)
-            value = kp["value"]
-            jacobian = kp.get("jacobian")
-            if jacobian is None:  # a detector without jacobians: identity is the same motion
-                jacobian = torch.eye(2, device=self.device).expand(*value.shape[:2], 2, 2)
-            kp_source = {"value": value, "jacobian": jacobian.contiguous()}
-            features = self.generator.encode_source(image)
-            self._sources[job.stream] = _SourceState(image, features, kp_source)
-            kp6 = to_kp6(value[0].cpu().numpy(), kp_source["jacobian"][0].cpu().numpy())
+            source = self.synthesizer.prepare(image_to_tensor(job.image, self.device))
+            self._sources[job.stream] = source
+            kp6 = to_kp6(source.kp["value"][0].cpu().numpy(),
+                         source.kp["jacobian"][0].cpu().numpy())
         except Exception as exc:
             self.errors += 1
             log.warning("set_source failed for stream %r: %s", job.stream, exc)
@@ -330,27 +320,27 @@ class SynthesisEngine:
         return self._wrong_kp_count(job)
 
     def _wrong_kp_count(self, job: _FrameJob) -> Exception | None:
-        state = self._sources.get(job.stream)
+        source = self._sources.get(job.stream)
         assert job.kp6 is not None
-        if state is not None and job.kp6.shape[0] != state.kp_source["value"].shape[1]:
+        if source is not None and job.kp6.shape[0] != source.num_kp:
             return ValueError(f"stream {job.stream!r}: {job.kp6.shape[0]} keypoints, the model "
-                              f"has {state.kp_source['value'].shape[1]}")
+                              f"has {source.num_kp}")
         return None
 
     def _render_batch(self, jobs: list[_FrameJob]) -> None:
-        ready: list[tuple[_FrameJob, _SourceState]] = []
+        ready: list[tuple[_FrameJob, PreparedSource]] = []
         for job in jobs:
             if job.future.done():  # cancelled while queued (a racy read, only saves work)
                 continue
             assert job.kp6 is not None  # filled in by _advance
-            state = self._sources.get(job.stream)
-            if state is None:
+            source = self._sources.get(job.stream)
+            if source is None:
                 _deliver(job, error=UnknownStreamError(
                     f"no source image for stream {job.stream!r} (never set, or dropped)"))
             elif (problem := self._wrong_kp_count(job)) is not None:
                 _deliver(job, error=problem)
             else:
-                ready.append((job, state))
+                ready.append((job, source))
         if not ready:
             return
         try:
@@ -369,14 +359,10 @@ class SynthesisEngine:
         for (job, _), frame in zip(ready, frames):
             _deliver(job, (job.kp6, np.ascontiguousarray(frame)))
 
-    def _decode(self, ready: list[tuple[_FrameJob, _SourceState]]) -> np.ndarray:
-        states = [state for _, state in ready]
+    def _decode(self, ready: list[tuple[_FrameJob, PreparedSource]]) -> np.ndarray:
         kp6 = torch.from_numpy(np.stack([job.kp6 for job, _ in ready])  # type: ignore[misc]
                                ).to(self.device)
         kp_driving = {"value": kp6[..., :2].contiguous(),
                       "jacobian": kp6[..., 2:].reshape(*kp6.shape[:2], 2, 2)}
-        kp_source = {key: torch.cat([s.kp_source[key] for s in states])
-                     for key in ("value", "jacobian")}
-        out = self.generator.decode(torch.cat([s.features for s in states]),
-                                    torch.cat([s.image for s in states]), kp_driving, kp_source)
-        return tensor_to_uint8(out["prediction"])
+        frames = self.synthesizer.render_many([source for _, source in ready], kp_driving)
+        return tensor_to_uint8(frames)

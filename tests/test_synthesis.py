@@ -56,19 +56,20 @@ def driving_kp6(kp_detector, image: np.ndarray) -> np.ndarray:
     return to_kp6(kp["value"][0].numpy(), kp["jacobian"][0].numpy())
 
 
-def gate_decode(generator) -> threading.Event:
-    """Make the first decode wait until the returned event is set (lets a queue build up)."""
+def gate_render(engine: SynthesisEngine) -> threading.Event:
+    """Make the engine's first batched render wait until the returned event is set (lets a queue
+    build up)."""
     gate = threading.Event()
-    original = generator.decode
+    original = engine.synthesizer.render_many
     calls = []
 
-    def decode(*args, **kwargs):
+    def render_many(*args, **kwargs):
         if not calls:
             calls.append(1)
             gate.wait(5)
         return original(*args, **kwargs)
 
-    generator.decode = decode
+    engine.synthesizer.render_many = render_many
     return gate
 
 
@@ -85,10 +86,10 @@ def test_batched_renders_across_streams_match_per_frame_fomm(networks):
         try:
             source_kp = await asyncio.gather(
                 *(engine.set_source(f"s{s}", sources[s]) for s in range(3)))
-            gate = gate_decode(generator)
+            gate = gate_render(engine)
             jobs = [(s, d) for d in range(4) for s in range(3)]
             tasks = [asyncio.ensure_future(engine.render(f"s{s}", kp6s[d])) for s, d in jobs[:1]]
-            await asyncio.sleep(0.05)  # the worker sits in its first decode (a batch of one)
+            await asyncio.sleep(0.05)  # the worker sits in its first render (a batch of one)
             tasks += [asyncio.ensure_future(engine.render(f"s{s}", kp6s[d])) for s, d in jobs[1:]]
             await asyncio.sleep(0.05)  # the other 11 wait in the queue
             gate.set()
@@ -111,16 +112,16 @@ def test_batched_renders_across_streams_match_per_frame_fomm(networks):
 
 def test_event_loop_stays_responsive_during_a_slow_render(networks):
     kp_detector, generator = networks
-    original = generator.decode
-
-    def slow_decode(*args, **kwargs):
-        time.sleep(0.3)
-        return original(*args, **kwargs)
-
-    generator.decode = slow_decode
 
     async def main():
         engine = SynthesisEngine(kp_detector, generator, "cpu")
+        original = engine.synthesizer.render_many
+
+        def slow_render_many(*args, **kwargs):
+            time.sleep(0.3)
+            return original(*args, **kwargs)
+
+        engine.synthesizer.render_many = slow_render_many
         try:
             kp6 = await engine.set_source("a", images(1, seed=3)[0])
             ticks = 0
@@ -173,15 +174,15 @@ def test_model_errors_fail_only_the_affected_futures(networks):
         try:
             good = await engine.set_source("good", images(1, seed=6)[0])
             await engine.set_source("bad", images(1, seed=7)[0])
-            gate = gate_decode(generator)
-            gated = generator.decode
+            gate = gate_render(engine)
+            gated = engine.synthesizer.render_many
 
-            def decode(features, source_image, kp_driving, kp_source):
+            def render_many(sources, kp_driving):
                 if torch.isnan(kp_driving["value"]).any():
                     raise FloatingPointError("nan keypoints")
-                return gated(features, source_image, kp_driving, kp_source)
+                return gated(sources, kp_driving)
 
-            generator.decode = decode
+            engine.synthesizer.render_many = render_many
             bad = good.copy()
             bad[0, 0] = np.nan
             tasks = [asyncio.ensure_future(engine.render(s, k))
@@ -205,9 +206,9 @@ def test_close_is_idempotent_and_fails_queued_requests(networks):
     async def main():
         engine = SynthesisEngine(kp_detector, generator, "cpu")
         kp6 = await engine.set_source("a", images(1, seed=8)[0])
-        gate = gate_decode(generator)
+        gate = gate_render(engine)
         tasks = [asyncio.ensure_future(engine.render("a", kp6))]
-        await asyncio.sleep(0.05)  # the first render is in the gated decode
+        await asyncio.sleep(0.05)  # the first render is in the gated render_many
         tasks += [asyncio.ensure_future(engine.render("a", kp6)) for _ in range(2)]
         await asyncio.sleep(0.05)  # two more are queued
         closer = asyncio.get_running_loop().run_in_executor(None, engine.close)
@@ -274,7 +275,7 @@ def test_play_steps_every_streams_predictor_in_one_batch(networks):
             with patch("kpvid.receiver.synthesis.step_predictors", counting):
                 for t in range(6):
                     # the worker is busy with a gated render while both plays queue up
-                    gate = gate_decode(generator)
+                    gate = gate_render(engine)
                     blocker = asyncio.ensure_future(engine.render("blocker", kp6s[0]))
                     await asyncio.sleep(0.05)
                     draw = t != 3
@@ -284,7 +285,7 @@ def test_play_steps_every_streams_predictor_in_one_batch(networks):
                     await asyncio.sleep(0.05)
                     gate.set()
                     await blocker
-                    del generator.decode  # the next gate wraps the plain method again
+                    del engine.synthesizer.render_many  # the next gate wraps the method again
                     for name, (kp6, frame) in zip(plans, await asyncio.gather(*tasks)):
                         np.testing.assert_allclose(kp6, alone[name][t], atol=1e-6)
                         if draw:

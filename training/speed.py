@@ -1,5 +1,6 @@
 """Per-frame cost of the receiver's model work (``kpvid-eval speed``): keypoint detection and
-synthesis of one frame at a time, source features computed once, as a live stream runs it."""
+synthesis of one frame at a time with the :class:`~kpvid.models.Synthesizer`, source work done
+once, as a live stream runs it. ``kpvid-bench speed`` times batches and compares methods."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from kpvid.models import KPDetector, OcclusionAwareGenerator
+from kpvid.models import KPDetector, OcclusionAwareGenerator, Synthesizer
 
 
 @dataclass
@@ -33,16 +34,15 @@ class SpeedReport:
 def measure_speed(kp_detector: KPDetector, generator: OcclusionAwareGenerator, frame_size: int,
                   frames: int = 200, warmup: int = 20) -> SpeedReport:
     """Time keypoint detection and synthesis on random frames at batch size 1."""
-    source = torch.rand(1, 3, frame_size, frame_size)
-    kp_source = kp_detector(source)
-    source_features = generator.encode_source(source)
+    synthesizer = Synthesizer(kp_detector, generator)
+    synthesizer.set_source(torch.rand(1, 3, frame_size, frame_size))
     kp_times, synth_times = [], []
     for i in range(warmup + frames):
         driving = torch.rand(1, 3, frame_size, frame_size)
         t0 = time.perf_counter()
         kp_driving = kp_detector(driving)
         t1 = time.perf_counter()
-        generator.decode(source_features, source, kp_driving, kp_source)
+        synthesizer.render(kp_driving)
         t2 = time.perf_counter()
         if i >= warmup:
             kp_times.append(t1 - t0)

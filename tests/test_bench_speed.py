@@ -1,0 +1,57 @@
+"""``kpvid-bench speed``: a quick run writes every figure, positive, with machine and command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kpvid.bench import cli, speed
+from kpvid.demo.streaming import DemoSummary
+
+
+def test_quick_run_writes_positive_figures(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert cli.main(["speed", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["command"] == f"kpvid-bench speed --quick --json {out}"
+    assert set(result["machine"]) == {"cpu", "torch", "threads", "device", "load_average"}
+    assert result["machine"]["threads"] >= 1
+    assert [d["model"] for d in result["detector"]] == ["shipped"]
+    assert result["detector"][0]["ms_per_frame"] > 0
+    rows = result["synthesis"]
+    assert [(r["batch"], r["method"]) for r in rows] == \
+        [(b, m) for b in (1, 2) for m in speed.METHODS]
+    for row in rows:
+        assert row["frame_size"] == 64
+        assert all(row[key] > 0 for key in ("ms_per_call", "ms_per_frame", "fps", "speedup"))
+    assert all(r["speedup"] == 1 for r in rows if r["method"] == "plain")
+    assert {p["predictor"] for p in result["predictor"]} == {"vrnn", "constant-velocity"}
+    assert all(p["ms_per_call"] > 0 for p in result["predictor"])
+    assert result["end_to_end"] == []  # --quick skips it
+    table = capsys.readouterr().out
+    assert "synthesis" in table and "x plain" in table
+
+
+def test_end_to_end_runs_the_demo_without_and_with_prediction(tmp_path, monkeypatch):
+    runs = []
+
+    def fake_run_demo(args, quiet=False):
+        assert quiet
+        runs.append((args.frames, args.observe, args.predict))
+        return DemoSummary(
+            frames_sent=args.frames, frames_out=args.frames, dropped=0, observed=10,
+            predicted=0, lost=0, predicted_share=0.0, kbps_mean=5.0, packets=10, fps_out=30.0,
+            latency_p50_ms=40.0 + args.predict, latency_p99_ms=60.0, sender_cpu_percent=50.0,
+            receiver_cpu_percent=40.0, psnr=30.0, ssim=0.9, scored_frames=10,
+            recording=Path("r.mp4"), side_by_side=Path("s.mp4"))
+
+    monkeypatch.setattr(speed, "run_demo", fake_run_demo)
+    out = tmp_path / "speed.json"
+    assert speed.main(["--model", "shipped", "--batches", "1", "--frames", "1",
+                       "--predictors", "constant-velocity", "--predictor-streams", "1",
+                       "--predictor-frames", "5", "--e2e-frames", "12",
+                       "--json", str(out)]) == 0
+    assert runs == [(12, 1, 0), (12, 1, 1)]
+    end_to_end = json.loads(out.read_text())["end_to_end"]
+    assert [(e["predict"], e["latency_p50_ms"]) for e in end_to_end] == [(0, 40.0), (1, 41.0)]
+    assert all(e["sender_cpu_percent"] > 0 and e["fps_out"] > 0 for e in end_to_end)
