@@ -4,8 +4,8 @@
 * synthesis: milliseconds per frame by batch size (streams rendered in one call), for the plain
   ``generator(source, kp_driving, kp_source)`` call (which encodes the source again every
   frame), the :class:`~kpvid.models.Synthesizer` without its optimized generator copy (source
-  work cached only) and the Synthesizer as the receiver runs it; the three take turns call by
-  call, so a machine busy with other work slows them alike;
+  work cached only), with the copy but without its fast convolutions, and as the receiver runs
+  it; the methods take turns call by call, so a machine busy with other work slows them alike;
 * predictor step cost (:mod:`kpvid.bench.predictor_step`);
 * end to end (:mod:`kpvid.demo.streaming`): a real receiver and sender on this machine, one
   torch thread each, shipped model on the CPU, without prediction (the sender detects every
@@ -56,11 +56,13 @@ from .predictor_step import StepTiming, cpu_name, time_steps
 log = logging.getLogger(__name__)
 
 MODELS = ("shipped", "vox-256")
-METHODS = ("plain", "cached", "synthesizer")
+METHODS = ("plain", "cached", "folded", "synthesizer")
 METHOD_NOTES = {
     "plain": "generator(source, kp_driving, kp_source), the source encoded every call",
     "cached": "Synthesizer(optimize=False): source-only work once, the generator as trained",
-    "synthesizer": "Synthesizer(): the same, with the optimized generator copy (the receiver's)",
+    "folded": "Synthesizer(fast_conv=False): + norms folded, transposed up blocks, "
+              "channels-last",
+    "synthesizer": "Synthesizer(): + Winograd / im2col 3x3 convolutions (the receiver's)",
 }
 QUICK = {"model": "shipped", "batches": [1, 2], "frames": 3, "predictor_frames": 20,
          "skip_e2e": True}
@@ -144,6 +146,7 @@ def time_synthesis(name: str, kp_detector: KPDetector, generator: OcclusionAware
     keypoint set per stream per call."""
     rng = torch.Generator().manual_seed(1)
     synthesizers = {"cached": Synthesizer(kp_detector, generator, optimize=False),
+                    "folded": Synthesizer(kp_detector, generator, fast_conv=False),
                     "synthesizer": Synthesizer(kp_detector, generator)}
     rows = []
     for batch in batches:

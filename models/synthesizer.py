@@ -11,8 +11,10 @@ With ``optimize`` (the default) it runs an inference copy of the generator whose
 rearranged, not changed: batch norms that follow a convolution are folded into it, and every
 nearest x2 upsampling followed by a 3x3 convolution (:class:`~kpvid.models.blocks.UpBlock2d`) is
 one 4x4 transposed convolution of stride 2 (the same sums with 16 instead of 36 multiplies per
-output pixel and channel pair), and activations are kept channels-last. Frames equal the plain
-call's to float rounding (about 1e-6). docs/speed.md has what each of these gives.
+output pixel and channel pair), the remaining 3x3 convolutions are
+:class:`~kpvid.models.fast_conv.FastConv2d` (Winograd on large maps, one matrix product on small
+ones), and activations are kept channels-last. Frames equal the plain call's to float rounding
+(about 1e-5). docs/speed.md has what these give.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import DownBlock2d, KeypointDict, ResBlock2d, SameBlock2d, UpBlock2d
+from .fast_conv import FastConv2d, is_fast_convertible
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
 
@@ -71,10 +74,11 @@ def _transposable(module: nn.Module) -> bool:
         and conv.dilation == (1, 1) and conv.groups == 1
 
 
-def optimize_for_inference(network: nn.Module) -> nn.Module:
+def optimize_for_inference(network: nn.Module, fast_conv: bool = True) -> nn.Module:
     """An eval-mode copy of a FOMM network with the same outputs to float rounding: batch norms
-    after convolutions folded into them, up blocks as transposed convolutions, weights in
-    channels-last layout (so that the activations are too)."""
+    after convolutions folded into them, up blocks as transposed convolutions, other 3x3
+    convolutions as :class:`~kpvid.models.fast_conv.FastConv2d` (unless ``fast_conv`` is
+    false), weights in channels-last layout (so that the activations are too)."""
     network = copy.deepcopy(network).eval()
     for module in list(network.modules()):
         if isinstance(module, (SameBlock2d, DownBlock2d)):
@@ -86,6 +90,10 @@ def optimize_for_inference(network: nn.Module) -> nn.Module:
         for name, child in module.named_children():
             if _transposable(child):
                 setattr(module, name, TransposedUpBlock2d(child))
+    for module in list(network.modules()) if fast_conv else []:
+        for name, child in module.named_children():
+            if is_fast_convertible(child):
+                setattr(module, name, FastConv2d(child))
     return network.to(memory_format=torch.channels_last)
 
 
@@ -116,9 +124,10 @@ class Synthesizer:
     """
 
     def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
-                 optimize: bool = True) -> None:
+                 optimize: bool = True, fast_conv: bool = True) -> None:
         self.kp_detector = kp_detector.eval()
-        self.generator = optimize_for_inference(generator) if optimize else generator.eval()
+        self.generator = optimize_for_inference(generator, fast_conv) if optimize \
+            else generator.eval()
         self.device = next(generator.parameters()).device
         self.source: PreparedSource | None = None
 

@@ -16,6 +16,7 @@ from kpvid.models import (
     optimize_for_inference,
 )
 from kpvid.models.blocks import UpBlock2d
+from kpvid.models.fast_conv import FastConv2d, is_fast_convertible
 from kpvid.models.synthesizer import TransposedUpBlock2d
 
 TOLERANCE = 1e-4
@@ -116,6 +117,10 @@ def test_optimized_copy_folds_norms_and_transposes_up_blocks(tiny_config):
     folded = list(optimized.up_blocks.modules()) + list(optimized.down_blocks.modules())
     assert not any(isinstance(m, (nn.BatchNorm2d, UpBlock2d)) for m in folded)
     assert any(isinstance(m, TransposedUpBlock2d) for m in optimized.modules())
+    assert not any(is_fast_convertible(m) for m in optimized.modules())  # all FastConv2d
+    assert any(isinstance(m, FastConv2d) for m in optimized.bottleneck.modules())
+    assert not any(isinstance(m, FastConv2d)
+                   for m in optimize_for_inference(generator, fast_conv=False).modules())
     assert any(isinstance(m, UpBlock2d) for m in generator.modules())  # the original is kept
     block = generator.up_blocks[0]
     for height, width in ((5, 7), (9, 10)):  # under and over TransposedUpBlock2d.MIN_PIXELS
