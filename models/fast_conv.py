@@ -12,11 +12,13 @@ ways to compute it:
 * ``gemm``: im2col and one matrix product, for small maps, where a direct convolution spends
   its time on the weights (megabytes of them in the dense motion's widest layers).
 
-Which is fastest depends on the channels, the map size and the machine, so on a CPU each layer
-times the ways it can use on the first input of each map size (four calls each, a one-off
-cost) and keeps the fastest, as ``torch.backends.cudnn.benchmark`` does on a GPU.
-On other devices it always runs ``direct`` (cuDNN chooses its own algorithms).
-docs/speed.md has what it gives.
+Which is fastest depends on the channels, the map size, the batch and the machine, so on a CPU
+each layer times the ways it can use on the first input of each shape (four calls each, a
+one-off cost) and keeps the fastest, as ``torch.backends.cudnn.benchmark`` does on a GPU; another
+way must beat ``direct`` by ``MARGIN`` to be kept, and layers with less work per image than
+``MIN_WORK`` always run ``direct``: there the ways differ by less than the timing noise. On
+other devices it always runs ``direct`` (cuDNN chooses its own algorithms). docs/speed.md has
+what it gives.
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ def is_fast_convertible(conv: nn.Module) -> bool:
 
 class FastConv2d(nn.Module):
     """An eval-mode 3x3 convolution (see the module docstring) with the weights of ``conv``.
-    ``choices`` maps each map size (height, width) seen on a CPU to the way chosen for it."""
+    ``choices`` maps each input shape (batch, height, width) seen on a CPU to the way chosen
+    for it."""
 
     GEMM_MAX_PIXELS = 256  # im2col is a candidate up to 16x16 maps
+    MIN_WORK = 100_000_000  # multiply-adds per image below which only direct is a candidate
+    MARGIN = 0.9  # another way is kept when it takes at most this share of direct's time
     TIMED_CALLS = 3  # per way; the fastest call counts
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -85,20 +90,23 @@ class FastConv2d(nn.Module):
             requires_grad=False)
         self.register_buffer("input_transform", torch.kron(_BT, _BT).to(weight.dtype))
         self.register_buffer("output_transform", torch.kron(_AT, _AT).to(weight.dtype))
-        self.choices: dict[tuple[int, int], str] = {}
+        self.in_channels = conv.in_channels
+        self.choices: dict[tuple[int, int, int], str] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return self._direct(x)
-        size = (x.shape[2], x.shape[3])
-        choice = self.choices.get(size)
+        shape = (x.shape[0], x.shape[2], x.shape[3])
+        choice = self.choices.get(shape)
         if choice is None:
-            choice = self.choices[size] = self._fastest(x)
+            choice = self.choices[shape] = self._fastest(x)
         return getattr(self, "_" + choice)(x)
 
     def candidates(self, height: int, width: int) -> list[str]:
-        """The ways that can compute a map of this size."""
+        """The ways worth timing for a map of this size."""
         ways = ["direct"]
+        if height * width * self.in_channels * self.out_channels * 9 < self.MIN_WORK:
+            return ways
         if height % TILE == 0 and width % TILE == 0:
             ways.append("winograd")
         if height * width <= self.GEMM_MAX_PIXELS:
@@ -115,7 +123,7 @@ class FastConv2d(nn.Module):
                 start = time.perf_counter()
                 compute(x)
                 times.append(time.perf_counter() - start)
-            seconds[way] = min(times)
+            seconds[way] = min(times) / (1 if way == "direct" else self.MARGIN)
         return min(seconds, key=seconds.__getitem__)
 
     def _direct(self, x: torch.Tensor) -> torch.Tensor:
