@@ -51,7 +51,7 @@ from kpvid.models.predictors import DEFAULT_PREDICTOR, LEARNED_PREDICTORS, PREDI
 from kpvid.training.arguments import device as device_type
 from kpvid.training.arguments import positive_int
 
-from .predictor_step import StepTiming, cpu_name, time_steps
+from .predictor_step import cpu_name, time_steps
 
 log = logging.getLogger(__name__)
 
@@ -217,43 +217,55 @@ def build_parser() -> argparse.ArgumentParser:
                              "batches 1 2, 3 timed calls, 20 predictor steps, no end-to-end run")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every figure, the machine and the command here")
+    parser.add_argument("--markdown", type=Path, metavar="FILE",
+                        help="also write the tables here")
     return parser
 
 
-def print_tables(machine: dict, command: str, detectors: list[DetectorTiming],
-                 synthesis: list[SynthesisTiming], predictors: list[StepTiming],
-                 end_to_end: list[EndToEnd]) -> None:
-    print(f"kpvid-bench speed: {machine['cpu']}, torch {machine['torch']}, "
-          f"{machine['threads']} thread(s), {machine['device']}, load average "
-          + " -> ".join(f"{load:.2f}" for load in machine["load_average"]))
-    print(f"command: {command}\n")
-    print("keypoint detector, batch 1")
-    print(f"{'model':10s} {'size':>5s} {'ms/frame':>9s} {'fps':>7s}")
-    for d in detectors:
-        print(f"{d.model:10s} {d.frame_size:5d} {d.ms_per_frame:9.2f} {d.fps:7.1f}")
-    print("\nsynthesis, one frame per stream per call (median ms)")
-    for method in METHODS:
-        print(f"  {method:12s} {METHOD_NOTES[method]}")
-    print(f"{'model':10s} {'size':>5s} {'batch':>5s} {'method':12s} {'ms/call':>9s} "
-          f"{'ms/frame':>9s} {'fps':>7s} {'x plain':>8s}")
-    for s in synthesis:
-        print(f"{s.model:10s} {s.frame_size:5d} {s.batch:5d} {s.method:12s} "
-              f"{s.ms_per_call:9.2f} {s.ms_per_frame:9.2f} {s.fps:7.1f} {s.speedup:8.2f}")
-    print("\npredictor step, M2 pattern (kpvid-bench predictor)")
-    print(f"{'predictor':18s} {'streams':>7s} {'ms/call':>9s} {'ms/stream':>10s}")
-    for p in predictors:
-        print(f"{p.predictor:18s} {p.streams:7d} {p.ms_per_call:9.3f} {p.ms_per_stream:10.4f}")
-    if end_to_end:
-        print("\nend to end: kpvid-demo, receiver and sender on this machine, shipped model, "
-              "1 thread each")
-        print(f"{'schedule':20s} {'frames out':>10s} {'fps out':>8s} {'p50 ms':>7s} "
-              f"{'p99 ms':>7s} {'sender CPU':>11s} {'receiver CPU':>13s}")
-        for e in end_to_end:
-            cpu = ["n/a" if c is None else f"{c:.0f} %"
-                   for c in (e.sender_cpu_percent, e.receiver_cpu_percent)]
-            print(f"{f'observe {e.observe} predict {e.predict}':20s} {e.frames_out:10d} "
-                  f"{e.fps_out:8.1f} {e.latency_p50_ms:7.0f} {e.latency_p99_ms:7.0f} "
-                  f"{cpu[0]:>11s} {cpu[1]:>13s}")
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows), ""]
+
+
+def format_markdown(results: dict) -> str:
+    """Every figure of a run (the JSON's layout) as markdown tables."""
+    machine = results["machine"]
+    lines = [f"`{results['command']}`: {machine['cpu']}, torch {machine['torch']}, "
+             f"{machine['threads']} thread(s), {machine['device']}; 1-minute load average "
+             + " -> ".join(f"{load:.2f}" for load in machine["load_average"]), "",
+             "**Keypoint detector**, batch 1", ""]
+    lines += _table(["model", "size", "ms/frame", "fps"],
+                    [[d["model"], str(d["frame_size"]), f"{d['ms_per_frame']:.2f}",
+                      f"{d['fps']:.1f}"] for d in results["detector"]])
+    lines += ["**Synthesis**, one frame per stream per call (median ms); *x plain* is the "
+              "frame rate over the plain call's at the same batch size, *x plain at 1* over "
+              "the plain per-frame call's (batch 1)", ""]
+    plain_at_1 = {s["model"]: s["fps"] for s in results["synthesis"]
+                  if s["method"] == "plain" and s["batch"] == 1}
+    lines += [f"- `{method}`: {note}" for method, note in results["methods"].items()] + [""]
+    lines += _table(["model", "size", "batch", "method", "ms/call", "ms/frame", "fps",
+                     "x plain", "x plain at 1"],
+                    [[s["model"], str(s["frame_size"]), str(s["batch"]), s["method"],
+                      f"{s['ms_per_call']:.2f}", f"{s['ms_per_frame']:.2f}", f"{s['fps']:.1f}",
+                      f"{s['speedup']:.2f}",
+                      f"{s['fps'] / plain_at_1[s['model']]:.2f}" if s["model"] in plain_at_1
+                      else "-"] for s in results["synthesis"]])
+    lines += ["**Predictor step**, M2 pattern (`kpvid-bench predictor`)", ""]
+    lines += _table(["predictor", "streams", "ms/call", "ms/stream"],
+                    [[p["predictor"], str(p["streams"]), f"{p['ms_per_call']:.3f}",
+                      f"{p['ms_per_stream']:.4f}"] for p in results["predictor"]])
+    if results["end_to_end"]:
+        lines += ["**End to end**: `kpvid-demo`, receiver and sender on this machine, shipped "
+                  "model, 1 torch thread each; CPU in % of one core", ""]
+        lines += _table(["schedule", "frames out", "dropped", "fps out", "latency p50 ms",
+                         "latency p99 ms", "sender CPU", "receiver CPU"],
+                        [[f"observe {e['observe']} predict {e['predict']}",
+                          str(e["frames_out"]), str(e["dropped"]), f"{e['fps_out']:.1f}",
+                          f"{e['latency_p50_ms']:.0f}", f"{e['latency_p99_ms']:.0f}",
+                          *("n/a" if c is None else f"{c:.0f} %"
+                            for c in (e["sender_cpu_percent"], e["receiver_cpu_percent"]))]
+                         for e in results["end_to_end"]])
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,17 +307,18 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
 
     machine["load_average"].append(os.getloadavg()[0])
-    print_tables(machine, command, detectors, synthesis, predictors, end_to_end)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": command, "machine": machine,
-            "methods": METHOD_NOTES,
-            "detector": [asdict(d) for d in detectors],
-            "synthesis": [asdict(s) for s in synthesis],
-            "predictor": [asdict(p) for p in predictors],
-            "end_to_end": [asdict(e) for e in end_to_end],
-        }, indent=2) + "\n")
+    results = {"command": command, "machine": machine, "methods": METHOD_NOTES,
+               "detector": [asdict(d) for d in detectors],
+               "synthesis": [asdict(s) for s in synthesis],
+               "predictor": [asdict(p) for p in predictors],
+               "end_to_end": [asdict(e) for e in end_to_end]}
+    tables = format_markdown(results)
+    print(tables)
+    for path, text in ((args.json, json.dumps(results, indent=2) + "\n"),
+                       (args.markdown, tables)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
     return status
 
 

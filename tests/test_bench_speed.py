@@ -10,10 +10,10 @@ from kpvid.demo.streaming import DemoSummary
 
 
 def test_quick_run_writes_positive_figures(tmp_path, capsys):
-    out = tmp_path / "speed.json"
-    assert cli.main(["speed", "--quick", "--json", str(out)]) == 0
+    out, markdown = tmp_path / "speed.json", tmp_path / "speed.md"
+    assert cli.main(["speed", "--quick", "--json", str(out), "--markdown", str(markdown)]) == 0
     result = json.loads(out.read_text())
-    assert result["command"] == f"kpvid-bench speed --quick --json {out}"
+    assert result["command"] == f"kpvid-bench speed --quick --json {out} --markdown {markdown}"
     assert set(result["machine"]) == {"cpu", "torch", "threads", "device", "load_average"}
     assert result["machine"]["threads"] >= 1
     assert [d["model"] for d in result["detector"]] == ["shipped"]
@@ -29,7 +29,9 @@ def test_quick_run_writes_positive_figures(tmp_path, capsys):
     assert all(p["ms_per_call"] > 0 for p in result["predictor"])
     assert result["end_to_end"] == []  # --quick skips it
     table = capsys.readouterr().out
-    assert "synthesis" in table and "x plain" in table
+    assert "**Synthesis**" in table and "| x plain |" in table
+    assert markdown.read_text() in table
+    assert speed.format_markdown(result) == markdown.read_text()
 
 
 def test_end_to_end_runs_the_demo_without_and_with_prediction(tmp_path, monkeypatch):
