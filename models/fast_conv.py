@@ -83,11 +83,7 @@ class FastConv2d(nn.Module):
         bias = conv.bias.detach().clone() if conv.bias is not None \
             else weight.new_zeros(conv.out_channels)
         self.bias = nn.Parameter(bias, requires_grad=False)
-        # 36 x C_in x C_out: G w G^T for every channel pair, computed in float64
-        winograd = torch.einsum("ai,ocij,bj->abco", _G, weight.to(_F64), _G)
-        self.winograd_weight = nn.Parameter(
-            winograd.reshape(INPUT_TILE ** 2, *winograd.shape[2:]).to(weight.dtype).contiguous(),
-            requires_grad=False)
+        self._winograd_weight: torch.Tensor | None = None  # made on first use
         self.register_buffer("input_transform", torch.kron(_BT, _BT).to(weight.dtype))
         self.register_buffer("output_transform", torch.kron(_AT, _AT).to(weight.dtype))
         self.in_channels = conv.in_channels
@@ -132,6 +128,17 @@ class FastConv2d(nn.Module):
     def _direct(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight.view(self.out_channels, -1, 3, 3), self.bias, padding=1)
 
+    def winograd_weight(self) -> torch.Tensor:
+        """36 x C_in x C_out: G w G^T for every channel pair, computed in float64 on first use
+        (it is 4x the size of the weights, and most layers never need it)."""
+        if self._winograd_weight is None or self._winograd_weight.device != self.weight.device:
+            weight = self.weight.view(self.out_channels, -1, 3, 3)
+            winograd = torch.einsum("ai,ocij,bj->abco", _G.to(weight.device),
+                                    weight.to(_F64), _G.to(weight.device))
+            self._winograd_weight = winograd.reshape(INPUT_TILE ** 2, *winograd.shape[2:]) \
+                .to(weight.dtype).contiguous()
+        return self._winograd_weight
+
     def _winograd(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         rows, cols = h // TILE, w // TILE
@@ -140,7 +147,7 @@ class FastConv2d(nn.Module):
         tiles = padded.unfold(1, INPUT_TILE, TILE).unfold(2, INPUT_TILE, TILE)
         tiles = tiles.permute(4, 5, 0, 1, 2, 3).reshape(INPUT_TILE ** 2, -1)
         transformed = (self.input_transform @ tiles).view(INPUT_TILE ** 2, n * rows * cols, c)
-        products = torch.bmm(transformed, self.winograd_weight)  # 36 x tiles x C_out
+        products = torch.bmm(transformed, self.winograd_weight())  # 36 x tiles x C_out
         out = self.output_transform @ products.view(INPUT_TILE ** 2, -1)
         out = out.view(TILE, TILE, n, rows, cols, self.out_channels)
         out = out.permute(2, 3, 0, 4, 1, 5).reshape(n, h, w, self.out_channels) + self.bias

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -99,6 +100,16 @@ def test_two_streams_play_at_once_and_share_model_calls(tmp_path):
         async with running_edge(tmp_path, playout_delay=0.3) as edge:
             port = int(edge.url.rsplit(":", 1)[1])
             extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+            # A model call of 25 ms whatever its batch: one stream's frames alone would need
+            # 50 ms per 33 ms tick pair, so the jobs queue and the engine must batch them.
+            synthesizer = edge.edge.engine.synthesizer
+            render_many = synthesizer.render_many
+
+            def slow_render_many(sources, kp_driving):
+                time.sleep(0.025)
+                return render_many(sources, kp_driving)
+
+            synthesizer.render_many = slow_render_many
 
             def sender(name: str, seed: int):
                 options = SenderOptions(host="localhost", port=port, token=TOKEN,
