@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import signal
@@ -32,8 +33,8 @@ from kpvid.models.predictors import (
     predictor_factory,
 )
 
-from .edge import Edge, EdgeOptions
-from .server import make_app
+from .edge import MAX_STREAMS, MAX_VIEWERS, Edge, EdgeOptions
+from .server import OFFER_BURST, OFFERS_PER_SECOND, make_app
 from .stream import ModelInfo, SessionOptions
 from .synthesis import SynthesisEngine
 from .tls import (
@@ -51,7 +52,8 @@ DEFAULT_STATE_DIR = Path.home() / ".cache" / "kpvid"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpvid-receive", description=__doc__,
-        epilog="Viewers open https://HOST:PORT/?token=TOKEN in a browser.")
+        epilog="Viewers open https://HOST:PORT/?token=TOKEN in a browser, with the view token "
+               "(--view-token, else --token).")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--gpu", type=int, metavar="N",
                        help="run the models on CUDA device N (default: GPU 0 when CUDA is "
@@ -61,8 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (default: 0.0.0.0, every interface)")
     parser.add_argument("--port", type=int, default=8443, help="HTTPS port (default: 8443)")
     parser.add_argument("--token", default=os.environ.get("KPVID_TOKEN"),
-                        help="bearer token senders and viewers must present (default: "
-                             "$KPVID_TOKEN; without either, a random one is made and printed)")
+                        help="bearer token senders and viewers must present, the default of "
+                             "--send-token and --view-token (default: $KPVID_TOKEN; without "
+                             "either, a random one is made and printed)")
+    parser.add_argument("--send-token", default=os.environ.get("KPVID_SEND_TOKEN"),
+                        help="token for senders (POST /offer) and for /metrics; it also "
+                             "works wherever the view token does (default: "
+                             "$KPVID_SEND_TOKEN, else --token)")
+    parser.add_argument("--view-token", default=os.environ.get("KPVID_VIEW_TOKEN"),
+                        help="token for viewers: the page's ?token=, POST /view/offer, "
+                             "/api/streams, /api/config; it cannot send (default: "
+                             "$KPVID_VIEW_TOKEN, else --token)")
+    parser.add_argument("--max-streams", type=int, default=MAX_STREAMS, metavar="N",
+                        help="most sender connections at once; an offer beyond it gets HTTP "
+                             f"503, reason max_streams (default: {MAX_STREAMS})")
+    parser.add_argument("--max-viewers", type=int, default=MAX_VIEWERS, metavar="N",
+                        help="most viewers at once over all streams; beyond it HTTP 503, "
+                             f"reason max_viewers (default: {MAX_VIEWERS})")
+    parser.add_argument("--offers-per-second", type=float, default=OFFERS_PER_SECOND,
+                        metavar="RATE",
+                        help="offers each client address may make to each offer endpoint, "
+                             f"in bursts of up to {OFFER_BURST}; beyond it HTTP 429 (default: "
+                             f"{OFFERS_PER_SECOND:g}; 0: no limit)")
     parser.add_argument("--cert", type=Path,
                         help="TLS certificate (PEM); without --cert/--key a self-signed one is "
                              "made and its fingerprint printed")
@@ -108,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_tokens(args: argparse.Namespace) -> tuple[str, str]:
+    """(send token, view token): each its own flag, else --token, else one random token made
+    for this run and printed (the only time the edge shows a token it was not given)."""
+    token = args.token
+    if not token and not (args.send_token and args.view_token):
+        token = secrets.token_urlsafe(16)
+        print(f"no --token or KPVID_TOKEN given; this run's token: {token}"
+              + (" (for what --send-token/--view-token leave open)"
+                 if args.send_token or args.view_token else ""), flush=True)
+    return args.send_token or token, args.view_token or token
+
+
 def pick_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.device:
     if args.cpu:
         return torch.device("cpu")
@@ -122,8 +156,8 @@ def pick_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> to
     return torch.device(f"cuda:{args.gpu}")
 
 
-async def serve(args: argparse.Namespace, device: torch.device, token: str, cert: Path,
-                key: Path) -> int:
+async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
+                view_token: str, cert: Path, key: Path) -> int:
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, device=device)
     model = ModelInfo(model_id=model_id(args.checkpoint), frame_size=frame_size(config),
                       num_kp=int(config["model_params"]["common_params"]["num_kp"]))
@@ -144,9 +178,12 @@ async def serve(args: argparse.Namespace, device: torch.device, token: str, cert
         ice_servers=ice(args.ice_server),
         viewer_ice_servers=None if args.viewer_ice_server is None else
         ice(args.viewer_ice_server),
+        max_streams=args.max_streams, max_viewers=args.max_viewers,
         session=SessionOptions(playout_delay=args.playout_delay, max_lag=args.max_lag,
                                record_dir=args.record)))
-    runner = web.AppRunner(make_app(edge, token), access_log=None)
+    app = make_app(edge, send_token=send_token, view_token=view_token,
+                   offers_per_second=args.offers_per_second or None)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=server_ssl_context(cert, key))
     try:
@@ -161,7 +198,10 @@ async def serve(args: argparse.Namespace, device: torch.device, token: str, cert
           f"on {device}, predictor {args.predictor}", flush=True)
     print(f"listening on https://{args.host}:{args.port}  "
           f"(certificate {certificate_fingerprint(cert)})", flush=True)
-    print(f"viewer: https://{shown_host}:{args.port}/?token={token}", flush=True)
+    print(f"viewer: https://{shown_host}:{args.port}/?token={view_token}", flush=True)
+    print(f"limits: {args.max_streams} streams, {args.max_viewers} viewers, "
+          + (f"{args.offers_per_second:g} offers/s per client" if args.offers_per_second
+             else "no offer rate limit"), flush=True)
     if args.record:
         print(f"recording streams to {args.record}", flush=True)
 
@@ -189,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"({', '.join(LEARNED_PREDICTORS)}), not {args.predictor}")
     if args.max_batch < 1:
         parser.error("--max-batch must be at least 1")
+    if args.max_streams < 1 or args.max_viewers < 1:
+        parser.error("--max-streams and --max-viewers must be at least 1")
+    if args.offers_per_second < 0 or not math.isfinite(args.offers_per_second):
+        parser.error("--offers-per-second must be a number, 0 or more (0: no limit)")
     if args.playout_delay < 0 or args.max_lag <= 0:
         parser.error("--playout-delay cannot be negative and --max-lag must be positive")
     if args.record is not None:
@@ -204,15 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
-    token = args.token
-    if not token:
-        token = secrets.token_urlsafe(16)
-        print(f"no --token or KPVID_TOKEN given; this run's token: {token}", flush=True)
+    send_token, view_token = resolve_tokens(args)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    return asyncio.run(serve(args, device, token, cert, key))
+    return asyncio.run(serve(args, device, send_token, view_token, cert, key))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -21,10 +21,22 @@ from .synthesis import SynthesisEngine
 log = logging.getLogger(__name__)
 
 ENDED_KEPT = 16  # final figures of this many ended streams stay in /api/streams
+MAX_STREAMS = 16
+MAX_VIEWERS = 32
+HANDSHAKE_TIMEOUT = 15.0
 
 
 class NoSuchStream(LookupError):
     """A viewer asked for a stream that is not live."""
+
+
+class EdgeFull(RuntimeError):
+    """An offer refused, before any peer connection was made, because a limit is reached.
+    `reason` names the limit (max_streams, max_viewers)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -32,6 +44,11 @@ class EdgeOptions:
     session: SessionOptions = field(default_factory=SessionOptions)
     ice_servers: list[RTCIceServer] = field(default_factory=list)  # the edge's own peers
     viewer_ice_servers: list[RTCIceServer] | None = None  # for browsers; None: ice_servers
+    max_streams: int = MAX_STREAMS  # sender connections at once, said hello or not yet
+    max_viewers: int = MAX_VIEWERS  # viewer connections at once, over all streams
+    # a sender must say hello, and a viewer be connected, this soon after its answer, or its
+    # peer is closed (an offer that never gets going must not hold a slot)
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
 
 
 class Edge:
@@ -50,16 +67,34 @@ class Edge:
         self._viewers: dict[RTCPeerConnection, str] = {}
         self._drop_log = RateLimitedLog(log)
         self._tasks: set[asyncio.Task] = set()
+        self._timers: set[asyncio.Task] = set()
         self.ended: deque[dict] = deque(maxlen=ENDED_KEPT)
         self.stream_opened: list[Callable[[StreamSession], None]] = []  # called before it plays
 
     def _peer_connection(self) -> RTCPeerConnection:
         return RTCPeerConnection(RTCConfiguration(iceServers=list(self.options.ice_servers)))
 
+    def _refuse(self, reason: str, message: str) -> EdgeFull:
+        self.metrics.offers_refused.labels(reason).inc()
+        return EdgeFull(reason, message)
+
+    def _after_handshake_timeout(self, check: Callable[[], Awaitable[None]]) -> None:
+        async def timer() -> None:
+            await asyncio.sleep(self.options.handshake_timeout)
+            await check()
+
+        task = asyncio.create_task(timer())
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
     # ------------------------------------------------------------------ senders
     async def accept_sender(self, offer: RTCSessionDescription, remote: str
                             ) -> RTCSessionDescription:
-        """Answer a sender's offer; its stream opens when its hello arrives."""
+        """Answer a sender's offer; its stream opens when its hello arrives. `EdgeFull` when
+        `max_streams` senders are already connected."""
+        if len(self._senders) >= self.options.max_streams:
+            raise self._refuse("max_streams", f"edge full: {len(self._senders)} sender "
+                               f"streams already (max-streams {self.options.max_streams})")
         pc = self._peer_connection()
         peer = SenderPeer(pc, self, remote)
         self._senders.add(peer)
@@ -70,6 +105,13 @@ class Edge:
             await peer.close("offer failed")
             raise
         self.metrics.sessions.inc()
+
+        async def hello_or_close() -> None:
+            if peer in self._senders and peer.session is None:
+                self.metrics.handshakes_timed_out.labels("sender").inc()
+                await peer.close(f"no hello within {self.options.handshake_timeout:g} s")
+
+        self._after_handshake_timeout(hello_or_close)
         return pc.localDescription
 
     async def open_stream(self, hello: Hello, peer: SenderPeer) -> StreamSession | None:
@@ -127,8 +169,12 @@ class Edge:
 
     async def accept_viewer(self, offer: RTCSessionDescription, name: str | None, remote: str
                             ) -> tuple[RTCSessionDescription, str]:
-        """Answer a recvonly viewer with the stream's video (through the shared relay)."""
+        """Answer a recvonly viewer with the stream's video (through the shared relay).
+        `NoSuchStream` when it is not live, `EdgeFull` when `max_viewers` are watching."""
         session = self.pick_stream(name)
+        if len(self._viewers) >= self.options.max_viewers:
+            raise self._refuse("max_viewers", f"edge full: {len(self._viewers)} viewers "
+                               f"already (max-viewers {self.options.max_viewers})")
         pc = self._peer_connection()
         self._viewers[pc] = session.name
         session.viewers += 1
@@ -147,6 +193,15 @@ class Edge:
             await self._close_viewer(pc)
             raise
         log.info("viewer %s watches %s", remote, session.name)
+
+        async def connected_or_close() -> None:
+            if pc in self._viewers and pc.connectionState != "connected":
+                log.info("viewer %s: not connected within %g s, closing", remote,
+                         self.options.handshake_timeout)
+                self.metrics.handshakes_timed_out.labels("viewer").inc()
+                await self._close_viewer(pc)
+
+        self._after_handshake_timeout(connected_or_close)
         return pc.localDescription, session.name
 
     async def _close_viewer(self, pc: RTCPeerConnection) -> None:
@@ -165,6 +220,8 @@ class Edge:
 
     async def close(self) -> None:
         """Close every peer and finalise every recording."""
+        for task in list(self._timers):
+            task.cancel()
         for peer in list(self._senders):
             await peer.close("edge shutting down")
         for session in list(self.streams.values()):

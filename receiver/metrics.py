@@ -45,6 +45,14 @@ class ReceiverMetrics:
                                 registry=self.registry)
         self.rejected = Counter("kpvid_http_rejected", "HTTP requests refused, by status",
                                 ["status"], registry=self.registry)
+        self.offers_refused = Counter(
+            "kpvid_offers_refused", "Signaling offers refused before any peer connection was "
+            "made, by reason (rate_limited, max_streams, max_viewers)", ["reason"],
+            registry=self.registry)
+        self.handshakes_timed_out = Counter(
+            "kpvid_handshakes_timed_out", "Peers closed for not getting going in time "
+            "(sender: no hello; viewer: not connected), by role", ["role"],
+            registry=self.registry)
 
     def forget_stream(self, stream: str) -> None:
         """Drop a finished stream's series."""

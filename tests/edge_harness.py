@@ -28,7 +28,7 @@ from kpvid.protocol import (
     encode_source_image,
     split_source_image,
 )
-from kpvid.receiver.edge import Edge, EdgeOptions
+from kpvid.receiver.edge import HANDSHAKE_TIMEOUT, MAX_STREAMS, MAX_VIEWERS, Edge, EdgeOptions
 from kpvid.receiver.server import make_app
 from kpvid.receiver.stream import ModelInfo, SessionOptions
 from kpvid.receiver.synthesis import SynthesisEngine
@@ -52,13 +52,17 @@ class EdgeHandle:
     token: str
     cert: Path
     edge: Edge
+    send_token: str = TOKEN
+    view_token: str = TOKEN
 
     def client_ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))
 
     async def request(self, method: str, path: str, *, token: str | None = TOKEN,
+                      headers: dict[str, str] | None = None,
                       **kwargs: object) -> tuple[int, object]:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers = {**(headers or {}),
+                   **({"Authorization": f"Bearer {token}"} if token is not None else {})}
         async with aiohttp.ClientSession() as http, http.request(
                 method, self.url + path, headers=headers, ssl=self.client_ssl(),
                 **kwargs) as response:
@@ -75,7 +79,13 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        predictor: str = "constant-velocity", playout_delay: float = 0.05,
                        idle_timeout: float = 1.0, max_lag: float = 0.25,
                        viewer_ice_servers: list[RTCIceServer] | None = None,
+                       send_token: str | None = None, view_token: str | None = None,
+                       max_streams: int = MAX_STREAMS, max_viewers: int = MAX_VIEWERS,
+                       offers_per_second: float | None = None,
+                       handshake_timeout: float = HANDSHAKE_TIMEOUT,
                        ) -> AsyncIterator[EdgeHandle]:
+    """An edge on a free port; `send_token`/`view_token` default to TOKEN, and offers are not
+    rate limited unless `offers_per_second` is given."""
     kp_detector, generator, config = shipped_model()
     model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
@@ -83,17 +93,20 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
     engine = SynthesisEngine(kp_detector, generator, "cpu", new_predictor=predictor_factory(
         predictor, num_kp=model.num_kp, model_id=model.model_id))
     edge = Edge(engine, model, EdgeOptions(
-        viewer_ice_servers=viewer_ice_servers,
+        viewer_ice_servers=viewer_ice_servers, max_streams=max_streams,
+        max_viewers=max_viewers, handshake_timeout=handshake_timeout,
         session=SessionOptions(playout_delay=playout_delay, idle_timeout=idle_timeout,
                                max_lag=max_lag, record_dir=record_dir)))
     cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1"])
-    runner = web.AppRunner(make_app(edge, TOKEN))
+    runner = web.AppRunner(make_app(edge, TOKEN, send_token=send_token, view_token=view_token,
+                                    offers_per_second=offers_per_second))
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ssl_context(cert, key))
     await site.start()
     try:
-        yield EdgeHandle(f"https://localhost:{port}", TOKEN, cert, edge)
+        yield EdgeHandle(f"https://localhost:{port}", TOKEN, cert, edge,
+                         send_token=send_token or TOKEN, view_token=view_token or TOKEN)
     finally:
         await runner.cleanup()
 
@@ -115,7 +128,8 @@ class RawSender:
         self.ctrl.on("message", lambda data: self.received.append(decode_message(data)))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         status, answer = await self.handle.request(
-            "POST", "/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
+            "POST", "/offer", token=self.handle.send_token,
+            json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
         assert status == 200, answer
         await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
         await asyncio.wait_for(opened.wait(), 10)

@@ -18,7 +18,9 @@ import torch
 
 from kpvid.demo.streaming import free_port
 from kpvid.models.learned_predictor import Normalisation, build_network, save_predictor
+from kpvid.receiver.cli import build_parser as receiver_parser
 from kpvid.receiver.cli import main as receiver_main
+from kpvid.receiver.cli import resolve_tokens
 from kpvid.receiver.tls import CERT_FILE
 
 
@@ -108,3 +110,48 @@ def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):
     with av.open(str(recording)) as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 30  # a finalised, playable file with every frame played
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--max-streams", "0"], "--max-streams and --max-viewers must be at least 1"),
+    (["--max-viewers", "-3"], "--max-streams and --max-viewers must be at least 1"),
+    (["--offers-per-second", "-1"], "--offers-per-second must be"),
+    (["--offers-per-second", "nan"], "--offers-per-second must be"),
+])
+def test_bad_limit_flags_exit_2_with_a_message(tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit) as exit_info:
+        receiver_main(["--cpu", "--state-dir", str(tmp_path), *flags])
+    assert exit_info.value.code == 2
+    assert words in capsys.readouterr().err
+
+
+def test_receiver_help_explains_tokens_and_limits():
+    text = receiver_parser().format_help()
+    for flag in ("--token", "--send-token", "--view-token", "--max-streams", "--max-viewers",
+                 "--offers-per-second", "KPVID_SEND_TOKEN", "KPVID_VIEW_TOKEN"):
+        assert flag in text, flag
+    args = receiver_parser().parse_args([])
+    assert (args.max_streams, args.max_viewers, args.offers_per_second) == (16, 32, 2.0)
+
+
+@pytest.mark.parametrize("env, flags, expected", [
+    ({"KPVID_TOKEN": "t"}, [], ("t", "t")),
+    ({"KPVID_TOKEN": "t", "KPVID_VIEW_TOKEN": "v"}, [], ("t", "v")),
+    ({"KPVID_SEND_TOKEN": "s", "KPVID_VIEW_TOKEN": "v"}, [], ("s", "v")),
+    ({"KPVID_SEND_TOKEN": "s"}, ["--send-token", "S", "--token", "T"], ("S", "T")),
+])
+def test_send_and_view_tokens_default_to_the_token(monkeypatch, capsys, env, flags, expected):
+    for name in ("KPVID_TOKEN", "KPVID_SEND_TOKEN", "KPVID_VIEW_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert resolve_tokens(receiver_parser().parse_args(flags)) == expected
+    assert capsys.readouterr().out == ""  # nothing made up, nothing printed
+
+
+def test_a_missing_token_is_made_up_and_printed(monkeypatch, capsys):
+    for name in ("KPVID_TOKEN", "KPVID_SEND_TOKEN", "KPVID_VIEW_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    send, view = resolve_tokens(receiver_parser().parse_args(["--send-token", "s"]))
+    assert send == "s" and len(view) >= 16
+    assert view in capsys.readouterr().out
