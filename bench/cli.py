@@ -11,6 +11,7 @@ BENCHMARKS = {
     "bandwidth": ("bandwidth", "bytes and quality of each keypoint codec and schedule, "
                                "against video codecs"),
     "speed": ("speed", "detector, synthesis, predictor and end-to-end speed"),
+    "loss": ("loss", "rebuilt quality against packet loss, concealed by the predictor"),
 }
 USAGE = ("usage: kpvid-bench {" + ",".join(BENCHMARKS) + "} [--help]\n\n"
          + "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in BENCHMARKS.items()))

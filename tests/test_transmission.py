@@ -45,3 +45,11 @@ def test_uncoded_keypoints_pass_unchanged_and_delta_within_half_a_step() -> None
 def test_unknown_codec_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown keypoint codec"):
         transmit(clip(), Schedule(1, 1), "zip", HoldLast)
+
+
+def test_without_loss_nothing_is_lost_or_concealed() -> None:
+    sent = transmit(clip(), Schedule(1, 1), "delta", HoldLast)
+    assert sent.lost is not None and sent.concealed is not None
+    assert sent.lost.shape == sent.concealed.shape == (12,)
+    assert not sent.lost.any() and not sent.concealed.any() and not sent.undecodable.any()
+    assert sent.intra_requests == 0

@@ -1,6 +1,7 @@
 """What the edge plays for a clip's keypoints, without a network: the sender's schedule and
 keypoint codec, then the edge's predictor in the gaps. Used by ``kpvid-eval reconstruct`` and
-``kpvid-bench bandwidth`` to count bytes and to rebuild the frames a stream would show."""
+``kpvid-bench bandwidth`` to count bytes and to rebuild the frames a stream would show, and with
+a packet loss model (:mod:`kpvid.training.loss_models`) by ``kpvid-bench loss``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 from kpvid.models.predictors import Predictor, from_kp6, to_kp6
 from kpvid.protocol import KeypointDecoder, KeypointEncoder, Keypoints, encode_message
 from kpvid.sender.schedule import Schedule
+
+from .loss_models import LossModel
 
 UNCODED = "none"  # no codec: the detector's float keypoints, no bytes counted
 # A typical frame index of a running call (two LEB128 bytes) for message sizes; 0..127 would
@@ -28,17 +31,51 @@ class TransmittedClip:
     payload_bytes: np.ndarray  # (T,) int: codec payload per frame (0 when not sent)
     message_bytes: np.ndarray  # (T,) int: whole Keypoints message per frame (0 when not sent)
     intra_payloads: int
+    # (T,) bool: the frame's keypoints were sent but lost on the way (all False without loss)
+    lost: np.ndarray | None = None
+    # (T,) bool: sent but not played as decoded (lost, or a delta payload whose reference was
+    # lost): predicted like a skipped frame
+    concealed: np.ndarray | None = None
+    intra_requests: int = 0  # IntraRequests the edge sent
+
+    def __post_init__(self) -> None:
+        frames = len(self.observed)
+        for name in ("lost", "concealed"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(frames, bool))
 
     @property
     def packets(self) -> int:
         return int(self.observed.sum())
 
+    @property
+    def undecodable(self) -> np.ndarray:
+        """(T,) bool: received but not decodable (its delta reference was lost)."""
+        assert self.concealed is not None and self.lost is not None  # set in __post_init__
+        return self.concealed & ~self.lost
+
 
 def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
              new_predictor: Callable[[], Predictor],
-             intra_interval: int | None = None) -> TransmittedClip:
+             intra_interval: int | None = None, loss: LossModel | None = None,
+             intra_request_delay: int = 1, intra_request_interval: int = 1,
+             source_kp6: np.ndarray | None = None) -> TransmittedClip:
     """Send the observed frames of ``kp6`` (T, K, 6) in ``codec`` (or :data:`UNCODED`), decode
-    them as the edge does and fill the other frames with a fresh predictor, open loop."""
+    them as the edge does and fill the other frames with a fresh predictor, open loop.
+
+    With a ``loss`` model the packets it drops (in sending order) never reach the decoder. The
+    edge conceals a lost frame, and one whose ``delta`` payload waits for a lost reference,
+    with the predictor exactly like a skipped frame. The encoder does not know of the loss and
+    keeps coding against the last set it sent, until the edge's IntraRequest reaches it: the
+    edge asks when a payload waits for its reference (as the receiver does, at most once every
+    ``intra_request_interval`` packets), and the ``intra_request_delay``-th packet after the
+    one that waited is intra (the default 1, the next packet, is a round trip shorter than the
+    gap between packets: optimistic). Requests travel on the reliable channel and are never
+    lost. Frames before the first decoded set (the first packets lost) show the source image:
+    they are played with ``source_kp6`` (default ``kp6[0]``: the source image is the first
+    frame, and the edge detects its keypoints itself)."""
+    if intra_request_delay < 1 or intra_request_interval < 1:
+        raise ValueError("intra_request_delay and intra_request_interval must be >= 1 packet")
     frames, num_kp = kp6.shape[:2]
     coded = codec != UNCODED
     encoder = decoder = None
@@ -51,20 +88,46 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
     observed = np.array([schedule.is_observed(i) for i in range(frames)])
     payload_bytes = np.zeros(frames, np.int64)
     message_bytes = np.zeros(frames, np.int64)
+    lost = np.zeros(frames, bool)
+    if loss is not None:
+        lost[observed] = loss.lost(int(observed.sum()))
+    concealed = lost.copy()
+    fallback = kp6[0] if source_kp6 is None else source_kp6
+    intra_due: set[int] = set()  # packet numbers an IntraRequest makes intra
+    requests, last_request = 0, None
+    started = False  # the predictor has a set
+    packet = -1
     for i in range(frames):
         if not observed[i]:
-            out[i] = predictor.predict()
+            out[i] = predictor.predict() if started else fallback
             continue
+        packet += 1
+        played: np.ndarray | None = None
         if encoder is None or decoder is None:
-            out[i] = kp6[i]
+            played = None if lost[i] else kp6[i]
         else:
             index = FRAME_INDEX_BASE + i
+            if packet in intra_due:
+                encoder.request_intra()
             payload = encoder.encode(index, *from_kp6(kp6[i]))
             message = Keypoints(index, 0, schedule.position(i), codec, payload)
             payload_bytes[i] = len(payload)
             message_bytes[i] = len(encode_message(message))
-            (decoded,) = decoder.decode(index, payload)
-            out[i] = to_kp6(decoded.value, decoded.jacobian)
+            if not lost[i]:
+                decoded = decoder.decode(index, payload)
+                played = next((to_kp6(d.value, d.jacobian) for d in decoded
+                               if d.frame_index == index), None)
+                if decoder.waiting and (last_request is None
+                                        or packet - last_request >= intra_request_interval):
+                    intra_due.add(packet + intra_request_delay)
+                    requests, last_request = requests + 1, packet
+        if played is None:
+            concealed[i] = True
+            out[i] = predictor.predict() if started else fallback
+            continue
+        out[i] = played
         predictor.observe(out[i])
+        started = True
     return TransmittedClip(out, observed, payload_bytes, message_bytes,
-                           encoder.intra_payloads if encoder is not None else 0)
+                           encoder.intra_payloads if encoder is not None else 0,
+                           lost, concealed, requests)
