@@ -19,7 +19,6 @@ one more per further 1200 bytes of a frame).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import shlex
@@ -44,6 +43,7 @@ from kpvid.training.visualize import to_uint8
 
 from . import video_codecs
 from .predictor_step import cpu_name
+from .report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -351,14 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    table = format_markdown(results)
-    print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
+    write_report(results, format_markdown(results), args.json, args.markdown)
     if args.plots:
         for path in plot(results, args.plots):
             log.info("wrote %s", path)

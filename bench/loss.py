@@ -18,7 +18,6 @@ reported under each loss model.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import sys
@@ -45,6 +44,7 @@ from kpvid.training.visualize import to_uint8
 
 from .bandwidth import parse_schedule
 from .predictor_step import cpu_name
+from .report import write_report
 from .video_codecs import frame_quality
 
 log = logging.getLogger(__name__)
@@ -339,14 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    table = format_markdown(results)
-    print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
+    write_report(results, format_markdown(results), args.json, args.markdown)
     if args.plots:
         log.info("wrote %s", plot(results, args.plots))
     return 0

@@ -19,7 +19,6 @@ configuration at 256x256 with random weights (the same weights for every method)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -52,6 +51,7 @@ from kpvid.training.arguments import device as device_type
 from kpvid.training.arguments import positive_int
 
 from .predictor_step import cpu_name, time_steps
+from .report import write_report
 
 log = logging.getLogger(__name__)
 
@@ -312,13 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                "synthesis": [asdict(s) for s in synthesis],
                "predictor": [asdict(p) for p in predictors],
                "end_to_end": [asdict(e) for e in end_to_end]}
-    tables = format_markdown(results)
-    print(tables)
-    for path, text in ((args.json, json.dumps(results, indent=2) + "\n"),
-                       (args.markdown, tables)):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+    write_report(results, format_markdown(results), args.json, args.markdown)
     return status
 
 
