@@ -83,9 +83,11 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        max_streams: int = MAX_STREAMS, max_viewers: int = MAX_VIEWERS,
                        offers_per_second: float | None = None,
                        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                       port: int | None = None,
                        ) -> AsyncIterator[EdgeHandle]:
-    """An edge on a free port; `send_token`/`view_token` default to TOKEN, and offers are not
-    rate limited unless `offers_per_second` is given."""
+    """An edge on `port` (default: a free one); `send_token`/`view_token` default to TOKEN,
+    and offers are not rate limited unless `offers_per_second` is given. Edges made with the
+    same `tmp_path` share a certificate."""
     kp_detector, generator, config = shipped_model()
     model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
@@ -101,7 +103,7 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
     runner = web.AppRunner(make_app(edge, TOKEN, send_token=send_token, view_token=view_token,
                                     offers_per_second=offers_per_second))
     await runner.setup()
-    port = free_port()
+    port = port or free_port()
     site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ssl_context(cert, key))
     await site.start()
     try:
