@@ -41,6 +41,7 @@ STREAM = "demo"
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -60,11 +61,11 @@ class Edge:
         with urllib.request.urlopen(request, context=self.ssl_context, timeout=5) as response:
             return json.load(response)
 
-    def stream(self) -> tuple[dict | None, bool]:
-        """The demo stream's figures, and whether it has ended."""
+    def stream(self, name: str = STREAM) -> tuple[dict | None, bool]:
+        """Stream ``name``'s figures (the demo stream by default), and whether it has ended."""
         state = self.get("/api/streams")
         for ended, streams in ((False, state["streams"]), (True, state["ended"])):
-            found = next((s for s in streams if s["name"] == STREAM), None)
+            found = next((s for s in streams if s["name"] == name), None)
             if found is not None:
                 return found, ended
         return None, False
@@ -93,7 +94,19 @@ class CpuMeter:
         return 100 * (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
 
 
+def trust_certificate(edge: Edge, cert: Path, receiver: subprocess.Popen,
+                      timeout: float = 30) -> None:
+    """Wait for the receiver to write its self-signed certificate, then make ``edge`` trust it
+    (the system's trust store if it never appears)."""
+    deadline = time.monotonic() + timeout
+    while not cert.exists() and time.monotonic() < deadline and receiver.poll() is None:
+        time.sleep(0.2)
+    edge.ssl_context = ssl.create_default_context(cafile=str(cert)) if cert.exists() \
+        else ssl.create_default_context()
+
+
 def wait_until_up(edge: Edge, receiver: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until the receiver answers ``/healthz``; SystemExit if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if receiver.poll() is not None:
@@ -201,11 +214,7 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     try:
         cert = args.out / "tls" / CERT_FILE
         edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
-        deadline = time.monotonic() + 30
-        while not cert.exists() and time.monotonic() < deadline and receiver.poll() is None:
-            time.sleep(0.2)
-        edge.ssl_context = ssl.create_default_context(cafile=str(cert)) if cert.exists() \
-            else ssl.create_default_context()
+        trust_certificate(edge, cert, receiver)
         wait_until_up(edge, receiver)
         if not quiet:
             print(f"viewer (while it runs): https://localhost:{port}/?token={token}")
