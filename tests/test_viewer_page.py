@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kpvid.models import SHIPPED_CHECKPOINT
+from kpvid.receiver.edge import MAX_VIEWERS
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
@@ -143,3 +144,19 @@ def test_the_page_follows_a_sender_that_restarts(live: LiveEdge, browser: Viewer
             f" && window.kpvid.framesDecoded > {first['frames_decoded'] + 30}"))
         assert not again["timed_out"], again
         assert again["stream"] == STREAM
+
+
+def test_a_full_edge_tells_the_page_why_and_the_page_retries(live: LiveEdge,
+                                                              browser: ViewerBrowser):
+    options = live.edge.edge.options
+    try:
+        options.max_viewers = 0
+        with browser.viewer(f"{live.url}/?token={TOKEN}") as page:
+            refused = page.wait(timeout=20, until=(
+                "() => (window.kpvid?.error ?? '').includes('HTTP 503 (edge full')"))
+            assert not refused["timed_out"], refused
+            options.max_viewers = MAX_VIEWERS
+            again = page.wait(timeout=30, min_frames=5)
+            assert not again["timed_out"], again
+    finally:
+        options.max_viewers = MAX_VIEWERS
