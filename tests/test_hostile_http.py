@@ -361,3 +361,35 @@ def test_mangled_real_offers_never_get_a_500(fuzz_edge, data):
                                        json={"type": "offer", "sdp": "\r\n".join(lines)})
     assert status < 500, (status, answer)
     assert fuzz_edge.request("GET", "/healthz", token=None)[0] == 200
+
+
+def test_slow_clients_do_not_hold_up_others(tmp_path):
+    """Slowloris: 50 connections that send half a request and stall, and one that trickles a
+    body byte by byte; the edge still answers everyone else at once."""
+
+    async def scenario() -> None:
+        async with running_edge(tmp_path) as edge:
+            host, port = "127.0.0.1", int(edge.url.rsplit(":", 1)[1])
+            stalled = []
+            for _ in range(50):
+                _, writer = await asyncio.open_connection(host, port, ssl=edge.client_ssl(),
+                                                          server_hostname="localhost")
+                writer.write(b"POST /offer HTTP/1.1\r\nHost: localhost\r\nContent-Le")
+                await writer.drain()
+                stalled.append(writer)
+            _, trickle = await asyncio.open_connection(host, port, ssl=edge.client_ssl(),
+                                                       server_hostname="localhost")
+            trickle.write(f"POST /offer HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+                          f"{TOKEN}\r\nContent-Length: 1000\r\n\r\n".encode())
+            for _ in range(20):
+                trickle.write(b"{")
+                await trickle.drain()
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                status, body = await edge.request("GET", "/healthz")
+                assert status == 200 and body["status"] == "ok"
+                assert loop.time() - started < 2.0
+            for writer in [*stalled, trickle]:
+                writer.close()
+
+    run(scenario())
