@@ -6,6 +6,7 @@ from __future__ import annotations
 from .errors import InvalidField
 
 MAX_UNARY_RUN = 4096  # a longer unary prefix is a broken payload, not a number
+MAX_EXP_GOLOMB_BITS = 62  # longer exp-Golomb codes are broken payloads: no int64 holds them
 
 
 def zigzag(value: int) -> int:
@@ -82,7 +83,11 @@ class BitReader:
         return (run << k) | self.read(k)
 
     def read_exp_golomb(self) -> int:
+        """A code below 2**MAX_EXP_GOLOMB_BITS (it fits an int64); InvalidField for a longer
+        prefix."""
         zeros = self._leading(0)  # also consumed the leading one of ``code + 1``
+        if zeros > MAX_EXP_GOLOMB_BITS:
+            raise InvalidField(f"an exp-Golomb code of more than {MAX_EXP_GOLOMB_BITS} bits")
         return ((1 << zeros) | self.read(zeros)) - 1
 
 

@@ -94,6 +94,8 @@ def decode_payload(payload: bytes, num_kp: int) -> DeltaPayload:
     if distance > MAX_REFERENCE_DISTANCE:
         raise InvalidField(f"reference distance {distance} beyond {MAX_REFERENCE_DISTANCE}")
     offset = np.array([unzigzag(bits.read_exp_golomb()) for _ in range(6)], np.int64)
+    if np.abs(offset).max() > 2 * MAX_CODE:
+        raise InvalidField("a 'delta' column offset beyond the codec's range")
     column_k = np.empty(6, np.int64)
     for columns in GROUPS:
         column_k[list(columns)] = bits.read(K_BITS)

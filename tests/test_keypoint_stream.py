@@ -131,6 +131,16 @@ def test_delta_rejects_broken_payloads() -> None:
         decoder.decode(0, b"")
     with pytest.raises(InvalidField, match="prefix bits"):
         decoder.decode(0, b"\x80" + b"\xff" * 600)
+    # found by scripts/fuzz-decoders.py: a column offset too long for an int64, and one that
+    # fits but is far out of range
+    for zeros, match in ((100, "exp-Golomb code of more than 62 bits"),
+                         (40, "column offset beyond")):
+        bits = BitWriter()
+        bits.write(1, 1)  # reference distance 0 (intra)
+        bits.write(1 << zeros, 2 * zeros + 1)  # offset code 2**zeros - 1
+        bits.write(0b11111, 5)  # the other five offsets: 0
+        with pytest.raises(InvalidField, match=match):
+            decoder.decode(0, bits.to_bytes())
     with pytest.raises(InvalidField, match="beyond the 'delta' codec's range"):
         KeypointEncoder("delta").encode(0, value[0] * 1e5, jacobian[0])
     with pytest.raises(ValueError, match="unknown keypoint codec 'zip'"):
