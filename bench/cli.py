@@ -12,6 +12,7 @@ BENCHMARKS = {
                                "against video codecs"),
     "speed": ("speed", "detector, synthesis, predictor and end-to-end speed"),
     "loss": ("loss", "rebuilt quality against packet loss, concealed by the predictor"),
+    "soak": ("soak", "two streams for minutes: RSS, descriptors, latency, frame rate over time"),
 }
 USAGE = ("usage: kpvid-bench {" + ",".join(BENCHMARKS) + "} [--help]\n\n"
          + "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in BENCHMARKS.items()))

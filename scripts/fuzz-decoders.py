@@ -16,6 +16,7 @@ docs/reliability.md has the last run's figures.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import atheris
 
@@ -32,6 +33,7 @@ with atheris.instrument_imports():
     )
 
 NUM_KP = 10  # the shipped model's
+ARTIFACTS = Path("runs/fuzz")
 decoders = {codec: KeypointDecoder(codec, NUM_KP) for codec in CODEC_NAMES}
 assembler = SourceImageAssembler()
 
@@ -62,7 +64,11 @@ def fuzz_one(data: bytes) -> None:
 
 
 def main() -> None:
-    atheris.Setup(sys.argv, fuzz_one)
+    argv = list(sys.argv)
+    if not any(arg.startswith("-artifact_prefix=") for arg in argv):
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)  # crashing inputs go here, not in the tree
+        argv.append(f"-artifact_prefix={ARTIFACTS}/")
+    atheris.Setup(argv, fuzz_one)
     atheris.Fuzz()
 
 
