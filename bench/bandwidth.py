@@ -35,7 +35,7 @@ from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS, predictor_fac
 from kpvid.protocol import CODEC_NAMES, encode_source_image
 from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
-from kpvid.training.dataset import list_videos, read_video
+from kpvid.training.dataset import list_test_videos, read_video
 from kpvid.training.evaluate_predict import Renderer
 from kpvid.training.extract import detect_kp6, frames_to_tensor
 from kpvid.training.transmission import UNCODED, transmit
@@ -128,10 +128,7 @@ class _Totals:
 def run(args: argparse.Namespace) -> dict:
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
     size = frame_size(config)
-    root = args.data / "test" if (args.data / "test").is_dir() else args.data
-    paths = list_videos(root)[:args.videos]
-    if not paths:
-        raise ValueError(f"no videos under {root}")
+    root, paths = list_test_videos(args.data, args.videos)
     new_predictor = predictor_factory(args.predictor)
     totals = {(codec, s): _Totals() for s in args.schedules for codec in args.codecs}
     clips, source_bytes = [], []

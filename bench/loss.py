@@ -35,7 +35,7 @@ from kpvid.protocol import CODEC_NAMES
 from kpvid.protocol.keypoint_stream import DEFAULT_INTRA_INTERVAL
 from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
-from kpvid.training.dataset import list_videos, read_video
+from kpvid.training.dataset import list_test_videos, read_video
 from kpvid.training.evaluate_predict import Renderer
 from kpvid.training.extract import detect_kp6, frames_to_tensor
 from kpvid.training.loss_models import DEFAULT_BURST_LENGTH, LOSS_MODELS, make_loss_model
@@ -126,10 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
     size = frame_size(config)
-    root = args.data / "test" if (args.data / "test").is_dir() else args.data
-    paths = list_videos(root)[:args.max_videos]
-    if not paths:
-        raise ValueError(f"no videos under {root}")
+    root, paths = list_test_videos(args.data, args.max_videos)
     factories = {name: predictor_factory(name) for name in args.predictors}
     # each (loss model, rate) pair with a positive rate, and rate 0 once (the same for every
     # model)

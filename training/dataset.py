@@ -132,6 +132,19 @@ def list_videos(root: str | Path) -> list[Path]:
     )
 
 
+def list_test_videos(data: str | Path, max_videos: int | None = None
+                     ) -> tuple[Path, list[Path]]:
+    """The folder of a data set's test videos (``data/test`` when it exists, else ``data``) and
+    its first ``max_videos`` videos (all by default). ValueError when there are none."""
+    root = Path(data)
+    if (root / "test").is_dir():
+        root = root / "test"
+    videos = list_videos(root)[:max_videos]
+    if not videos:
+        raise ValueError(f"no videos found under {root}")
+    return root, videos
+
+
 def _identity(video: Path) -> str:
     """FOMM's identity key for id_sampling: the name up to the first '#'."""
     return video.name.split("#")[0]

@@ -25,7 +25,7 @@ from kpvid.models.predictors import (
 from kpvid.sender.schedule import Schedule
 
 from . import metrics
-from .dataset import list_videos, read_video
+from .dataset import list_test_videos, read_video
 from .extract import detect_kp6, kp_dict_from_kp6
 from .transmission import UNCODED, TransmittedClip, transmit
 from .visualize import draw_keypoints, to_uint8
@@ -154,12 +154,7 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
     """Reconstruct every test video under ``data`` (``data/test`` if it exists), its frames
     resized to ``size`` (the model's training frame size), its keypoints sent as ``stream``
     says."""
-    root = Path(data)
-    if (root / "test").is_dir():
-        root = root / "test"
-    videos = list_videos(root)[:max_videos]
-    if not videos:
-        raise ValueError(f"no videos found under {root}")
+    root, videos = list_test_videos(data, max_videos)
     report = Report(mean={}, stream=stream)
     new_predictor = stream.predictor_factory()
     for path in tqdm(videos, desc="reconstruct", disable=not progress, dynamic_ncols=True):

@@ -43,7 +43,7 @@ from kpvid.models.predictors import PREDICTORS, Predictor, make_predictor, rollo
 
 from . import metrics
 from .arguments import add_checkpoint_arguments, positive_int
-from .dataset import list_videos, read_video
+from .dataset import list_test_videos, read_video
 from .evaluate import write_json
 from .extract import detect_kp6, frames_to_tensor, kp_dict_from_kp6
 
@@ -327,12 +327,7 @@ def evaluate_predictions(kp_detector: KPDetector, generator: OcclusionAwareGener
                          data: str | Path, size: int, options: EvalOptions) -> dict:
     """Run every protocol for every predictor over the videos under ``data`` (its ``test/``
     when present); returns the results dict (protocols, then ``meta``) without the command."""
-    root = Path(data)
-    if (root / "test").is_dir():
-        root = root / "test"
-    paths = list_videos(root)[:options.max_videos]
-    if not paths:
-        raise ValueError(f"no videos found under {root}")
+    _, paths = list_test_videos(data, options.max_videos)
     if options.mode not in MODES:
         raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}")
     protocols = [PROTOCOLS[name] for name in options.protocols]
