@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import secrets
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -33,8 +30,7 @@ import psutil
 from tqdm import tqdm
 
 from kpvid.bench.report import write_report
-from kpvid.demo.streaming import Edge, free_port, trust_certificate, wait_until_up
-from kpvid.receiver.tls import CERT_FILE
+from kpvid.demo.streaming import Edge, start_receiver, stop_process
 from kpvid.training.arguments import positive_int
 
 log = logging.getLogger(__name__)
@@ -43,7 +39,6 @@ RECEIVER = "receiver"
 STREAMS = ("soak-a", "soak-b")
 SEEDS = (2026, 2027)
 START_TIMEOUT_S = 120.0  # both streams must be playing by then
-STOP_TIMEOUT_S = 20.0  # after SIGINT/SIGTERM, before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -195,19 +190,6 @@ def sample_streams(edge: Edge) -> dict[str, StreamSample]:
     return found
 
 
-def stop(name: str, process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    """Ask a process to stop with ``sig``; kill it after STOP_TIMEOUT_S."""
-    if process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not stop within %.0f s; killing it", name, STOP_TIMEOUT_S)
-        process.kill()
-        process.wait()
-
-
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -215,14 +197,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
     """Run the processes and sample them; the samples and the processes that died early."""
     args.out.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
-    token = secrets.token_urlsafe(12)
-    env = {**os.environ, "KPVID_TOKEN": token}
-    receiver_cmd = [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1",
-                    "--port", str(port), "--state-dir", str(args.out / "tls"),
-                    "--threads", str(args.receiver_threads)]
-    if args.record is not None:
-        receiver_cmd += ["--record", str(args.record)]
+    record = [] if args.record is None else ["--record", str(args.record)]
     processes: dict[str, subprocess.Popen] = {}
     logs = []
     samples: list[Sample] = []
@@ -230,20 +205,16 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         logs.append((args.out / "receiver.log").open("w"))
-        processes[RECEIVER] = subprocess.Popen(receiver_cmd, env=env, stdout=logs[-1],
-                                               stderr=subprocess.STDOUT)
-        cert = args.out / "tls" / CERT_FILE
-        edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
-        trust_certificate(edge, cert, processes[RECEIVER])
-        wait_until_up(edge, processes[RECEIVER])
-        log.info("receiver up on port %d (logs in %s)", port, args.out)
+        local = start_receiver(args.out, logs[-1], args.receiver_threads, record, args.port)
+        processes[RECEIVER], edge = local.process, local.edge
+        log.info("receiver up on port %d (logs in %s)", local.port, args.out)
         for stream, seed in zip(STREAMS, SEEDS):
             logs.append((args.out / f"sender-{stream}.log").open("w"))
             processes[stream] = subprocess.Popen(
                 [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
-                 "--seed", str(seed), "--fps", str(args.fps), "--to", f"localhost:{port}",
-                 "--ca", str(cert), "--stream", stream, "--threads", "1"],
-                env=env, stdout=logs[-1], stderr=subprocess.STDOUT)
+                 "--seed", str(seed), "--fps", str(args.fps), "--to", f"localhost:{local.port}",
+                 "--ca", str(local.cert), "--stream", stream, "--threads", "1"],
+                env=local.sender_env, stdout=logs[-1], stderr=subprocess.STDOUT)
         watched = {name: psutil.Process(p.pid) for name, p in processes.items()}
         for process in watched.values():
             process.cpu_percent(interval=None)  # the first reading starts the CPU clock
@@ -295,9 +266,9 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
         signal.signal(signal.SIGTERM, previous)
         for name in STREAMS:
             if name in processes:
-                stop(name, processes[name])
+                stop_process(name, processes[name])
         if RECEIVER in processes:
-            stop(RECEIVER, processes[RECEIVER], signal.SIGINT)
+            stop_process(RECEIVER, processes[RECEIVER], signal.SIGINT)
         for log_file in logs:
             log_file.close()
     return samples, died

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import signal
@@ -21,8 +22,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -36,6 +39,8 @@ from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.sources import SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
 from kpvid.training.metrics import psnr, ssim
+
+log = logging.getLogger(__name__)
 
 STREAM = "demo"
 
@@ -119,6 +124,55 @@ def wait_until_up(edge: Edge, receiver: subprocess.Popen, timeout: float = 60) -
     raise SystemExit("kpvid-receive did not come up in time")
 
 
+def stop_process(name: str, process: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout: float = 20.0) -> None:
+    """Ask ``process`` to stop with ``sig`` and wait; kill it after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0f s; killing it", name, timeout)
+        process.kill()
+        process.wait()
+
+
+@dataclass(frozen=True)
+class LocalReceiver:
+    """A ``kpvid-receive`` process on this machine that answers, and how to reach it."""
+
+    process: subprocess.Popen
+    edge: Edge  # its API, trusting its self-signed certificate
+    port: int
+    cert: Path
+    sender_env: dict[str, str]  # the environment for its senders (KPVID_TOKEN set)
+
+
+def start_receiver(out: Path, log_file: IO[str], threads: int,
+                   extra_args: Sequence[str] = (), port: int = 0) -> LocalReceiver:
+    """Start ``kpvid-receive`` on the CPU with a fresh token, its state (certificate) under
+    ``out/tls`` and its output in ``log_file``, and wait until it answers. SystemExit, with the
+    process stopped, if it exits or does not come up."""
+    port = port or free_port()
+    token = secrets.token_urlsafe(12)
+    env = {**os.environ, "KPVID_TOKEN": token}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1",
+         "--port", str(port), "--state-dir", str(out / "tls"), "--threads", str(threads),
+         *extra_args],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    cert = out / "tls" / CERT_FILE
+    edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
+    try:
+        trust_certificate(edge, cert, process)
+        wait_until_up(edge, process)
+    except BaseException:
+        stop_process("kpvid-receive", process, signal.SIGINT)
+        raise
+    return LocalReceiver(process, edge, port, cert, env)
+
+
 def read_recording(path: Path, fps: float) -> tuple[list[int], np.ndarray]:
     """The stream frame index (from its timestamp: a frame the edge skipped leaves a gap) and
     the picture of every frame of a recording."""
@@ -197,35 +251,26 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     recordings = args.out / "recordings"
     for old in recordings.glob(f"{STREAM}-*.mp4"):
         old.unlink()
-    port = args.port or free_port()
-    token = secrets.token_urlsafe(12)
-    env = {**os.environ, "KPVID_TOKEN": token}
     logs = (args.out / "receiver.log").open("w"), (args.out / "sender.log").open("w")
-
-    # one torch thread each: two processes with a thread per core each oversubscribe a small
-    # machine, and the edge then falls behind real time (measured on 2 cores: 3 runs in 3 kept
-    # up with 1 thread, 1 in 3 with 2)
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1",
-         "--port", str(port), "--state-dir", str(args.out / "tls"), "--record", str(recordings),
-         "--predictor", args.predictor, "--threads", "1"],
-        env=env, stdout=logs[0], stderr=subprocess.STDOUT)
+    local: LocalReceiver | None = None
     sender: subprocess.Popen | None = None
     try:
-        cert = args.out / "tls" / CERT_FILE
-        edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
-        trust_certificate(edge, cert, receiver)
-        wait_until_up(edge, receiver)
+        # one torch thread each: two processes with a thread per core each oversubscribe a
+        # small machine, and the edge then falls behind real time (measured on 2 cores: 3 runs
+        # in 3 kept up with 1 thread, 1 in 3 with 2)
+        local = start_receiver(args.out, logs[0], threads=1, port=args.port, extra_args=[
+            "--record", str(recordings), "--predictor", args.predictor])
+        receiver, edge, cert = local.process, local.edge, local.cert
         if not quiet:
-            print(f"viewer (while it runs): https://localhost:{port}/?token={token}")
+            print(f"viewer (while it runs): https://localhost:{local.port}/?token={edge.token}")
             print(f"  (self-signed certificate: {cert}; logs in {args.out})")
 
         sender = subprocess.Popen(
             [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
              "--seed", str(args.seed), "--fps", str(args.fps), "--frames", str(args.frames),
              "--observe", str(args.observe), "--predict", str(args.predict),
-             "--to", f"localhost:{port}", "--ca", str(cert), "--stream", STREAM],
-            env=env, stdout=logs[1], stderr=subprocess.STDOUT)
+             "--to", f"localhost:{local.port}", "--ca", str(cert), "--stream", STREAM],
+            env=local.sender_env, stdout=logs[1], stderr=subprocess.STDOUT)
         meters = CpuMeter(sender.pid), CpuMeter(receiver.pid)
         snapshot: dict | None = None
         with tqdm(total=args.frames, desc="frames out", unit="frame", disable=quiet) as bar:
@@ -256,11 +301,8 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     finally:
         if sender is not None and sender.poll() is None:
             sender.terminate()
-        receiver.send_signal(signal.SIGINT)
-        try:
-            receiver.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            receiver.kill()
+        if local is not None:
+            stop_process("kpvid-receive", local.process, signal.SIGINT)
         for log_file in logs:
             log_file.close()
 
