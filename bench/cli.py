@@ -12,6 +12,7 @@ BENCHMARKS = {
                                "against video codecs"),
     "speed": ("speed", "detector, synthesis, predictor and end-to-end speed"),
     "loss": ("loss", "rebuilt quality against packet loss, concealed by the predictor"),
+    "adapt": ("adapt", "the sender adapting N to the edge's feedback, against fixed schedules"),
     "soak": ("soak", "two streams for minutes: RSS, descriptors, latency, frame rate over time"),
 }
 USAGE = ("usage: kpvid-bench {" + ",".join(BENCHMARKS) + "} [--help]\n\n"

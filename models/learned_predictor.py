@@ -134,6 +134,15 @@ class LearnedPredictor(Predictor):
         out = self._step(None, self.state)
         return self.norm.invert(out.mean(dim=0).numpy())
 
+    def forecast(self) -> np.ndarray:
+        """The deterministic step's prediction (the latent means, whatever ``samples``), the
+        state and random stream untouched."""
+        if self.state is None:
+            raise RuntimeError(f"{self.name}: forecast() before any observe()")
+        with torch.inference_mode():
+            out, _ = self.network.step(None, self.state)
+        return self.norm.invert(out.mean(dim=0).numpy())
+
     @classmethod
     def step_many(cls, predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
                   ) -> list[np.ndarray]:

@@ -70,6 +70,12 @@ class Predictor(ABC):
 
         Raises RuntimeError before any :meth:`observe` since the last :meth:`reset`."""
 
+    @abstractmethod
+    def forecast(self) -> np.ndarray:
+        """What :meth:`predict` would return now, without advancing: the receiver compares it
+        with a set that did arrive to measure how well the gaps are predicted. RuntimeError
+        before any :meth:`observe`."""
+
     @classmethod
     def step_many(cls, predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
                   ) -> list[np.ndarray]:
@@ -100,6 +106,9 @@ class HoldLast(Predictor):
         self._last = _checked_next(kp6, self._last)
 
     def predict(self) -> np.ndarray:
+        return self.forecast()
+
+    def forecast(self) -> np.ndarray:
         if self._last is None:
             raise RuntimeError(f"{self.name}: predict() before any observe()")
         return self._last.copy()
@@ -132,12 +141,16 @@ class ConstantVelocity(Predictor):
         self._last, self._last_step = kp6, self._step
 
     def predict(self) -> np.ndarray:
+        predicted = self.forecast()
+        self._step += 1
+        return predicted
+
+    def forecast(self) -> np.ndarray:
         if self._last is None:
             raise RuntimeError(f"{self.name}: predict() before any observe()")
-        self._step += 1
         if self._velocity is None:
             return self._last.copy()
-        return self._last + self._velocity * np.float32(self._step - self._last_step)
+        return self._last + self._velocity * np.float32(self._step + 1 - self._last_step)
 
 
 def _checked_next(kp6: np.ndarray, last: np.ndarray | None) -> np.ndarray:

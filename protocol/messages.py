@@ -118,6 +118,18 @@ class IntraRequest:
 
 
 @dataclass(frozen=True)
+class ScheduleChange:
+    """Sender -> receiver on ctrl: from frame ``first_frame_index`` on (a group starts there),
+    the sender observes ``observe`` and skips ``predict`` frames per group. Sent before the
+    first keypoints of the new schedule, so the edge still tells skipped frames from lost ones
+    when the sender adapts N."""
+
+    first_frame_index: int
+    observe: int
+    predict: int
+
+
+@dataclass(frozen=True)
 class Bye:
     """Either side ends the session. From a sender, `last_frame_index` is the stream's last
     frame, so the edge plays (and predicts) through it before it stops."""
@@ -127,10 +139,10 @@ class Bye:
 
 
 Message = (Hello | SourceImageChunk | Keypoints | Feedback | SourceRequest | Bye
-           | IntraRequest)
+           | IntraRequest | ScheduleChange)
 
 _TYPE_CODES: dict[type, int] = {Hello: 1, SourceImageChunk: 2, Keypoints: 3, Feedback: 4,
-                                SourceRequest: 5, Bye: 6, IntraRequest: 7}
+                                SourceRequest: 5, Bye: 6, IntraRequest: 7, ScheduleChange: 8}
 _TYPES_BY_CODE = {code: cls for cls, code in _TYPE_CODES.items()}
 
 
@@ -199,15 +211,20 @@ class _Checker:
         return value
 
 
+def _group(observe: Any, predict: Any, c: _Checker) -> tuple[int, int]:
+    observe = c.integer("observe", observe, 1, MAX_GROUP)
+    predict = c.integer("predict", predict, 0, MAX_GROUP - 1)
+    if observe + predict > MAX_GROUP:
+        raise c.invalid("predict", f"observe + predict = {observe + predict} is more than "
+                                   f"{MAX_GROUP}")
+    return observe, predict
+
+
 def _hello(m: Hello, c: _Checker) -> Hello:
     stream = c.text("stream", m.stream, 64)
     if not _STREAM_NAME.fullmatch(stream):
         raise c.invalid("stream", f"{_show(stream)} is not 1-64 characters of [A-Za-z0-9_.-]")
-    observe = c.integer("observe", m.observe, 1, MAX_GROUP)
-    predict = c.integer("predict", m.predict, 0, MAX_GROUP - 1)
-    if observe + predict > MAX_GROUP:
-        raise c.invalid("predict", f"observe + predict = {observe + predict} is more than "
-                                   f"{MAX_GROUP}")
+    observe, predict = _group(m.observe, m.predict, c)
     return Hello(stream=stream,
                  fps=c.number("fps", m.fps, 0.0, MAX_FPS, lo_open=True),
                  observe=observe, predict=predict,
@@ -259,6 +276,11 @@ def _intra_request(m: IntraRequest, c: _Checker) -> IntraRequest:
     return IntraRequest(reason=c.text("reason", m.reason, MAX_REASON_CHARS))
 
 
+def _schedule_change(m: ScheduleChange, c: _Checker) -> ScheduleChange:
+    first = c.integer("first_frame_index", m.first_frame_index, 0, MAX_FRAME_INDEX)
+    return ScheduleChange(first, *_group(m.observe, m.predict, c))
+
+
 def _keypoints(m: Keypoints, c: _Checker) -> Keypoints:
     return Keypoints(
         frame_index=c.integer("frame_index", m.frame_index, 0, MAX_FRAME_INDEX),
@@ -270,7 +292,8 @@ def _keypoints(m: Keypoints, c: _Checker) -> Keypoints:
 
 
 _CHECKS = {Hello: _hello, SourceImageChunk: _chunk, Keypoints: _keypoints, Feedback: _feedback,
-           SourceRequest: _source_request, Bye: _bye, IntraRequest: _intra_request}
+           SourceRequest: _source_request, Bye: _bye, IntraRequest: _intra_request,
+           ScheduleChange: _schedule_change}
 # marker, version and codec, frame_index (8), capture_offset_ms (5), group_position
 KEYPOINTS_MAX_HEADER = 1 + 1 + 8 + 5 + 1
 

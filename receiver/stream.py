@@ -7,7 +7,10 @@ Per frame index i of the stream, when the playout clock says i is due:
 - the jitter buffer has i's keypoints: they are observed (and fed to the stream's predictor,
   which lives in the engine);
 - it does not: the predictor fills the gap, open-loop. The gap counts as *predicted* when the
-  sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come.
+  sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come
+  (a sender that adapts its schedule says so with a ``ScheduleChange``).
+Before the predictor observes a set, the edge asks it for its forecast of that frame; the mean
+error goes back to the sender in every ``Feedback``, with the loss counters.
 Prediction and rendering run in the shared `SynthesisEngine` (batched with other streams) and the
 frame goes to the stream's video track (viewers) and, with `--record`, to an mp4. An edge too
 slow for its load skips rendering frames that are already `max_lag` late, so the delay stays
@@ -41,15 +44,18 @@ from kpvid.protocol import (
     Message,
     ProtocolError,
     RateLimitedLog,
+    ScheduleChange,
     SourceImageAssembler,
     SourceImageChunk,
     SourceRequest,
     decode_source_image,
 )
 from kpvid.protocol.keypoint_stream import MAX_PENDING
+from kpvid.sender.schedule import Schedule, ScheduleTimeline
 
 from .jitter import JitterBuffer, PlayoutClock
 from .metrics import ReceiverMetrics
+from .prediction_error import PredictionErrorWindow
 from .recorder import StreamRecorder
 from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 from .video_track import SynthesizedVideoTrack
@@ -153,7 +159,10 @@ class StreamSession:
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
         self._last_packet = time.monotonic()
-        self._phase: int | None = None  # frame index at which a schedule group starts (mod period)
+        # the sender's schedules; the first one's groups start where its first packet says
+        self.schedules = ScheduleTimeline(Schedule(hello.observe, hello.predict))
+        self._phase_known = False
+        self.prediction_errors = PredictionErrorWindow()
         self._playing = False
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
@@ -233,6 +242,11 @@ class StreamSession:
                 self._last_index = message.last_frame_index
             if self._highest_index < 0:
                 await self.end(f"bye before any keypoints: {message.reason}")
+        elif isinstance(message, ScheduleChange):
+            self.schedules.add(Schedule(message.observe, message.predict,
+                                        message.first_frame_index))
+            log.info("stream %s: observe %d predict %d from frame %d", self.name,
+                     message.observe, message.predict, message.first_frame_index)
         elif isinstance(message, Hello):
             raise ProtocolError("a second hello on a live stream")
         else:
@@ -242,7 +256,7 @@ class StreamSession:
         hello = self.hello
         if message.codec != hello.codec:
             raise ProtocolError(f"keypoints in codec {message.codec!r}, hello said {hello.codec!r}")
-        period = hello.observe + hello.predict
+        period = self.schedules.at(message.frame_index).period
         if message.group_position >= period:
             raise ProtocolError(f"group position {message.group_position} outside a group of "
                                 f"{period} frames")
@@ -258,8 +272,11 @@ class StreamSession:
         self.packet_bytes += nbytes
         self.kp_bytes.add(nbytes, now)
         self.metrics.keypoint_bytes.labels(self.name).inc(nbytes)
-        if self._phase is None:
-            self._phase = (message.frame_index - message.group_position) % period
+        if not self._phase_known:
+            self._phase_known = True
+            first = self.schedules.at(message.frame_index)
+            phase = (message.frame_index - message.group_position) % period
+            self.schedules.add(Schedule(first.observe, first.predict, phase))
         if (self.decoder.waiting
                 and now - self._intra_asked_at > self.options.intra_request_interval):
             self._send_ctrl(IntraRequest(f"keypoints of frame {message.frame_index} wait for "
@@ -292,8 +309,8 @@ class StreamSession:
 
     # ------------------------------------------------------------------ playout
     def _scheduled_gap(self, frame_index: int) -> bool:
-        period = self.hello.observe + self.hello.predict
-        return (frame_index - (self._phase or 0)) % period >= self.hello.observe
+        schedule = self.schedules.at(frame_index)
+        return (frame_index - schedule.start) % schedule.period >= schedule.observe
 
     def _finished(self, frame_index: int) -> bool:
         if self._bye:  # no more packets are coming: play through the last frame
@@ -320,6 +337,7 @@ class StreamSession:
             else:
                 kp6 = None
                 kind = "predicted" if self._scheduled_gap(index) else "lost"
+                self.prediction_errors.gap()
             self.counts[kind] += 1
             self.metrics.frames.labels(self.name, kind).inc()
             late = time.monotonic() - self.clock.due(index) > self.options.max_lag
@@ -327,7 +345,7 @@ class StreamSession:
                 self.counts["dropped"] += 1
                 self.metrics.frames_dropped.labels(self.name).inc()
             try:
-                _, frame = await self.engine.play(self.name, kp6, draw=not late)
+                played = await self.engine.play(self.name, kp6, draw=not late)
             except (EngineClosedError, UnknownStreamError):
                 await self.end("synthesis stopped")
                 return
@@ -336,8 +354,10 @@ class StreamSession:
                                             self.name, index, error)
                 self.counts["dropped"] += 1
             else:
-                if frame is not None:
-                    self._emit(index, frame, capture_time)
+                if played.forecast is not None:
+                    self.prediction_errors.add(played.forecast, played.kp6)
+                if played.frame is not None:
+                    self._emit(index, played.frame, capture_time)
             index += 1
         await self.end("sender finished" if self._bye else "sender gone (no packets)")
 
@@ -361,7 +381,8 @@ class StreamSession:
                 self._send_ctrl(SourceRequest("no complete source image yet"))
                 asked_at = now
             self._send_ctrl(Feedback(received=self.packets, lost=self.counts["lost"],
-                                     predicted=self.counts["predicted"], prediction_error=None))
+                                     predicted=self.counts["predicted"],
+                                     prediction_error=self.prediction_errors.take()))
             if not self._playing and now - self._last_packet > self.options.idle_timeout:
                 await self.end("sender gone before playout started")
                 return
@@ -378,7 +399,7 @@ class StreamSession:
             if len(latencies) else (lambda q: None)
         return {
             "name": self.name, "fps": self.hello.fps, "frame_size": self.hello.frame_size,
-            "observe": self.hello.observe, "predict": self.hello.predict,
+            "observe": self.schedules.latest.observe, "predict": self.schedules.latest.predict,
             "codec": self.hello.codec, "predictor": self.engine.predictor_name,
             "frames": dict(self.counts),
             "packets": self.packets,

@@ -69,6 +69,18 @@ class _FrameJob(_Job):
     advance: bool  # observe kp6 (or predict it) with the stream's predictor
     draw: bool  # render a frame (False: only the predictor advances)
     failed: bool = False  # set by the worker when it delivered an error
+    forecast: np.ndarray | None = None  # set by the worker: see PlayedFrame
+
+
+@dataclass(frozen=True)
+class PlayedFrame:
+    """What :meth:`SynthesisEngine.play` gives for one frame."""
+
+    kp6: np.ndarray  # the set used: the observed one, or the predictor's
+    frame: np.ndarray | None  # uint8 H x W x 3 RGB; None when not drawn
+    # for an observed set, the predictor's forecast of it made just before (None for a
+    # stream's first set, and for predicted ones): the edge's measure of its gaps' quality
+    forecast: np.ndarray | None = None
 
 
 @dataclass
@@ -163,14 +175,15 @@ class SynthesisEngine:
         the stream's predictor is not touched.
 
         Fails with :class:`UnknownStreamError` (a KeyError) when the stream has no source."""
-        _, frame = await self._frame(stream, check_kp6(kp6).copy(), advance=False, draw=True)
-        return frame
+        played = await self._frame(stream, check_kp6(kp6).copy(), advance=False, draw=True)
+        assert played.frame is not None
+        return played.frame
 
     async def play(self, stream: str, kp6: np.ndarray | None, draw: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
+                   ) -> PlayedFrame:
         """The next frame of ``stream``: its predictor observes ``kp6`` (K, 6), or predicts the
-        set when ``kp6`` is None (open loop). Returns the set used and its frame (None when
-        ``draw`` is False: the predictor advances, nothing is rendered).
+        set when ``kp6`` is None (open loop). The frame is None when ``draw`` is False (the
+        predictor advances, nothing is rendered).
 
         Fails with :class:`UnknownStreamError` when drawing for a stream with no source, and
         RuntimeError when predicting for a stream that has observed nothing yet."""
@@ -178,7 +191,7 @@ class SynthesisEngine:
         return await self._frame(stream, kp6, advance=True, draw=draw)
 
     async def _frame(self, stream: str, kp6: np.ndarray | None, advance: bool, draw: bool
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
+                     ) -> PlayedFrame:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._submit(_FrameJob(stream, loop, future, kp6, advance, draw))
@@ -296,6 +309,9 @@ class SynthesisEngine:
             predictors = [self._predictors.setdefault(job.stream, self.new_predictor())
                           for job in stepping]
             try:
+                for job, predictor in zip(stepping, predictors):
+                    if job.kp6 is not None and job.stream in self._observed:
+                        job.forecast = predictor.forecast()
                 sets = step_predictors(predictors, [job.kp6 for job in stepping])
             except Exception as exc:  # a bug in a predictor: these streams' frames fail
                 self.errors += len(stepping)
@@ -309,7 +325,7 @@ class SynthesisEngine:
                     job.kp6 = kp6
                     self._observed.add(job.stream)
                     if not job.draw:
-                        _deliver(job, (kp6, None))
+                        _deliver(job, PlayedFrame(kp6, None, job.forecast))
         return [job for job in jobs if job.draw and not job.failed]
 
     def _cannot_step(self, job: _FrameJob) -> Exception | None:
@@ -357,7 +373,7 @@ class SynthesisEngine:
         self.batches += 1
         self.frames += len(ready)
         for (job, _), frame in zip(ready, frames):
-            _deliver(job, (job.kp6, np.ascontiguousarray(frame)))
+            _deliver(job, PlayedFrame(job.kp6, np.ascontiguousarray(frame), job.forecast))
 
     def _decode(self, ready: list[tuple[_FrameJob, PreparedSource]]) -> np.ndarray:
         kp6 = torch.from_numpy(np.stack([job.kp6 for job, _ in ready])  # type: ignore[misc]

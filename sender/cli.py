@@ -18,6 +18,7 @@ from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.training.synthetic import DOMAINS
 
+from .adaptation import DEFAULT_TARGET_ERROR_PX, AdaptationOptions
 from .client import (
     DEFAULT_CODEC,
     DEFAULT_PORT,
@@ -161,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
                         type=_arg_type(_int_at_least(0)),
                         help=f"frames per group left to the edge's predictor "
                              f"(default {DEFAULT_PREDICT}; 0 sends every frame)")
+    coding.add_argument("--adapt", metavar="PX", nargs="?", const=DEFAULT_TARGET_ERROR_PX,
+                        default=None, type=_arg_type(_positive_float),
+                        help="adapt N to the edge's feedback (fewer predicted frames when its "
+                             "prediction error is above PX pixels of a 256x256 frame or "
+                             "keypoint loss is high, more when motion is easy), starting at "
+                             f"--predict (default: off; PX defaults to "
+                             f"{DEFAULT_TARGET_ERROR_PX:g}). docs/reliability.md has what it "
+                             "gains")
+    coding.add_argument("--max-predict", metavar="N", default=AdaptationOptions.max_predict,
+                        type=_arg_type(_int_at_least(0)),
+                        help="with --adapt, the most frames per group left to the predictor "
+                             "(default %(default)s)")
     coding.add_argument("--codec", choices=CODEC_NAMES, default=DEFAULT_CODEC,
                         help="keypoint codec: delta (each set against the previous one sent, "
                              "entropy coded, about 24 bytes a packet), q12 (12-bit, 107 bytes) "
@@ -290,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             codec=args.codec, intra_interval=args.intra_interval, observe=args.observe,
             predict=args.predict, source_format=args.source_format,
             ice_servers=args.ice_server,
-            max_frames=args.frames)
+            max_frames=args.frames,
+            adapt=None if args.adapt is None else AdaptationOptions(
+                target_error_px=args.adapt, min_predict=0,
+                max_predict=max(args.max_predict, args.predict)))
         make_hello(source, extractor, options, time.time())
     except ValueError as exc:
         source.close()

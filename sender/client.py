@@ -50,6 +50,7 @@ from kpvid.protocol import (
     Keypoints,
     ProtocolError,
     RateLimitedLog,
+    ScheduleChange,
     SourceRequest,
     decode_message,
     encode_message,
@@ -58,8 +59,9 @@ from kpvid.protocol import (
     validate_message,
 )
 
+from .adaptation import AdaptationOptions, ScheduleController
 from .keypoints import KeypointExtractor
-from .schedule import Schedule
+from .schedule import Schedule, ScheduleTimeline
 from .sources import FrameSource, SourceError
 from .stats import FeedbackSnapshot, SenderStats
 
@@ -163,6 +165,7 @@ class SenderOptions:
     ice_servers: list[str] = field(default_factory=list)
     max_frames: int | None = None
     kp_buffer_limit: int = KP_BUFFER_LIMIT
+    adapt: AdaptationOptions | None = None  # None: the schedule stays observe:predict
 
     def __post_init__(self) -> None:
         if not STREAM_NAME_RE.fullmatch(self.stream):
@@ -237,7 +240,9 @@ class SenderClient:
         self.options = options
         self.hello = make_hello(source, extractor, options, time.time())  # checks early
         self._encoder = KeypointEncoder(options.codec, options.intra_interval)
-        self.schedule = options.schedule
+        self.schedules = ScheduleTimeline(options.schedule)
+        self._controller: ScheduleController | None = None
+        self._next_schedule: Schedule | None = None  # decided, adopted at the next group
         self.stats = stats if stats is not None else SenderStats()
         self.stop = stop if stop is not None else asyncio.Event()
         self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
@@ -404,6 +409,11 @@ class SenderClient:
         elif isinstance(message, Feedback):
             self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
                                                    message.predicted, message.prediction_error)
+            if self._controller is not None:
+                changed = self._controller.on_feedback(message.received, message.lost,
+                                                       message.prediction_error)
+                if changed is not None:
+                    self._next_schedule = changed
         elif isinstance(message, Bye):
             log.info("edge said bye: %s", message.reason)
         else:
@@ -445,6 +455,10 @@ class SenderClient:
         options = self.options
         self.hello = make_hello(self.source, self.extractor, options, first.capture_time)
         self._encoder = KeypointEncoder(options.codec, options.intra_interval)  # new receiver
+        self.schedules = ScheduleTimeline(options.schedule)  # the hello's, again
+        self._controller = (None if options.adapt is None
+                            else ScheduleController(options.schedule, options.adapt))
+        self._next_schedule = None
         ctrl.send(encode_message(self.hello))
         source_image = encode_source_image(first.rgb, options.source_format,
                                            options.source_quality)
@@ -464,7 +478,10 @@ class SenderClient:
             if self._source_wanted:
                 self._source_wanted = False
                 self._send_source_image(ctrl, source_image)
-            observed = self.schedule.is_observed(index)
+            if (self._next_schedule is not None
+                    and self.schedules.next_group_start(index) == index):
+                self._adopt(ctrl, self._next_schedule, index)
+            observed = self.schedules.at(index).is_observed(index)
             if index == 0:
                 frame: _Captured | bool = first  # read above, for the source image
             else:
@@ -494,10 +511,19 @@ class SenderClient:
         data = encode_message(Keypoints(
             frame_index=index,
             capture_offset_ms=self.hello.capture_offset_ms(index, captured.capture_time),
-            group_position=self.schedule.position(index), codec=self.options.codec,
+            group_position=self.schedules.at(index).position(index), codec=self.options.codec,
             payload=payload))
         kp.send(data)
         self.stats.record_packet(len(data))
+
+    def _adopt(self, ctrl: RTCDataChannel, schedule: Schedule, index: int) -> None:
+        """Switch to ``schedule`` from frame ``index`` (a group start), telling the edge first."""
+        self._next_schedule = None
+        ctrl.send(encode_message(ScheduleChange(index, schedule.observe, schedule.predict)))
+        self.schedules.add(Schedule(schedule.observe, schedule.predict, index))
+        self.stats.schedule_changes += 1
+        log.info("schedule: observe %d predict %d from frame %d", schedule.observe,
+                 schedule.predict, index)
 
     def _send_source_image(self, ctrl: RTCDataChannel, image: bytes) -> None:
         chunks = split_source_image(next(self._image_ids), image, self.options.source_format)

@@ -13,14 +13,17 @@ class Schedule:
     """Frames ``0 .. observe-1`` of each group of ``observe + predict`` are observed (keypoints
     detected and sent); the next ``predict`` are left to the receiver's predictor.
 
-    The papers' M2 protocol is observe=1, predict=1 (every other frame).
+    The papers' M2 protocol is observe=1, predict=1 (every other frame). Groups start at frame
+    ``start`` (a schedule adopted during a stream starts its first group there).
     """
 
     observe: int = DEFAULT_OBSERVE
     predict: int = DEFAULT_PREDICT
+    start: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, low in (("observe", self.observe, 1), ("predict", self.predict, 0)):
+        for name, value, low in (("observe", self.observe, 1), ("predict", self.predict, 0),
+                                 ("start", self.start, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
@@ -31,10 +34,43 @@ class Schedule:
 
     def position(self, frame_index: int) -> int:
         """Position of ``frame_index`` in its group, 0 .. period-1."""
-        if frame_index < 0:
-            raise ValueError(f"frame index must be >= 0, got {frame_index}")
-        return frame_index % self.period
+        if frame_index < self.start:
+            raise ValueError(f"frame index must be >= {self.start}, got {frame_index}")
+        return (frame_index - self.start) % self.period
 
     def is_observed(self, frame_index: int) -> bool:
         """Whether the detector runs on this frame."""
         return self.position(frame_index) < self.observe
+
+
+class ScheduleTimeline:
+    """A stream's schedules over its frames: each one holds from its ``start`` until the next
+    one's. The sender adds a schedule when it adapts N; the edge adds the ones it is told of, to
+    tell frames skipped on purpose from lost ones."""
+
+    def __init__(self, first: Schedule, keep: int = 8) -> None:
+        self._schedules = [first]
+        self._keep = keep  # the most recent schedules remembered
+
+    @property
+    def latest(self) -> Schedule:
+        return self._schedules[-1]
+
+    def at(self, frame_index: int) -> Schedule:
+        """The schedule of ``frame_index`` (the first one for frames before every start)."""
+        for schedule in reversed(self._schedules):
+            if schedule.start <= frame_index:
+                return schedule
+        return self._schedules[0]
+
+    def next_group_start(self, frame_index: int) -> int:
+        """The first frame at or after ``frame_index`` that starts a group of its schedule."""
+        schedule = self.at(frame_index)
+        position = schedule.position(max(frame_index, schedule.start))
+        return frame_index if position == 0 else frame_index + schedule.period - position
+
+    def add(self, schedule: Schedule) -> None:
+        """Adopt ``schedule`` from its start on; it replaces any schedule that starts later."""
+        self._schedules = [s for s in self._schedules if s.start < schedule.start]
+        self._schedules.append(schedule)
+        del self._schedules[:-self._keep]

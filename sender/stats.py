@@ -9,6 +9,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from .adaptation import PX_PER_UNIT
+
 log = logging.getLogger(__name__)
 
 WINDOW_S = 2.0          # rates (fps, kbps) are measured over this sliding window
@@ -40,6 +42,7 @@ class SenderStats:
     dropped: int = 0
     reconnects: int = 0
     source_images: int = 0
+    schedule_changes: int = 0  # adaptive schedule: ScheduleChanges sent
     feedback: FeedbackSnapshot | None = None
     stream: TextIO = field(default_factory=lambda: sys.stderr, repr=False)
     _frame_times: deque = field(default_factory=deque, repr=False)
@@ -129,11 +132,13 @@ class SenderStats:
             f"{self.observed} observed, {self.skipped} skipped",
             f"keypoints: {self.packets} packets, {self.bytes} bytes "
             f"({per_packet:.1f} B/packet, {kbps:.2f} kbps), {self.dropped} dropped",
-            f"source images: {self.source_images}, reconnects: {self.reconnects}",
+            f"source images: {self.source_images}, reconnects: {self.reconnects}, "
+            f"schedule changes: {self.schedule_changes}",
         ]
         if self.feedback is not None:
             fb = self.feedback
-            error = "n/a" if fb.prediction_error is None else f"{fb.prediction_error:.4g}"
+            error = ("n/a" if fb.prediction_error is None
+                     else f"{fb.prediction_error * PX_PER_UNIT:.2f} px at 256")
             lines.append(f"receiver: {fb.received} received, {fb.lost} lost, "
                          f"{fb.predicted} predicted, prediction error {error}")
         return "\n".join(lines)

@@ -69,6 +69,9 @@ class Recorder(Predictor):
         self.last = self.last + 1
         return self.last
 
+    def forecast(self) -> np.ndarray:
+        return self.last + 1
+
 
 def test_rollout_is_open_loop_in_frame_order():
     kp6 = np.arange(5 * 2 * 6, dtype=np.float32).reshape(5, 2, 6)

@@ -286,7 +286,8 @@ def test_play_steps_every_streams_predictor_in_one_batch(networks):
                     gate.set()
                     await blocker
                     del engine.synthesizer.render_many  # the next gate wraps the method again
-                    for name, (kp6, frame) in zip(plans, await asyncio.gather(*tasks)):
+                    for name, played in zip(plans, await asyncio.gather(*tasks)):
+                        kp6, frame = played.kp6, played.frame
                         np.testing.assert_allclose(kp6, alone[name][t], atol=1e-6)
                         if draw:
                             expected = reference_frame(kp_detector, generator, source, kp6)

@@ -6,13 +6,15 @@ a packet loss model (:mod:`kpvid.training.loss_models`) by ``kpvid-bench loss``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kpvid.models.predictors import Predictor, from_kp6, to_kp6
 from kpvid.protocol import KeypointDecoder, KeypointEncoder, Keypoints, encode_message
-from kpvid.sender.schedule import Schedule
+from kpvid.receiver.prediction_error import PredictionErrorWindow
+from kpvid.sender.adaptation import ScheduleController
+from kpvid.sender.schedule import Schedule, ScheduleTimeline
 
 from .loss_models import LossModel
 
@@ -37,6 +39,7 @@ class TransmittedClip:
     # lost): predicted like a skipped frame
     concealed: np.ndarray | None = None
     intra_requests: int = 0  # IntraRequests the edge sent
+    predict: np.ndarray | None = None  # (T,) int: the schedule's N at each frame
 
     def __post_init__(self) -> None:
         frames = len(self.observed)
@@ -55,11 +58,23 @@ class TransmittedClip:
         return self.concealed & ~self.lost
 
 
+@dataclass(frozen=True)
+class FeedbackLoop:
+    """The edge's feedback to an adapting sender, in frames: a ``Feedback`` every ``interval``
+    frames (the receiver's 1 s at 30 fps) reaches the sender's controller ``delay`` frames
+    later, and a new schedule starts with the sender's next group."""
+
+    controller: ScheduleController
+    interval: int = 30
+    delay: int = 3
+
+
 def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
              new_predictor: Callable[[], Predictor],
              intra_interval: int | None = None, loss: LossModel | None = None,
              intra_request_delay: int = 1, intra_request_interval: int = 1,
-             source_kp6: np.ndarray | None = None) -> TransmittedClip:
+             source_kp6: np.ndarray | None = None,
+             feedback: FeedbackLoop | None = None) -> TransmittedClip:
     """Send the observed frames of ``kp6`` (T, K, 6) in ``codec`` (or :data:`UNCODED`), decode
     them as the edge does and fill the other frames with a fresh predictor, open loop.
 
@@ -73,7 +88,11 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
     gap between packets: optimistic). Requests travel on the reliable channel and are never
     lost. Frames before the first decoded set (the first packets lost) show the source image:
     they are played with ``source_kp6`` (default ``kp6[0]``: the source image is the first
-    frame, and the edge detects its keypoints itself)."""
+    frame, and the edge detects its keypoints itself).
+
+    With ``feedback`` the edge measures its predictor's error at the sets that arrive (as the
+    receiver does, :class:`PredictionErrorWindow`) and the sender's controller changes the
+    schedule as the feedback comes in."""
     if intra_request_delay < 1 or intra_request_interval < 1:
         raise ValueError("intra_request_delay and intra_request_interval must be >= 1 packet")
     frames, num_kp = kp6.shape[:2]
@@ -85,23 +104,39 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
         decoder = KeypointDecoder(codec, num_kp)
     predictor = new_predictor()
     out = np.empty((frames, num_kp, 6), np.float32)
-    observed = np.array([schedule.is_observed(i) for i in range(frames)])
+    observed = np.zeros(frames, bool)
     payload_bytes = np.zeros(frames, np.int64)
     message_bytes = np.zeros(frames, np.int64)
     lost = np.zeros(frames, bool)
-    if loss is not None:
-        lost[observed] = loss.lost(int(observed.sum()))
-    concealed = lost.copy()
+    concealed = np.zeros(frames, bool)
+    predict = np.zeros(frames, np.int64)
     fallback = kp6[0] if source_kp6 is None else source_kp6
     intra_due: set[int] = set()  # packet numbers an IntraRequest makes intra
     requests, last_request = 0, None
     started = False  # the predictor has a set
     packet = -1
+    errors = PredictionErrorWindow()
+    received = lost_count = 0
+    # feedback on its way: (frame it reaches the sender, received, lost, prediction error)
+    in_flight: list[tuple[int, int, int, float | None]] = []
+    timeline = ScheduleTimeline(schedule)
     for i in range(frames):
+        if feedback is not None:
+            while in_flight and in_flight[0][0] <= i:  # feedback that reached the sender
+                changed = feedback.controller.on_feedback(*in_flight.pop(0)[1:])
+                if changed is not None:
+                    timeline.add(replace(changed, start=timeline.next_group_start(i)))
+            if i % feedback.interval == feedback.interval - 1:
+                in_flight.append((i + feedback.delay, received, lost_count, errors.take()))
+        schedule = timeline.at(i)
+        predict[i] = schedule.predict
+        observed[i] = schedule.is_observed(i)
         if not observed[i]:
             out[i] = predictor.predict() if started else fallback
+            errors.gap()
             continue
         packet += 1
+        lost[i] = loss is not None and bool(loss.lost(1)[0])
         played: np.ndarray | None = None
         if encoder is None or decoder is None:
             played = None if lost[i] else kp6[i]
@@ -123,11 +158,17 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
                     requests, last_request = requests + 1, packet
         if played is None:
             concealed[i] = True
+            lost_count += 1
             out[i] = predictor.predict() if started else fallback
+            errors.gap()
             continue
+        received += 1
+        if started and feedback is not None:
+            errors.add(predictor.forecast(), played)
         out[i] = played
         predictor.observe(out[i])
         started = True
     return TransmittedClip(out, observed, payload_bytes, message_bytes,
                            encoder.intra_payloads if encoder is not None else 0,
-                           lost, concealed, requests)
+                           lost, concealed, requests, predict)
+

@@ -73,6 +73,7 @@ IRIS_COLORS: tuple[Color, ...] = (
     (120, 135, 145),
 )
 HAIR_STYLES = ("short", "bangs", "long", "afro", "bun", "bald", "buzz", "hat")
+ACTIVITIES = ("steady", "varying")
 BLINK = (0.55, 0.12, 0.0, 0.35, 0.8)  # eye openness over the frames of one blink
 TAU = 2 * np.pi
 CANVAS_X = 1.9  # canonical canvas spans x in [-1.9, 1.9], y in [-2.2, 3.0] head units
@@ -94,8 +95,9 @@ class _Motion:
     brow: np.ndarray  # eyebrow raise in [-1, 1]
 
 
-def _sample_motion(rng: np.random.Generator, frames: int) -> _Motion:
-    """Smooth, momentum-driven head motion and facial animation for one clip."""
+def _sample_motion(rng: np.random.Generator, frames: int, varying: bool = False) -> _Motion:
+    """Smooth, momentum-driven head motion and facial animation for one clip; ``varying``:
+    see :func:`_activity`."""
     liveliness = rng.uniform(0.35, 1.0)
     # columns: tx, ty, rot, scale, gaze x, gaze y, brow, talk, talk envelope, smile wobble
     periods = rng.uniform(
@@ -139,7 +141,27 @@ def _sample_motion(rng: np.random.Generator, frames: int) -> _Motion:
                 openness[onset + i] = min(openness[onset + i], level)
         onset += int(rng.integers(10, 45))
     openness, brow = np.clip(openness, 0, 1), np.clip(brow, -1, 1)
+    if varying:  # drawn last: the steady clip of a seed stays what it was
+        activity = _activity(rng, frames)
+        tx, ty, rot = tx * activity, ty * activity, rot * activity
+        scale = np.exp(np.log(scale) * activity)
+        mouth = mouth * np.clip(2 * activity - 0.6, 0, 1)
     return _Motion(tx, ty, rot, scale, gaze, openness, mouth, smile, brow)
+
+
+def _activity(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """A call's activity over time, (frames,) in (0, 1]: still phases (listening: 0.05-0.2,
+    no talking) and lively ones (0.7-1, talking) of 1-4 s at 30 fps each, alternating, with
+    half-second blends between them."""
+    levels = np.empty(frames)
+    lively = bool(rng.uniform() < 0.5)
+    start = 0
+    while start < frames:
+        length = int(rng.integers(30, 121))
+        levels[start:start + length] = rng.uniform(0.7, 1.0) if lively else rng.uniform(0.05, 0.2)
+        lively, start = not lively, start + length
+    kernel = np.ones(15) / 15
+    return np.convolve(np.pad(levels, 7, mode="edge"), kernel, mode="valid")
 
 
 def _skin_tone(rng: np.random.Generator) -> Color:
@@ -682,7 +704,8 @@ def _body_polygons(neckline: int) -> tuple[np.ndarray, np.ndarray]:
 class _Avatar:
     """A head, shoulders and backdrop placed in the picture; renders frame i of a clip."""
 
-    def __init__(self, rng: np.random.Generator, size: int, frames: int) -> None:
+    def __init__(self, rng: np.random.Generator, size: int, frames: int,
+                 varying: bool = False) -> None:
         self.size = size
         self.s = size * supersample_factor(size)
         self.half_width = rng.uniform(0.19, 0.25)  # face half-width as a fraction of the frame
@@ -696,7 +719,7 @@ class _Avatar:
             if self.neckline < 2
             else random_color(rng, (0.0, 0.2), (0.85, 1))
         )
-        self.motion = _sample_motion(rng, frames)
+        self.motion = _sample_motion(rng, frames, varying)
 
     def frame(self, i: int) -> np.ndarray:
         """Frame i as size x size x 3 uint8 RGB."""
@@ -734,8 +757,14 @@ class _Avatar:
             )
 
 
-def generate_faces(seed: int, size: int, frames: int) -> np.ndarray:
-    """A frames x size x size x 3 uint8 talking-head clip, deterministic in its arguments."""
+def generate_faces(seed: int, size: int, frames: int, activity: str = "steady") -> np.ndarray:
+    """A frames x size x size x 3 uint8 talking-head clip, deterministic in its arguments.
+
+    ``activity`` "steady": one liveliness for the whole clip; "varying": a call, still and
+    lively phases of a few seconds in turn (the steady clip of the same seed, its head motion
+    and talking scaled over time)."""
+    if activity not in ACTIVITIES:
+        raise ValueError(f"unknown activity {activity!r}; expected one of {', '.join(ACTIVITIES)}")
     rng = np.random.default_rng(seed)
-    avatar = _Avatar(rng, size, frames)
+    avatar = _Avatar(rng, size, frames, activity == "varying")
     return np.stack([avatar.frame(i) for i in range(frames)])

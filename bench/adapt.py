@@ -1,0 +1,276 @@
+"""``kpvid-bench adapt``: the sender adapting N to the edge's feedback, against fixed schedules,
+on quality per bit.
+
+Synthetic talking-head calls (made here, at the shipped model's size, from seeds that no data
+set uses): *steady* clips keep one liveliness throughout; *varying* ones alternate still
+(listening) and lively (talking, moving) phases of 1-4 s, as calls do. For every clip: the
+keypoint detector on every frame, then each schedule through the ``delta`` codec, the edge's
+predictor (:func:`kpvid.training.transmission.transmit`) and the FOMM generator, from the
+clip's first frame. Fixed schedules observe 1 and predict N; adaptive ones start at 1:1 and
+follow :class:`kpvid.sender.adaptation.ScheduleController` with a target error, the edge's
+feedback reaching the sender every second, 100 ms late. A fixed schedule's bit rate is set by
+N alone, so the question is whether the adaptive points lie above the fixed schedules' curve
+of PSNR against bit rate: the table gives each adaptive point's gain over the fixed curve at
+its own bit rate (linear between the two fixed points around it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kpvid.models import CheckpointError, frame_size, load_checkpoint_with_config
+from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
+from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
+from kpvid.sender.schedule import Schedule
+from kpvid.training.arguments import add_checkpoint_arguments, positive_int
+from kpvid.training.evaluate_predict import Renderer
+from kpvid.training.extract import detect_kp6, frames_to_tensor
+from kpvid.training.loss_models import DEFAULT_BURST_LENGTH, make_loss_model
+from kpvid.training.synthetic.faces import ACTIVITIES, generate_faces
+from kpvid.training.transmission import FeedbackLoop, transmit
+from kpvid.training.visualize import to_uint8
+
+from .predictor_step import cpu_name
+from .report import write_report
+from .video_codecs import frame_quality
+
+log = logging.getLogger(__name__)
+
+FPS = 30.0
+SEED_BASE = 900_000  # clip seeds: SEED_BASE + --seed * 10_000 + clip number
+DEFAULT_FIXED = (0, 1, 2, 3, 4)
+DEFAULT_TARGETS = (1.0, 2.0, 3.0, 4.0)
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One schedule on one kind of clip, over all clips."""
+
+    activity: str
+    schedule: str  # "fixed 1:N" or "adaptive <target> px"
+    adaptive: bool
+    kbps: float  # Keypoints messages, whole messages, at 30 fps
+    psnr: float  # mean over clips of the per-clip mean
+    ssim: float
+    position_error_px256: float  # played vs detected keypoints, all frames
+    sent_share: float  # frames whose keypoints were sent
+    mean_predict: float  # N, averaged over frames
+    gain_db: float | None  # adaptive: PSNR above the fixed curve at the same kbps
+
+
+def _fixed_curve_psnr(fixed: list[ScheduleRow], kbps: float) -> float | None:
+    """PSNR of the fixed schedules' curve at ``kbps`` (linear between neighbours), None outside
+    it."""
+    points = sorted((r.kbps, r.psnr) for r in fixed)
+    for (k0, p0), (k1, p1) in zip(points, points[1:]):
+        if k0 <= kbps <= k1:
+            return p0 + (p1 - p0) * (kbps - k0) / (k1 - k0) if k1 > k0 else max(p0, p1)
+    return None
+
+
+def run(args: argparse.Namespace) -> dict:
+    started = time.monotonic()
+    kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
+    size = frame_size(config)
+    new_predictor = predictor_factory(args.predictor)
+    schedules: list[tuple[str, float | int, bool]] = (
+        [(f"fixed 1:{n}", n, False) for n in args.fixed]
+        + [(f"adaptive {t:g} px", t, True) for t in args.targets])
+    sums = {(a, name): {"bytes": 0, "frames": 0, "sent": 0, "predict": 0.0, "psnr": [],
+                        "ssim": [], "error": []}
+            for a in args.activities for name, _, _ in schedules}
+    progress = tqdm(total=len(args.activities) * args.clips * len(schedules), desc="adapt",
+                    unit="run", disable=args.quiet, dynamic_ncols=True)
+    for activity in args.activities:
+        for clip_number in range(args.clips):
+            seed = SEED_BASE + args.seed * 10_000 + clip_number
+            clip = generate_faces(seed, size, args.frames, activity)
+            tensor = frames_to_tensor(clip)
+            kp6 = detect_kp6(kp_detector, tensor)
+            render = Renderer(kp_detector, generator, tensor[:1])
+            for name, value, adaptive in schedules:
+                progress.set_postfix_str(f"{activity} {name}")
+                loss = (make_loss_model(args.loss_model, args.loss_rate,
+                                        [args.seed, clip_number], args.burst_length)
+                        if args.loss_rate > 0 else None)
+                start = Schedule(1, 1 if adaptive else int(value))
+                feedback = (FeedbackLoop(ScheduleController(start, AdaptationOptions(
+                    target_error_px=float(value), max_predict=args.max_predict)))
+                    if adaptive else None)
+                sent = transmit(kp6, start, "delta", new_predictor, loss=loss,
+                                feedback=feedback)
+                psnr, ssim = frame_quality(to_uint8(render(sent.kp6)), clip)
+                total = sums[activity, name]
+                total["bytes"] += int(sent.message_bytes.sum())
+                total["frames"] += len(kp6)
+                total["sent"] += sent.packets
+                assert sent.predict is not None
+                total["predict"] += float(sent.predict.sum())
+                total["psnr"].append(psnr)
+                total["ssim"].append(ssim)
+                total["error"].append(float(np.linalg.norm(
+                    sent.kp6[..., :2] - kp6[..., :2], axis=-1).mean() * 128))
+                progress.update()
+    progress.close()
+    rows: list[ScheduleRow] = []
+    for activity in args.activities:
+        made = [ScheduleRow(
+            activity=activity, schedule=name, adaptive=adaptive,
+            kbps=sums[activity, name]["bytes"] * 8 * FPS / 1000 / sums[activity, name]["frames"],
+            psnr=float(np.mean(sums[activity, name]["psnr"])),
+            ssim=float(np.mean(sums[activity, name]["ssim"])),
+            position_error_px256=float(np.mean(sums[activity, name]["error"])),
+            sent_share=sums[activity, name]["sent"] / sums[activity, name]["frames"],
+            mean_predict=sums[activity, name]["predict"] / sums[activity, name]["frames"],
+            gain_db=None) for name, _, adaptive in schedules]
+        fixed = [r for r in made if not r.adaptive]
+        for row in made:
+            if row.adaptive:
+                curve = _fixed_curve_psnr(fixed, row.kbps)
+                row = ScheduleRow(**{**asdict(row), "gain_db": None if curve is None
+                                     else row.psnr - curve})
+            rows.append(row)
+    return {
+        "meta": {"command": "kpvid-bench adapt " + shlex.join(args.argv),
+                 "machine": cpu_name(), "clips": args.clips, "frames_per_clip": args.frames,
+                 "fps": FPS, "seconds": round(time.monotonic() - started, 1),
+                 "predictor": args.predictor, "codec": "delta", "seed": args.seed,
+                 "max_predict": args.max_predict, "loss_model": args.loss_model,
+                 "loss_rate": args.loss_rate},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def _gain(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
+def format_markdown(results: dict) -> str:
+    """One table per kind of clip: every schedule's bit rate and quality, and each adaptive
+    schedule's gain over the fixed curve."""
+    meta = results["meta"]
+    loss = (f", {100 * meta['loss_rate']:g} % {meta['loss_model']} loss"
+            if meta["loss_rate"] else "")
+    lines = [f"{meta['clips']} clips of {meta['frames_per_clip']} frames per kind, "
+             f"{meta['predictor']} at the edge, `{meta['codec']}` codec{loss}; adaptive: N "
+             f"from 0 to {meta['max_predict']}, starting at 1:1", ""]
+    for activity in dict.fromkeys(r["activity"] for r in results["rows"]):
+        lines += [f"**{activity} clips**", "",
+                  "| schedule | kbps | PSNR (dB) | SSIM | kp error (px at 256) | frames sent | "
+                  "mean N | PSNR above the fixed curve (dB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["rows"]:
+            if r["activity"] == activity:
+                lines.append(
+                    f"| {r['schedule']} | {r['kbps']:.2f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                    f"{r['position_error_px256']:.2f} | {100 * r['sent_share']:.0f} % | "
+                    f"{r['mean_predict']:.2f} | {_gain(r['gain_db'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, out_dir: Path) -> Path:
+    """PSNR against kbps: the fixed schedules' curve and the adaptive points, per kind of
+    clip."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    activities = list(dict.fromkeys(r["activity"] for r in results["rows"]))
+    fig, axes = plt.subplots(1, len(activities), figsize=(5.5 * len(activities), 4.2),
+                             squeeze=False)
+    for ax, activity in zip(axes[0], activities):
+        for adaptive, style, label in ((False, "o-", "fixed 1:N"),
+                                       (True, "s--", "adaptive (target error)")):
+            points = sorted((r["kbps"], r["psnr"], r["schedule"]) for r in results["rows"]
+                            if r["activity"] == activity and r["adaptive"] == adaptive)
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
+            for kbps, psnr, name in points:
+                ax.annotate(name.split()[-2] if adaptive else name.split(":")[-1],
+                            (kbps, psnr), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7)
+        ax.set_title(f"{activity} clips")
+        ax.set_xlabel("keypoint stream (kbps)")
+        ax.set_ylabel("rebuilt PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "adapt_psnr.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpvid-bench adapt", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--clips", type=positive_int, default=20,
+                        help="clips of each kind (default: %(default)s)")
+    parser.add_argument("--frames", type=positive_int, default=300,
+                        help="frames per clip, at 30 fps (default: %(default)s, 10 s)")
+    parser.add_argument("--activities", nargs="+", choices=ACTIVITIES, default=list(ACTIVITIES),
+                        help="kinds of clip (default: all)")
+    parser.add_argument("--fixed", type=int, nargs="+", default=list(DEFAULT_FIXED),
+                        help="N of the fixed schedules 1:N (default: 0 1 2 3 4)")
+    parser.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
+                        help="target errors of the adaptive schedules, px at 256 (default: "
+                             "1 2 3 4)")
+    parser.add_argument("--max-predict", type=int, default=AdaptationOptions.max_predict,
+                        help="the most frames an adaptive schedule predicts per group "
+                             "(default: %(default)s)")
+    parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
+                        default="vrnn", help="the edge's predictor (default: %(default)s)")
+    parser.add_argument("--loss-rate", type=float, default=0.0,
+                        help="keypoint packet loss rate (default: 0)")
+    parser.add_argument("--loss-model", choices=("bernoulli", "gilbert-elliott"),
+                        default="gilbert-elliott", help="with --loss-rate (default: "
+                                                        "%(default)s)")
+    parser.add_argument("--burst-length", type=float, default=DEFAULT_BURST_LENGTH,
+                        help="Gilbert-Elliott's mean burst (default: %(default)g packets)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the clips and losses")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write all results here")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables here")
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="write the PNG here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    args.argv = argv
+    if any(n < 0 for n in args.fixed) or any(t <= 0 for t in args.targets):
+        parser.error("--fixed needs N >= 0 and --targets errors > 0")
+    if not 0 <= args.loss_rate < 1:
+        parser.error("--loss-rate must be in [0, 1)")
+    args.fixed = sorted(set(args.fixed))
+    try:
+        results = run(args)
+    except (CheckpointError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    write_report(results, format_markdown(results), args.json, args.markdown)
+    if args.plots:
+        log.info("wrote %s", plot(results, args.plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The feedback loop that adapts N: the predictors' forecasts, the edge's prediction error, the
+sender's controller, ScheduleChange on the wire and at the edge, and a real sender adapting
+against a real edge."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from kpvid.models import SHIPPED_CHECKPOINT
+from kpvid.models.predictors import make_predictor
+from kpvid.protocol import (
+    Bye,
+    Feedback,
+    InvalidField,
+    ScheduleChange,
+    decode_message,
+    encode_message,
+)
+from kpvid.receiver.prediction_error import PredictionErrorWindow
+from kpvid.sender.adaptation import PX_PER_UNIT, AdaptationOptions, ScheduleController
+from kpvid.sender.client import SenderOptions, run_sender
+from kpvid.sender.keypoints import KeypointExtractor
+from kpvid.sender.schedule import Schedule, ScheduleTimeline
+from kpvid.sender.sources import SyntheticSource
+from kpvid.training.transmission import FeedbackLoop, transmit
+from tests.edge_harness import (
+    TOKEN,
+    RawSender,
+    detect,
+    f16_keypoints,
+    running_edge,
+    synthetic_clip,
+    wait_for,
+)
+
+
+@pytest.mark.parametrize("name", ["hold-last", "constant-velocity", "vrnn"])
+def test_a_forecast_is_the_next_prediction_and_changes_nothing(name):
+    rng = np.random.default_rng(0)
+    sets = rng.normal(0, 0.3, (4, 10, 6)).astype(np.float32)
+    predictor = make_predictor(name)
+    with pytest.raises(RuntimeError):
+        predictor.forecast()
+    for kp6 in sets[:3]:
+        predictor.observe(kp6)
+    first, again = predictor.forecast(), predictor.forecast()
+    np.testing.assert_allclose(first, again)
+    np.testing.assert_allclose(predictor.predict(), first, atol=1e-6)
+    np.testing.assert_allclose(predictor.forecast(), predictor.predict(), atol=1e-6)
+
+
+def test_the_error_window_prefers_sets_that_end_a_gap():
+    window = PredictionErrorWindow()
+    zero, one = np.zeros((2, 6), np.float32), np.ones((2, 6), np.float32)
+    assert window.take() is None
+    window.add(zero, zero)                   # one-step, error 0
+    assert window.take() == 0.0
+    window.add(zero, zero)
+    window.gap()
+    window.add(zero, one)                    # ends a gap: distance sqrt(2)
+    assert window.take() == pytest.approx(np.sqrt(2))
+    assert window.take() is None             # a new interval
+
+
+def controller(predict: int = 1, **options: float) -> ScheduleController:
+    made = ScheduleController(Schedule(1, predict), AdaptationOptions(**options))
+    assert made.on_feedback(0, 0, None) is None  # the first feedback only sets the counters
+    return made
+
+
+def px(value: float) -> float:
+    return value / PX_PER_UNIT
+
+
+def test_the_controller_predicts_more_when_the_error_is_low():
+    c = controller(target_error_px=2.0, max_predict=3)
+    assert c.on_feedback(15, 0, px(1.0)) == Schedule(1, 2)
+    assert c.on_feedback(25, 0, px(1.5)) == Schedule(1, 3)
+    assert c.on_feedback(33, 0, px(0.1)) is None  # at max_predict
+    assert c.on_feedback(40, 0, None) is None     # no error measured: no change
+
+
+def test_the_controller_cuts_n_at_once_when_the_gaps_go_wrong():
+    c = controller(predict=6, target_error_px=2.0)
+    # a 7-step error of 14 px: about 2 px per step, so a gap of 1 frame is what fits
+    assert c.on_feedback(5, 0, px(14.0)) == Schedule(1, 1)
+    assert c.on_feedback(20, 0, px(5.0)) == Schedule(1, 0)
+    # between the two thresholds nothing changes
+    c = controller(predict=2, target_error_px=2.0)
+    assert c.on_feedback(10, 0, px(2.5)) is None
+
+
+def test_the_controller_backs_off_on_loss_and_ignores_a_restarted_edge():
+    c = controller(predict=3, target_error_px=2.0, loss_high=0.1)
+    assert c.on_feedback(8, 2, px(0.5)) == Schedule(1, 2)   # 20 % of the sets lost
+    assert c.on_feedback(16, 2, px(0.5)) == Schedule(1, 3)  # no loss, easy motion
+    assert c.on_feedback(3, 0, px(0.5)) is None             # counters went back: a new edge
+
+
+def test_options_are_checked():
+    for bad in ({"target_error_px": 0}, {"min_predict": 3, "max_predict": 2},
+                {"loss_high": 0}):
+        with pytest.raises(ValueError):
+            AdaptationOptions(**bad)
+
+
+def test_a_timeline_gives_each_frame_its_schedule():
+    timeline = ScheduleTimeline(Schedule(1, 1), keep=3)
+    assert timeline.next_group_start(5) == 6
+    timeline.add(Schedule(1, 3, start=6))
+    assert [timeline.at(i).is_observed(i) for i in range(4, 14)] == [
+        True, False, True, False, False, False, True, False, False, False]
+    assert timeline.next_group_start(11) == 14
+    timeline.add(Schedule(2, 0, start=8))  # replaces what started later, keeps what came before
+    assert timeline.at(7).predict == 3 and timeline.at(8).predict == 0
+    for start in (20, 30, 40):
+        timeline.add(Schedule(1, 2, start=start))
+    assert timeline.latest.start == 40 and timeline.at(0).start == 20  # only 3 kept
+
+
+def test_schedule_change_round_trips_and_is_checked():
+    change = ScheduleChange(first_frame_index=120, observe=1, predict=4)
+    assert decode_message(encode_message(change)) == change
+    with pytest.raises(InvalidField, match="observe \\+ predict"):
+        encode_message(ScheduleChange(0, 10, 60))
+
+
+def test_transmit_follows_the_controller():
+    still = np.repeat(np.random.default_rng(1).normal(0, 0.3, (1, 10, 6)), 240, 0)
+    still = still.astype(np.float32)
+    loop = FeedbackLoop(ScheduleController(Schedule(1, 1), AdaptationOptions(max_predict=4)))
+    sent = transmit(still, Schedule(1, 1), "delta", lambda: make_predictor("hold-last"),
+                    feedback=loop)
+    assert sent.predict is not None
+    assert sent.predict[0] == 1 and sent.predict[-1] == 4  # nothing moves: N climbs to the top
+    # the schedule changes at group starts: a sent frame begins every group
+    for i in np.flatnonzero(np.diff(sent.predict)) + 1:
+        assert sent.observed[i]
+    assert sent.observed.sum() < 240 / 2
+    assert not sent.concealed.any()
+
+
+def test_the_edge_counts_frames_a_schedule_change_skips_as_predicted(tmp_path):
+    clip = synthetic_clip(60)
+    values, jacobians = detect(clip)
+    # frames 0-29 at 1:1, then 1:3 from frame 30
+    sent = [i for i in range(30) if i % 2 == 0] + [i for i in range(30, 60) if i % 4 == 2]
+
+    async def scenario():
+        async with running_edge(tmp_path) as edge:
+            sender = RawSender(edge)
+            await sender.connect()
+            await sender.start_stream("adapting", clip[0])
+            for i in sent:
+                if i == 30:
+                    sender.ctrl.send(encode_message(ScheduleChange(30, 1, 3)))
+                sender.kp.send(f16_keypoints(i, values[i], jacobians[i]))
+                await asyncio.sleep(1 / 15)
+            sender.ctrl.send(encode_message(Bye("done", last_frame_index=59)))
+            await wait_for(lambda: len(edge.edge.ended) == 1, 15)
+            feedback = [m for m in sender.received if isinstance(m, Feedback)]
+            await sender.close()
+            return edge.edge.ended[0], feedback
+
+    final, feedback = asyncio.run(scenario())
+    assert final["frames"]["lost"] == 0, final
+    assert final["frames"]["observed"] == len(sent)
+    assert (final["observe"], final["predict"]) == (1, 3)
+    errors = [f.prediction_error for f in feedback if f.prediction_error is not None]
+    assert errors and all(0 <= e < 0.5 for e in errors)  # keypoint units: a real measure
+
+
+@pytest.mark.parametrize("start, target_px, moves", [(1, 500.0, "up"), (3, 0.001, "down")])
+def test_a_real_sender_adapts_to_the_edge_feedback(tmp_path, start, target_px, moves):
+    frames = 150
+
+    async def scenario():
+        async with running_edge(tmp_path, max_lag=5.0) as edge:
+            port = int(edge.url.rsplit(":", 1)[1])
+            options = SenderOptions(
+                host="localhost", port=port, token=TOKEN, ca_file=str(edge.cert),
+                stream="adaptive", predict=start, max_frames=frames,
+                adapt=AdaptationOptions(target_error_px=target_px, max_predict=5))
+            source = SyntheticSource("faces", seed=3, size=64, fps=30.0, length=frames)
+            extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+            code = await run_sender(source, extractor, options)
+            await wait_for(lambda: len(edge.edge.ended) == 1, 15)
+            return code, edge.edge.ended[0]
+
+    code, final = asyncio.run(scenario())
+    assert code == 0
+    counts = final["frames"]
+    assert counts["lost"] == 0, counts  # every skipped frame was announced
+    assert counts["observed"] + counts["predicted"] == frames
+    if moves == "up":  # an easy target: N grows past its start
+        assert final["predict"] > start and counts["predicted"] > counts["observed"], final
+    else:  # an impossible one: every frame sent in the end
+        assert final["predict"] == 0, final
