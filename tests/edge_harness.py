@@ -83,11 +83,11 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        max_streams: int = MAX_STREAMS, max_viewers: int = MAX_VIEWERS,
                        offers_per_second: float | None = None,
                        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                       port: int | None = None,
+                       port: int | None = None, host: str = "127.0.0.1",
                        ) -> AsyncIterator[EdgeHandle]:
-    """An edge on `port` (default: a free one); `send_token`/`view_token` default to TOKEN,
-    and offers are not rate limited unless `offers_per_second` is given. Edges made with the
-    same `tmp_path` share a certificate."""
+    """An edge on `host`:`port` (default: a free port); `send_token`/`view_token` default to
+    TOKEN, and offers are not rate limited unless `offers_per_second` is given. Edges made with
+    the same `tmp_path` share a certificate."""
     kp_detector, generator, config = shipped_model()
     model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
@@ -99,15 +99,16 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
         max_viewers=max_viewers, handshake_timeout=handshake_timeout,
         session=SessionOptions(playout_delay=playout_delay, idle_timeout=idle_timeout,
                                max_lag=max_lag, record_dir=record_dir)))
-    cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1"])
+    cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1", host])
     runner = web.AppRunner(make_app(edge, TOKEN, send_token=send_token, view_token=view_token,
                                     offers_per_second=offers_per_second))
     await runner.setup()
     port = port or free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_ssl_context(cert, key))
+    site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(cert, key))
     await site.start()
     try:
-        yield EdgeHandle(f"https://localhost:{port}", TOKEN, cert, edge,
+        yield EdgeHandle(f"https://{'localhost' if host == '127.0.0.1' else host}:{port}",
+                         TOKEN, cert, edge,
                          send_token=send_token or TOKEN, view_token=view_token or TOKEN)
     finally:
         await runner.cleanup()
@@ -122,7 +123,8 @@ class RawSender:
         default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
     received: list = field(default_factory=list)
 
-    async def connect(self) -> None:
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Offer, answer, and wait (up to `timeout` s after the answer) for both channels."""
         self.kp = self.pc.createDataChannel("kp", ordered=False, maxRetransmits=0)
         self.ctrl = self.pc.createDataChannel("ctrl")
         opened = asyncio.Event()
@@ -134,7 +136,7 @@ class RawSender:
             json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
         assert status == 200, answer
         await self.pc.setRemoteDescription(RTCSessionDescription(**answer))
-        await asyncio.wait_for(opened.wait(), 10)
+        await asyncio.wait_for(opened.wait(), timeout)
         while self.kp.readyState != "open":
             await asyncio.sleep(0.01)
 
