@@ -245,7 +245,7 @@ class StreamSession:
         elif isinstance(message, ScheduleChange):
             self.schedules.add(Schedule(message.observe, message.predict,
                                         message.first_frame_index))
-            log.info("stream %s: observe %d predict %d from frame %d", self.name,
+            log.debug("stream %s: observe %d predict %d from frame %d", self.name,
                      message.observe, message.predict, message.first_frame_index)
         elif isinstance(message, Hello):
             raise ProtocolError("a second hello on a live stream")
