@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FPS = 30.0
 SEED_BASE = 900_000  # clip seeds: SEED_BASE + --seed * 10_000 + clip number
-DEFAULT_FIXED = (0, 1, 2, 3, 4)
+DEFAULT_FIXED = (0, 1, 2, 3, 4, 6)
 DEFAULT_TARGETS = (1.0, 2.0, 3.0, 4.0)
 
 
@@ -217,14 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kpvid-bench adapt", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_arguments(parser)
-    parser.add_argument("--clips", type=positive_int, default=20,
+    parser.add_argument("--clips", type=positive_int, default=8,
                         help="clips of each kind (default: %(default)s)")
-    parser.add_argument("--frames", type=positive_int, default=300,
-                        help="frames per clip, at 30 fps (default: %(default)s, 10 s)")
+    parser.add_argument("--frames", type=positive_int, default=240,
+                        help="frames per clip, at 30 fps (default: %(default)s, 8 s)")
     parser.add_argument("--activities", nargs="+", choices=ACTIVITIES, default=list(ACTIVITIES),
                         help="kinds of clip (default: all)")
     parser.add_argument("--fixed", type=int, nargs="+", default=list(DEFAULT_FIXED),
-                        help="N of the fixed schedules 1:N (default: 0 1 2 3 4)")
+                        help="N of the fixed schedules 1:N (default: 0 1 2 3 4 6)")
     parser.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
                         help="target errors of the adaptive schedules, px at 256 (default: "
                              "1 2 3 4)")
