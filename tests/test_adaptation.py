@@ -5,6 +5,7 @@ against a real edge."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -199,3 +200,20 @@ def test_a_real_sender_adapts_to_the_edge_feedback(tmp_path, start, target_px, m
         assert final["predict"] > start and counts["predicted"] > counts["observed"], final
     else:  # an impossible one: every frame sent in the end
         assert final["predict"] == 0, final
+
+
+def test_the_bench_reports_every_schedule_and_the_gain(tmp_path, capsys):
+    from kpvid.bench.adapt import main
+
+    code = main(["--clips", "1", "--frames", "45", "--fixed", "0", "2", "--targets", "2",
+                 "--activities", "varying", "--json", str(tmp_path / "a.json"), "--quiet",
+                 "--threads", "1"])
+    assert code == 0
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert [r["schedule"] for r in rows] == ["fixed 1:0", "fixed 1:2", "adaptive 2 px"]
+    fixed0, fixed2, adaptive = rows
+    assert fixed0["sent_share"] == 1 and fixed2["sent_share"] == pytest.approx(15 / 45)
+    assert fixed0["kbps"] > fixed2["kbps"] and fixed0["psnr"] > fixed2["psnr"]
+    assert fixed2["kbps"] <= adaptive["kbps"] <= fixed0["kbps"]  # starts at 1:1, between
+    assert adaptive["gain_db"] is not None
+    assert "PSNR above the fixed curve" in capsys.readouterr().out
