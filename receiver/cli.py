@@ -33,7 +33,14 @@ from kpvid.models.predictors import (
     predictor_factory,
 )
 
-from .edge import MAX_STREAMS, MAX_VIEWERS, Edge, EdgeOptions
+from .edge import (
+    MAX_PENDING_PER_ADDRESS,
+    MAX_STREAMS,
+    MAX_VIEWERS,
+    RESUME_GRACE,
+    Edge,
+    EdgeOptions,
+)
 from .server import OFFER_BURST, OFFERS_PER_SECOND, make_app
 from .stream import ModelInfo, SessionOptions
 from .synthesis import SynthesisEngine
@@ -85,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offers each client address may make to each offer endpoint, "
                              f"in bursts of up to {OFFER_BURST}; beyond it HTTP 429 (default: "
                              f"{OFFERS_PER_SECOND:g}; 0: no limit)")
+    parser.add_argument("--max-pending", type=int, default=MAX_PENDING_PER_ADDRESS, metavar="N",
+                        help="answered offers one client address may have that are not going "
+                             "yet (a sender without a hello, a viewer not connected), per "
+                             "role; beyond it HTTP 429, reason too_many_pending (default: "
+                             f"{MAX_PENDING_PER_ADDRESS})")
     parser.add_argument("--cert", type=Path,
                         help="TLS certificate (PEM); without --cert/--key a self-signed one is "
                              "made and its fingerprint printed")
@@ -109,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-lag", type=float, default=0.25, metavar="SECONDS",
                         help="an edge too busy to keep up skips rendering frames already this "
                              "late, so the delay stays bounded (default: 0.25)")
+    parser.add_argument("--resume-grace", type=float, default=RESUME_GRACE, metavar="SECONDS",
+                        help="a stream that ends keeps its viewers connected this long, so a "
+                             "sender restarting under the same name plays on to them "
+                             f"(default: {RESUME_GRACE:g})")
     parser.add_argument("--max-batch", type=int, default=8,
                         help="most frames of different streams synthesised in one model "
                              "call (default: 8)")
@@ -179,6 +195,7 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
         viewer_ice_servers=None if args.viewer_ice_server is None else
         ice(args.viewer_ice_server),
         max_streams=args.max_streams, max_viewers=args.max_viewers,
+        resume_grace=args.resume_grace, max_pending_per_address=args.max_pending,
         session=SessionOptions(playout_delay=args.playout_delay, max_lag=args.max_lag,
                                record_dir=args.record)))
     app = make_app(edge, send_token=send_token, view_token=view_token,
@@ -231,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-batch must be at least 1")
     if args.max_streams < 1 or args.max_viewers < 1:
         parser.error("--max-streams and --max-viewers must be at least 1")
+    if args.max_pending < 1:
+        parser.error("--max-pending must be at least 1")
     if args.offers_per_second < 0 or not math.isfinite(args.offers_per_second):
         parser.error("--offers-per-second must be a number, 0 or more (0: no limit)")
+    if args.resume_grace < 0 or not math.isfinite(args.resume_grace):
+        parser.error("--resume-grace must be a number, 0 or more")
     if args.playout_delay < 0 or args.max_lag <= 0:
         parser.error("--playout-delay cannot be negative and --max-lag must be positive")
     if args.record is not None:

@@ -47,8 +47,8 @@ class ReceiverMetrics:
                                 ["status"], registry=self.registry)
         self.offers_refused = Counter(
             "kpvid_offers_refused", "Signaling offers refused before any peer connection was "
-            "made, by reason (rate_limited, max_streams, max_viewers)", ["reason"],
-            registry=self.registry)
+            "made, by reason (rate_limited, max_streams, max_viewers, too_many_pending)",
+            ["reason"], registry=self.registry)
         self.handshakes_timed_out = Counter(
             "kpvid_handshakes_timed_out", "Peers closed for not getting going in time "
             "(sender: no hello; viewer: not connected), by role", ["role"],

@@ -197,8 +197,10 @@ def remote_of(request: web.Request) -> str:
 
 
 def edge_full(exc: EdgeFull) -> web.Response:
-    response = error(503, str(exc), reason=exc.reason)
-    response.headers["Retry-After"] = "5"
+    """503 when the edge is full; 429 when the client itself holds too many slots."""
+    mine = exc.reason == "too_many_pending"
+    response = error(429 if mine else 503, str(exc), reason=exc.reason)
+    response.headers["Retry-After"] = "2" if mine else "5"
     return response
 
 
@@ -232,7 +234,8 @@ async def viewer_offer(request: web.Request) -> web.Response:
     except Exception as exc:
         log.warning("viewer offer from %s refused: %r", remote_of(request), exc)
         return error(400, f"invalid SDP offer: {exc}")
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream": name})
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "stream": name,
+                              "edge": edge.instance})
 
 
 async def viewer_page(request: web.Request) -> web.Response:
@@ -242,7 +245,8 @@ async def viewer_page(request: web.Request) -> web.Response:
 
 async def streams(request: web.Request) -> web.Response:
     edge = request.app[EDGE_KEY]
-    return web.json_response({"streams": edge.snapshot(), "ended": list(edge.ended)})
+    return web.json_response({"streams": edge.snapshot(), "ended": list(edge.ended),
+                              "resuming": edge.resuming(), "edge": edge.instance})
 
 
 async def ice_config(request: web.Request) -> web.Response:
