@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kpvid.models import CheckpointError, frame_size, load_checkpoint_with_config
+from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
 from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
 from kpvid.sender.schedule import Schedule
@@ -41,7 +41,7 @@ from kpvid.training.transmission import FeedbackLoop, transmit
 from kpvid.training.visualize import to_uint8
 
 from .predictor_step import cpu_name
-from .report import write_report
+from .report import add_output_arguments, run_and_report
 from .video_codecs import frame_quality
 
 log = logging.getLogger(__name__)
@@ -241,11 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--burst-length", type=float, default=DEFAULT_BURST_LENGTH,
                         help="Gilbert-Elliott's mean burst (default: %(default)g packets)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clips and losses")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write all results here")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables here")
-    parser.add_argument("--plots", type=Path, metavar="DIR", help="write the PNG here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_arguments(parser, "the PSNR-against-kbps PNG")
     return parser
 
 
@@ -261,15 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.loss_rate < 1:
         parser.error("--loss-rate must be in [0, 1)")
     args.fixed = sorted(set(args.fixed))
-    try:
-        results = run(args)
-    except (CheckpointError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    write_report(results, format_markdown(results), args.json, args.markdown)
-    if args.plots:
-        log.info("wrote %s", plot(results, args.plots))
-    return 0
+    return run_and_report(args, run, format_markdown, plot)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kpvid.models import CheckpointError, frame_size, load_checkpoint_with_config
+from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS, predictor_factory
 from kpvid.protocol import CODEC_NAMES, encode_source_image
 from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
@@ -43,7 +43,7 @@ from kpvid.training.visualize import to_uint8
 
 from . import video_codecs
 from .predictor_step import cpu_name
-from .report import write_report
+from .report import add_output_arguments, run_and_report
 
 log = logging.getLogger(__name__)
 
@@ -317,11 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=Schedule(DEFAULT_OBSERVE, DEFAULT_PREDICT),
                         help="the schedule compared with the video codecs (default: the "
                              "sender's, 1:1)")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write all results here")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables here")
-    parser.add_argument("--plots", type=Path, metavar="DIR", help="write rate-quality PNGs here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_arguments(parser, "rate-quality PNGs")
     return parser
 
 
@@ -343,16 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         log.error("--data %s is not a folder of videos", args.data)
         return 2
-    try:
-        results = run(args)
-    except (CheckpointError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    write_report(results, format_markdown(results), args.json, args.markdown)
-    if args.plots:
-        for path in plot(results, args.plots):
-            log.info("wrote %s", path)
-    return 0
+    return run_and_report(args, run, format_markdown, plot)
 
 
 if __name__ == "__main__":

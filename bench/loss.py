@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kpvid.models import CheckpointError, frame_size, load_checkpoint_with_config
+from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
 from kpvid.protocol import CODEC_NAMES
 from kpvid.protocol.keypoint_stream import DEFAULT_INTRA_INTERVAL
@@ -44,7 +44,7 @@ from kpvid.training.visualize import to_uint8
 
 from .bandwidth import parse_schedule
 from .predictor_step import cpu_name
-from .report import write_report
+from .report import add_output_arguments, run_and_report
 from .video_codecs import frame_quality
 
 log = logging.getLogger(__name__)
@@ -307,12 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most one IntraRequest every N packets (default: %(default)s, "
                              "the receiver's 0.5 s at 30 fps and 1:1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the loss patterns")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write all results here")
-    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables here")
-    parser.add_argument("--plots", type=Path, metavar="DIR",
-                        help="write the PSNR-against-loss PNG here")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_arguments(parser, "the PSNR-against-loss PNG")
     return parser
 
 
@@ -332,14 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.loss_models:
             for rate in args.rates:
                 make_loss_model(model, rate, 0, args.burst_length)
-        results = run(args)
-    except (CheckpointError, ValueError) as exc:
+    except ValueError as exc:
         log.error("%s", exc)
         return 2
-    write_report(results, format_markdown(results), args.json, args.markdown)
-    if args.plots:
-        log.info("wrote %s", plot(results, args.plots))
-    return 0
+    return run_and_report(args, run, format_markdown, plot)
 
 
 if __name__ == "__main__":
