@@ -21,6 +21,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 
 async def offer_sdp(kind: str) -> str:
+    """A real offer: a sender's (its two data channels) or a viewer's (recvonly video)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     if kind == "sender":
         pc.createDataChannel("kp")

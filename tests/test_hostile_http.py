@@ -10,7 +10,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,7 @@ from tests.edge_harness import (
     synthetic_clip,
     wait_for,
 )
+from tests.flood_client import offer_sdp
 
 SEND_SECRET = "send-Zq9x-secret"
 VIEW_SECRET = "view-Kp4w-secret"
@@ -31,19 +31,6 @@ OFFER_PATHS = ("/offer", "/view/offer")
 
 def run(coro):
     return asyncio.run(coro)
-
-
-async def offer_sdp(kind: str) -> str:
-    """A real offer: a sender's (data channels) or a viewer's (recvonly video)."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    if kind == "sender":
-        pc.createDataChannel("kp")
-    else:
-        pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def metric(text: str, series: str) -> float:
