@@ -51,9 +51,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RATES = (0.0, 0.05, 0.1, 0.2, 0.3)
 DEFAULT_PREDICTORS = ("vrnn", "hold-last")
-# The receiver asks for an intra payload at most every 0.5 s (SessionOptions.
-# intra_request_interval); at 30 fps and observe 1 predict 1 a packet comes every 1/15 s, so
-# the next request can go with the 8th packet after one.
+# The receiver asks for an intra payload at most every 0.1 s on kp, where a request can be
+# lost, and every 0.5 s on ctrl, where it arrives, if late (SessionOptions.
+# intra_request_interval, intra_request_ctrl_interval). The bench's requests are never lost: it
+# models the ctrl rate. At 30 fps and observe 1 predict 1 a packet comes every 1/15 s, so the
+# next request can go with the 8th packet after one.
 DEFAULT_REQUEST_INTERVAL = 8
 
 

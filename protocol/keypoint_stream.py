@@ -94,6 +94,12 @@ class KeypointDecoder:
         """Payloads held for a reference that has not arrived."""
         return len(self._pending)
 
+    @property
+    def broken(self) -> bool:
+        """The newest payload received waits for its reference: the chain is broken until an
+        intra payload (an older one still waiting behind a newer decoded one is not)."""
+        return bool(self._pending) and max(self._pending) > max(self._history, default=-1)
+
     def decode(self, frame_index: int, payload: bytes) -> list[DecodedKeypoints]:
         """InvalidField for a payload that is not a set of ``num_kp`` keypoints."""
         if self.codec != DELTA:

@@ -44,6 +44,7 @@ class SenderPeer:
         self.remote = remote
         self.session: StreamSession | None = None
         self._ctrl: RTCDataChannel | None = None
+        self._kp: RTCDataChannel | None = None
         self._queue: asyncio.Queue[tuple[str, bytes | str]] = asyncio.Queue(QUEUE_LIMIT)
         self._closed = False
         self._watcher: asyncio.Task | None = None
@@ -54,7 +55,9 @@ class SenderPeer:
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label == "ctrl":
             self._ctrl = channel
-        elif channel.label != "kp":
+        elif channel.label == "kp":
+            self._kp = channel
+        else:
             self.edge.drop_message("unknown_channel", f"data channel {channel.label!r}",
                                    self.remote)
 
@@ -78,6 +81,12 @@ class SenderPeer:
         """Send a message to the sender on the reliable channel, if it is open."""
         if self._ctrl is not None and self._ctrl.readyState == "open":
             self._ctrl.send(encode_message(message))
+
+    def send_kp(self, message: Message) -> None:
+        """Send a message to the sender on the unreliable channel, if it is open (an
+        IntraRequest): never retransmitted, a lost one holds nothing up."""
+        if self._kp is not None and self._kp.readyState == "open":
+            self._kp.send(encode_message(message))
 
     async def say_bye(self, reason: str, timeout: float = 1.0) -> None:
         """Send a bye and give it a moment to leave before the connection closes."""
@@ -120,6 +129,7 @@ class SenderPeer:
         session = await self.edge.open_stream(hello, self)
         if session is None:
             return
+        session.send_kp = self.send_kp  # before this task hands it any keypoints
         self.session = session
         self._watcher = asyncio.create_task(self._close_when_ended(session))
 

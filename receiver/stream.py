@@ -1,7 +1,8 @@
 """One sender's stream on the edge: messages in, a frame out on every tick of its playout clock.
 
 The session is independent of WebRTC: it receives decoded protocol messages from its
-`SenderPeer` and answers through a `send_ctrl` callable, so it can be tested on its own.
+`SenderPeer` and answers through callables, `send_ctrl` (the reliable channel) and `send_kp`
+(the unreliable one, for IntraRequests), so it can be tested on its own.
 
 Per frame index i of the stream, when the playout clock says i is due:
 - the jitter buffer has i's keypoints: they are observed (and fed to the stream's predictor,
@@ -11,6 +12,11 @@ Per frame index i of the stream, when the playout clock says i is due:
   (a sender that adapts its schedule says so with a ``ScheduleChange``).
 Before the predictor observes a set, the edge asks it for its forecast of that frame; the mean
 error goes back to the sender in every ``Feedback``, with the loss counters.
+While the newest ``delta`` payload waits for a lost reference, the edge asks for an intra
+payload with an ``IntraRequest`` on ``kp`` (a lost one holds nothing up), again at the first
+packet `intra_request_interval` after the last request, until a payload decodes; a copy goes on
+``ctrl`` at a slower rate, for senders that read only ``ctrl`` (protocol/README.md,
+IntraRequest).
 Prediction and rendering run in the shared `SynthesisEngine` (batched with other streams) and the
 frame goes to the stream's video track (viewers) and, with `--record`, to an mp4. An edge too
 slow for its load skips rendering frames that are already `max_lag` late, so the delay stays
@@ -62,7 +68,7 @@ from .video_track import SynthesizedVideoTrack
 
 log = logging.getLogger(__name__)
 
-SendCtrl = Callable[[Message], None]
+SendMessage = Callable[[Message], None]
 FrameSink = Callable[[int, np.ndarray], None]
 
 
@@ -93,7 +99,10 @@ class SessionOptions:
     idle_timeout: float = 3.0       # no packet for this long: the sender is gone
     source_timeout: float = 2.0     # ask the sender for its source image again after this long
     feedback_interval: float = 1.0
-    intra_request_interval: float = 0.5  # at most one IntraRequest this often
+    # while the newest payload waits for a lost reference: at most one IntraRequest this often
+    # on kp (a lost one is asked again), and one this often on ctrl (senders that read only ctrl)
+    intra_request_interval: float = 0.1
+    intra_request_ctrl_interval: float = 0.5
     max_lag: float = 0.25           # a frame this late is skipped (still predicted), not rendered
     record_dir: Path | None = None
 
@@ -125,13 +134,14 @@ class StreamSession:
     """The edge's side of one sender's stream, from its hello to its end."""
 
     def __init__(self, hello: Hello, *, engine: SynthesisEngine, metrics: ReceiverMetrics,
-                 send_ctrl: SendCtrl, options: SessionOptions = SessionOptions()) -> None:
+                 send_ctrl: SendMessage, options: SessionOptions = SessionOptions()) -> None:
         self.hello = hello
         self.name = hello.stream
         self.engine = engine
         self.metrics = metrics
         self.options = options
         self._send_ctrl = send_ctrl
+        self.send_kp: SendMessage | None = None  # set by the SenderPeer (None: ctrl only)
         self.track = SynthesizedVideoTrack(hello.fps)
         self.clock = PlayoutClock(hello.fps, options.playout_delay)
         self.jitter: JitterBuffer[tuple[np.ndarray, float]] = JitterBuffer()
@@ -143,10 +153,11 @@ class StreamSession:
         # out (rendered) or dropped (the edge ran more than max_lag late and skipped it)
         self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0, "dropped": 0}
         self.packets = 0
+        self.intra_requests = {"kp": 0, "ctrl": 0}  # IntraRequests sent, per channel
         self.packet_bytes = 0
         self.decoder = KeypointDecoder(hello.codec, hello.num_kp)
         self._capture_times: dict[int, float] = {}  # of payloads not decoded yet
-        self._intra_asked_at = -float("inf")
+        self._intra_asked_at = {"kp": -float("inf"), "ctrl": -float("inf")}
         self.kp_bytes = RateWindow()
         self.frames_out = RateWindow()
         self.latencies: deque[float] = deque(maxlen=600)
@@ -277,11 +288,8 @@ class StreamSession:
             first = self.schedules.at(message.frame_index)
             phase = (message.frame_index - message.group_position) % period
             self.schedules.add(Schedule(first.observe, first.predict, phase))
-        if (self.decoder.waiting
-                and now - self._intra_asked_at > self.options.intra_request_interval):
-            self._send_ctrl(IntraRequest(f"keypoints of frame {message.frame_index} wait for "
-                                         "a reference that has not come"))
-            self._intra_asked_at = now
+        if self.decoder.broken:
+            self._ask_for_intra(message.frame_index, now)
         for keypoints in decoded:
             capture_time = self._capture_times.pop(keypoints.frame_index, None)
             if self.jitter.put(keypoints.frame_index,
@@ -291,6 +299,21 @@ class StreamSession:
                 self._first_packet.set()
         while len(self._capture_times) > 2 * MAX_PENDING:
             del self._capture_times[min(self._capture_times)]
+
+    def _ask_for_intra(self, frame_index: int, now: float) -> None:
+        """IntraRequests while the newest payload waits for its reference: on kp at most every
+        `intra_request_interval` (fast: never held up behind a lost ctrl message), on ctrl at
+        most every `intra_request_ctrl_interval`."""
+        request = IntraRequest(f"keypoints of frame {frame_index} wait for a reference that "
+                               "has not come")
+        options = self.options
+        for channel, send, interval in (
+                ("kp", self.send_kp, options.intra_request_interval),
+                ("ctrl", self._send_ctrl, options.intra_request_ctrl_interval)):
+            if send is not None and now - self._intra_asked_at[channel] >= interval:
+                send(request)
+                self._intra_asked_at[channel] = now
+                self.intra_requests[channel] += 1
 
     async def _on_source_chunk(self, chunk: SourceImageChunk) -> None:
         data = self._assembler.add(chunk)
@@ -404,6 +427,7 @@ class StreamSession:
             "frames": dict(self.counts),
             "packets": self.packets,
             "undecodable": self.decoder.undecodable,
+            "intra_requests": dict(self.intra_requests),
             "kbps": round(self.kp_bytes.rate() * 8 / 1000, 2),
             "kbps_mean": round(self.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
             "fps_out": round(self.frames_out.rate(), 2),

@@ -4,6 +4,8 @@ One session: create the ``kp`` (unordered, no retransmits) and ``ctrl`` (reliabl
 gather ICE while setting the local offer (aiortc does not trickle), POST the offer to
 ``https://HOST:PORT/offer`` with the bearer token, apply the answer, then on ``ctrl``: Hello, the
 source image (the session's first frame), and keypoints on ``kp`` for every observed frame.
+The edge answers on ``ctrl``, except its IntraRequests, which come on ``kp`` as well: there a
+lost one does not hold up what follows, and the edge asks again soon.
 
 A lost edge (refused connection, HTTP 5xx, failed or closed peer connection) is retried with
 exponential backoff. Each reconnect is a new session: the frame index restarts at 0 and the
@@ -328,6 +330,7 @@ class SenderClient:
             ctrl.on("open", on_open)
             ctrl.on("close", lost.set)
             ctrl.on("message", self._on_ctrl_message)
+            kp.on("message", self._on_kp_message)
 
             @pc.on("connectionstatechange")
             def _state() -> None:
@@ -404,8 +407,7 @@ class SenderClient:
             log.info("edge asks for the source image (%s)", message.reason)
             self._source_wanted = True
         elif isinstance(message, IntraRequest):
-            log.debug("edge asks for an intra keypoint payload (%s)", message.reason)
-            self._encoder.request_intra()
+            self._on_intra_request(message)
         elif isinstance(message, Feedback):
             self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
                                                    message.predicted, message.prediction_error)
@@ -419,6 +421,25 @@ class SenderClient:
         else:
             self._bad_messages.warning("unexpected", "ignored an unexpected %s from the edge",
                                        type(message).__name__)
+
+    def _on_kp_message(self, data: bytes | str) -> None:
+        """IntraRequests, the only message the edge sends on ``kp``; anything else there is
+        counted and dropped."""
+        try:
+            message = decode_message(data) if isinstance(data, bytes) else None
+        except ProtocolError:
+            message = None
+        if isinstance(message, IntraRequest):
+            self._on_intra_request(message)
+            return
+        self.stats.kp_ignored += 1
+        self._bad_messages.warning("kp", "ignored a message on kp that is not an IntraRequest "
+                                   "(%s)", type(message).__name__ if message else "undecodable")
+
+    def _on_intra_request(self, message: IntraRequest) -> None:
+        """Make the next keypoint payload intra (on either channel, or both: once)."""
+        log.debug("edge asks for an intra keypoint payload (%s)", message.reason)
+        self._encoder.request_intra()
 
     def _capture(self) -> _Captured | None:
         """Read and detect one observed frame (runs on the worker thread)."""

@@ -43,6 +43,7 @@ class SenderStats:
     reconnects: int = 0
     source_images: int = 0
     schedule_changes: int = 0  # adaptive schedule: ScheduleChanges sent
+    kp_ignored: int = 0  # messages from the edge on kp that were not an IntraRequest
     feedback: FeedbackSnapshot | None = None
     stream: TextIO = field(default_factory=lambda: sys.stderr, repr=False)
     _frame_times: deque = field(default_factory=deque, repr=False)
@@ -135,6 +136,8 @@ class SenderStats:
             f"source images: {self.source_images}, reconnects: {self.reconnects}, "
             f"schedule changes: {self.schedule_changes}",
         ]
+        if self.kp_ignored:
+            lines[-1] += f", ignored on kp: {self.kp_ignored}"
         if self.feedback is not None:
             fb = self.feedback
             error = ("n/a" if fb.prediction_error is None

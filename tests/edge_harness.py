@@ -121,7 +121,8 @@ class RawSender:
     handle: EdgeHandle
     pc: RTCPeerConnection = field(
         default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    received: list = field(default_factory=list)
+    received: list = field(default_factory=list)  # messages from the edge, both channels
+    kp_received: list = field(default_factory=list)  # those of them that came on kp
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Offer, answer, and wait (up to `timeout` s after the answer) for both channels."""
@@ -130,6 +131,7 @@ class RawSender:
         opened = asyncio.Event()
         self.ctrl.on("open", opened.set)
         self.ctrl.on("message", lambda data: self.received.append(decode_message(data)))
+        self.kp.on("message", self._on_kp_message)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         status, answer = await self.handle.request(
             "POST", "/offer", token=self.handle.send_token,
@@ -139,6 +141,12 @@ class RawSender:
         await asyncio.wait_for(opened.wait(), timeout)
         while self.kp.readyState != "open":
             await asyncio.sleep(0.01)
+
+    def _on_kp_message(self, data: bytes) -> None:
+        """The edge's IntraRequests come on kp as well."""
+        message = decode_message(data)
+        self.received.append(message)
+        self.kp_received.append(message)
 
     async def start_stream(self, name: str, frame: np.ndarray, **hello_fields: object) -> Hello:
         """Hello and a source image, as a real sender starts (`hello_fields` override)."""

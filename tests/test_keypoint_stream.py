@@ -84,9 +84,29 @@ def test_reordered_payloads_wait_for_their_reference() -> None:
     payloads = [encoder.encode(i, value[i], jacobian[i]) for i in range(6)]
     assert [d.frame_index for d in decoder.decode(0, payloads[0])] == [0]
     assert decoder.decode(3, payloads[3]) == [] and decoder.decode(2, payloads[2]) == []
-    assert decoder.waiting == 2
+    assert decoder.waiting == 2 and decoder.broken
     assert sorted(d.frame_index for d in decoder.decode(1, payloads[1])) == [1, 2, 3]
     assert decoder.waiting == 0 and decoder.decode(2, payloads[2]) == []  # a duplicate
+    assert not decoder.broken
+
+
+def test_the_chain_is_broken_while_the_newest_payload_waits() -> None:
+    value, jacobian = motion(8)
+    encoder, decoder = KeypointEncoder("delta"), KeypointDecoder("delta", 10)
+    payloads = [encoder.encode(i, value[i], jacobian[i]) for i in range(5)]
+    assert not decoder.broken
+    decoder.decode(1, payloads[1])  # its reference, 0, not there (yet)
+    assert decoder.broken
+    decoder.decode(0, payloads[0])
+    decoder.decode(3, payloads[3])  # 2 lost
+    assert decoder.broken
+    encoder.request_intra()
+    assert [d.frame_index for d in decoder.decode(5, encoder.encode(5, value[5], jacobian[5]))
+            ] == [5]
+    assert not decoder.broken and decoder.undecodable == 1  # 3 given up
+    decoder.decode(7, encoder.encode(7, value[7], jacobian[7]))  # a delta on 5
+    decoder.decode(4, payloads[4])  # a straggler behind a newer decoded set: it waits ...
+    assert decoder.waiting == 1 and not decoder.broken  # ... but the chain goes on
 
 
 def test_a_lost_reference_is_felt_until_the_next_intra_payload() -> None:

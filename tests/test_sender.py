@@ -6,7 +6,9 @@ No network: the client's WebRTC session is exercised against a real receiver els
 from __future__ import annotations
 
 import io
+import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -18,6 +20,7 @@ from kpvid.models import build_networks
 from kpvid.protocol import (
     Bye,
     Feedback,
+    IntraRequest,
     InvalidField,
     KeypointDecoder,
     Keypoints,
@@ -441,6 +444,39 @@ def test_client_handles_receiver_messages(tiny_config: dict) -> None:
     for junk in (b"\x00garbage", "text", encode_message(Bye(reason="bye")),
                  encode_message(client.hello)):
         client._on_ctrl_message(junk)  # logged (rate-limited) and ignored
+
+
+def test_client_takes_intra_requests_on_either_channel(tiny_config: dict) -> None:
+    kp_detector, _ = build_networks(tiny_config)
+    client = SenderClient(SyntheticSource(size=32, length=2),
+                          KeypointExtractor(kp_detector, frame_size=32),
+                          SenderOptions(host="edge", token="t", codec="delta"))
+    value, jacobian = np.zeros((10, 2)), np.tile(np.eye(2), (10, 1, 1))
+    frames = itertools.count()
+
+    def intra_payloads_after(deliver: Callable[[], object]) -> int:
+        """How many of two payloads coded after `deliver()` ran are intra (the first, or none)."""
+        before = client._encoder.intra_payloads
+        deliver()
+        for _ in range(2):
+            client._encoder.encode(next(frames), value, jacobian)
+        return client._encoder.intra_payloads - before
+
+    request = encode_message(IntraRequest("lost frame 3"))
+    assert intra_payloads_after(lambda: None) == 1  # the stream's first payload
+    assert intra_payloads_after(lambda: None) == 0
+    assert intra_payloads_after(lambda: client._on_kp_message(request)) == 1
+    assert intra_payloads_after(lambda: client._on_ctrl_message(request)) == 1
+    assert intra_payloads_after(lambda: (client._on_kp_message(request),
+                                         client._on_ctrl_message(request))) == 1  # once
+    assert client.stats.kp_ignored == 0
+    junk = (b"\x00garbage", "text", encode_message(Bye(reason="bye")),
+            encode_message(Feedback(received=1, lost=0, predicted=0, prediction_error=None)),
+            encode_message(Keypoints(0, 0, 0, "f16", bytes(120))))
+    assert intra_payloads_after(lambda: [client._on_kp_message(m) for m in junk]) == 0
+    assert client.stats.kp_ignored == len(junk)  # counted, logged (rate-limited), dropped
+    assert client.stats.feedback is None  # a Feedback counts on ctrl only
+    assert f"ignored on kp: {len(junk)}" in client.stats.summary()
 
 
 def test_stats_summary() -> None:
