@@ -203,7 +203,8 @@ class Edge:
             log.info("stream %s: a new session replaces the live one", hello.stream)
             await previous.end("replaced by a new session of the same name")
         session = StreamSession(hello, engine=self.engine, metrics=self.metrics,
-                                send_ctrl=peer.send_ctrl, options=self.options.session)
+                                send_ctrl=peer.send_ctrl, send_kp=peer.send_kp,
+                                options=self.options.session)
         output = self.outputs.get(hello.stream)
         if output is None:
             output = self.outputs[hello.stream] = StreamOutput(hello.stream)

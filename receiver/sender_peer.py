@@ -129,7 +129,6 @@ class SenderPeer:
         session = await self.edge.open_stream(hello, self)
         if session is None:
             return
-        session.send_kp = self.send_kp  # before this task hands it any keypoints
         self.session = session
         self._watcher = asyncio.create_task(self._close_when_ended(session))
 

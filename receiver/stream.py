@@ -18,7 +18,8 @@ packet `intra_request_interval` after the last request, until a payload decodes;
 ``ctrl`` at a slower rate, for senders that read only ``ctrl`` (protocol/README.md,
 IntraRequest).
 Prediction and rendering run in the shared `SynthesisEngine` (batched with other streams) and the
-frame goes to the stream's video track (viewers) and, with `--record`, to an mp4. An edge too
+frame goes to every sink: the stream name's video for its viewers (the edge's `StreamOutput`,
+which outlives the session) and, with `--record`, an mp4. An edge too
 slow for its load skips rendering frames that are already `max_lag` late, so the delay stays
 bounded instead of growing.
 """
@@ -64,7 +65,6 @@ from .metrics import ReceiverMetrics
 from .prediction_error import PredictionErrorWindow
 from .recorder import StreamRecorder
 from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
-from .video_track import SynthesizedVideoTrack
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +134,20 @@ class StreamSession:
     """The edge's side of one sender's stream, from its hello to its end."""
 
     def __init__(self, hello: Hello, *, engine: SynthesisEngine, metrics: ReceiverMetrics,
-                 send_ctrl: SendMessage, options: SessionOptions = SessionOptions()) -> None:
+                 send_ctrl: SendMessage, send_kp: SendMessage | None = None,
+                 options: SessionOptions = SessionOptions()) -> None:
         self.hello = hello
         self.name = hello.stream
         self.engine = engine
         self.metrics = metrics
         self.options = options
         self._send_ctrl = send_ctrl
-        self.send_kp: SendMessage | None = None  # set by the SenderPeer (None: ctrl only)
-        self.track = SynthesizedVideoTrack(hello.fps)
+        self._send_kp = send_kp  # None: IntraRequests go on ctrl only
         self.clock = PlayoutClock(hello.fps, options.playout_delay)
         self.jitter: JitterBuffer[tuple[np.ndarray, float]] = JitterBuffer()
         self.recorder: StreamRecorder | None = None
         self.recording_path: Path | None = None
-        self.sinks: list[FrameSink] = [self.track.push]  # each frame out goes to every sink
+        self.sinks: list[FrameSink] = []  # each frame out goes to every sink (viewers, mp4)
         self.viewers = 0
         # every tick is observed, predicted or lost (where its keypoints came from), and either
         # out (rendered) or dropped (the edge ran more than max_lag late and skipped it)
@@ -225,7 +225,6 @@ class StreamSession:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             self.engine.drop(self.name)
-            self.track.stop()
             if self.recorder is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
                 log.info("stream %s: recorded %d frames to %s", self.name,
@@ -308,7 +307,7 @@ class StreamSession:
                                "has not come")
         options = self.options
         for channel, send, interval in (
-                ("kp", self.send_kp, options.intra_request_interval),
+                ("kp", self._send_kp, options.intra_request_interval),
                 ("ctrl", self._send_ctrl, options.intra_request_ctrl_interval)):
             if send is not None and now - self._intra_asked_at[channel] >= interval:
                 send(request)

@@ -44,8 +44,7 @@ class Session:
         self.session = StreamSession(HELLO, engine=cast(SynthesisEngine, None),
                                      metrics=ReceiverMetrics(),
                                      send_ctrl=self.sent["ctrl"].append,
-                                     options=SessionOptions())
-        self.session.send_kp = self.sent["kp"].append
+                                     send_kp=self.sent["kp"].append, options=SessionOptions())
         self.value, self.jacobian = motion(frames)
         self.encoder = KeypointEncoder("delta", intra_interval)
 
