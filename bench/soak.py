@@ -4,12 +4,14 @@ Starts one ``kpvid-receive`` (CPU, ``--receiver-threads`` torch threads, no reco
 ``--record``) and two endless ``kpvid-send --synthetic faces`` processes (different seeds and
 stream names, one torch thread each), then samples every ``--interval`` seconds for
 ``--minutes``: RSS and open file descriptors of each process, and per stream the edge's
-counters, frame rate out, latency and keypoint kbps from ``/api/streams``.
+counters, frame rate out, latency, keypoint kbps and viewers from ``/api/streams``. With
+``--viewers N``, N aiortc viewers per stream (``python -m kpvid.demo.viewer_peer``, each its own
+process) watch from the moment both streams play.
 
 The verdict: the receiver's RSS and descriptor count, fitted with a line over the second half
 of the run, must grow slower than the limits; no process may die and no stream end early; both
-streams must keep within ``--fps-tolerance`` of ``--fps`` in every sample after ``--warmup``.
-Exit status 1 when a verdict fails.
+streams must keep within ``--fps-tolerance`` of ``--fps`` in every sample after ``--warmup``,
+and keep their viewers. Exit status 1 when a verdict fails.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class StreamSample:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     kbps: float
+    viewers: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,9 @@ def second_half_growth(times_s: Sequence[float], values: Sequence[float],
 
 def judge(samples: Sequence[Sample], *, fps: float = 30.0, fps_tolerance: float = 0.1,
           warmup_s: float = 60.0, max_rss_slope: float = 1.0, max_fd_slope: float = 1.0,
-          died: Sequence[str] = ()) -> Verdict:
-    """The verdict on a run's samples (``died``: processes that exited before the end)."""
+          died: Sequence[str] = (), viewers: int = 0) -> Verdict:
+    """The verdict on a run's samples (``died``: processes that exited before the end;
+    ``viewers``: how many viewers each stream should keep after the warm-up)."""
     times = [s.t_s for s in samples]
     receiver = [s.processes.get(RECEIVER) for s in samples]
     kept = [(t, p) for t, p in zip(times, receiver) if p is not None]
@@ -160,6 +164,11 @@ def judge(samples: Sequence[Sample], *, fps: float = 30.0, fps_tolerance: float 
                 f"stream {name}: frame rate outside {low:.1f}-{high:.1f} fps in {len(off)} "
                 f"sample(s) after {warmup_s:.0f} s, first {off[0][1]:.1f} fps at "
                 f"{off[0][0]:.0f} s")
+        short = [(s.t_s, s.streams[name].viewers) for s in seen
+                 if s.t_s >= warmup_s and s.streams[name].viewers < viewers]
+        if short:
+            verdict.failures.append(
+                f"stream {name}: {short[0][1]} of {viewers} viewers at {short[0][0]:.0f} s")
     return verdict
 
 
@@ -186,7 +195,7 @@ def sample_streams(edge: Edge) -> dict[str, StreamSample]:
                 dropped=frames.get("dropped", 0), lost=frames.get("lost", 0),
                 predicted=frames.get("predicted", 0), fps_out=s.get("fps_out", 0.0),
                 latency_p50_ms=latency.get("p50"), latency_p99_ms=latency.get("p99"),
-                kbps=s.get("kbps", 0.0))
+                kbps=s.get("kbps", 0.0), viewers=s.get("viewers", 0))
     return found
 
 
@@ -228,7 +237,18 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
                           f"{', '.join(gone)} exited" if gone else "timed out", args.out)
                 return samples, died
             time.sleep(0.5)
-        log.info("both streams playing; sampling every %.0f s for %.1f min",
+        for stream in STREAMS:
+            for n in range(1, args.viewers + 1):
+                name = f"viewer-{stream}-{n}"
+                logs.append((args.out / f"{name}.log").open("w"))
+                processes[name] = subprocess.Popen(
+                    [sys.executable, "-m", "kpvid.demo.viewer_peer", edge.url, stream,
+                     "--ca", str(local.cert)],
+                    env=local.sender_env, stdout=logs[-1], stderr=subprocess.STDOUT)
+                watched[name] = psutil.Process(processes[name].pid)
+                watched[name].cpu_percent(interval=None)
+        log.info("both streams playing%s; sampling every %.0f s for %.1f min",
+                 f", {args.viewers} viewer(s) each" if args.viewers else "",
                  args.interval, args.minutes)
 
         duration = args.minutes * 60
@@ -264,8 +284,8 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-        for name in STREAMS:
-            if name in processes:
+        for name in processes:
+            if name != RECEIVER:
                 stop_process(name, processes[name])
         if RECEIVER in processes:
             stop_process(RECEIVER, processes[RECEIVER], signal.SIGINT)
@@ -282,14 +302,15 @@ def tables(samples: Sequence[Sample], verdict: Verdict, args: argparse.Namespace
     """The markdown: settings, verdict, and the samples about once a minute."""
     every = max(1, round(60 / args.interval))
     shown = [s for i, s in enumerate(samples) if i % every == 0 or i == len(samples) - 1]
-    names = [RECEIVER, *STREAMS]
+    names = [RECEIVER, *STREAMS,
+             *sorted({n for s in samples for n in s.processes} - {RECEIVER, *STREAMS})]
     lines = [
         "# Soak: two streams on one edge",
         "",
         f"{args.minutes:g} min, a sample every {args.interval:g} s ({len(samples)} samples; "
         f"the tables show about one a minute), two synthetic-face senders at {args.fps:g} fps, "
         f"{args.receiver_threads} torch thread(s) for the receiver, one for each sender, "
-        f"recording {'on' if args.record else 'off'}.",
+        f"{args.viewers} viewer(s) per stream, recording {'on' if args.record else 'off'}.",
         "",
         "## Verdict",
         "",
@@ -301,7 +322,7 @@ def tables(samples: Sequence[Sample], verdict: Verdict, args: argparse.Namespace
         f"| < {verdict.fds.limit_per_min:g} | {'yes' if verdict.fds.ok else 'NO'} |",
     ]
     for name, growth in verdict.sender_rss.items():
-        lines.append(f"| sender {name} RSS slope, second half (info) "
+        lines.append(f"| {name} RSS slope, second half (info) "
                      f"| {_num(growth.slope_per_min, 3)} MB/min | - | - |")
     lines += ["", "Failures: " + ("; ".join(verdict.failures) if verdict.failures else "none"),
               "", "## Processes: RSS (MB) / open descriptors / CPU (% of a core)", "",
@@ -312,7 +333,7 @@ def tables(samples: Sequence[Sample], verdict: Verdict, args: argparse.Namespace
                  for p in (s.processes.get(n) for n in names)]
         lines.append(f"| {s.t_s / 60:.1f} | " + " | ".join(cells) + " |")
     lines += ["", "## Streams: fps out / latency p50, p99 (ms) / frames out, dropped, lost / "
-              "kbps", "",
+              "kbps / viewers", "",
               "| t (min) | " + " | ".join(STREAMS) + " |",
               "|---|" + "---|" * len(STREAMS)]
     for s in shown:
@@ -322,7 +343,8 @@ def tables(samples: Sequence[Sample], verdict: Verdict, args: argparse.Namespace
             cells.append("-" if st is None else
                          f"{st.fps_out:.1f} / {_num(st.latency_p50_ms, 0)}, "
                          f"{_num(st.latency_p99_ms, 0)} / {st.frames_out}, {st.dropped}, "
-                         f"{st.lost} / {st.kbps:.1f}" + ("" if st.playing else " (ended)"))
+                         f"{st.lost} / {st.kbps:.1f} / {st.viewers}"
+                         + ("" if st.playing else " (ended)"))
         lines.append(f"| {s.t_s / 60:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -381,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-fd-slope", type=float, default=1.0,
                         help="receiver descriptor growth limit over the second half, per minute "
                              "(default: 1)")
+    parser.add_argument("--viewers", type=int, default=0, metavar="N",
+                        help="aiortc viewers per stream, each its own process (default: 0)")
     parser.add_argument("--record", type=Path, default=None, metavar="DIR",
                         help="have the receiver record both streams into DIR (default: off)")
     parser.add_argument("--port", type=int, default=0,
@@ -398,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.minutes <= 0 or args.interval <= 0:
-        raise SystemExit("kpvid-bench soak: --minutes and --interval must be > 0")
+    if args.minutes <= 0 or args.interval <= 0 or args.viewers < 0:
+        raise SystemExit("kpvid-bench soak: --minutes and --interval must be > 0, --viewers "
+                         ">= 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         samples, died = run_soak(args)
@@ -408,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     verdict = judge(samples, fps=args.fps, fps_tolerance=args.fps_tolerance,
                     warmup_s=args.warmup, max_rss_slope=args.max_rss_slope,
-                    max_fd_slope=args.max_fd_slope, died=died)
+                    max_fd_slope=args.max_fd_slope, died=died, viewers=args.viewers)
     results = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "verdict": {"ok": verdict.ok, "failures": verdict.failures,

@@ -61,13 +61,14 @@ def test_slow_stream_ended_stream_and_death_fail() -> None:
     assert judge(series(0, 0, fps=20.0), warmup_s=1e9).ok  # only after the warm-up
     assert any("ended early" in f for f in judge(series(0, 0, playing=False)).failures)
     assert any("exited" in f for f in judge(series(0, 0), died=["soak-a"]).failures)
+    assert any("viewers" in f for f in judge(series(0, 0), viewers=1).failures)
 
 
 def test_short_real_run(tmp_path: Path) -> None:
     from kpvid.bench.soak import main
 
     out = tmp_path / "soak"
-    status = main(["--minutes", "0.25", "--interval", "3", "--out", str(out),
+    status = main(["--minutes", "0.25", "--interval", "3", "--out", str(out), "--viewers", "1",
                    "--json", str(out / "soak.json"), "--markdown", str(out / "soak.md"),
                    "--plots", str(out)])
     assert status in (0, 1)  # 15 s is too short for a growth verdict to mean much
@@ -76,11 +77,13 @@ def test_short_real_run(tmp_path: Path) -> None:
     samples = results["samples"]
     assert len(samples) >= 3
     for sample in samples:
-        assert set(sample["processes"]) == {RECEIVER, *STREAMS}
+        assert set(sample["processes"]) == {RECEIVER, *STREAMS,
+                                            *(f"viewer-{name}-1" for name in STREAMS)}
         for figures in sample["processes"].values():
             assert figures["rss_mb"] > 0 and figures["fds"] > 0
     last = samples[-1]["streams"]
     for name in STREAMS:
         assert last[name]["playing"] and last[name]["frames_out"] > 0
+        assert last[name]["viewers"] == 1
     assert (out / "soak.md").stat().st_size > 0
     assert (out / "soak.png").stat().st_size > 0
