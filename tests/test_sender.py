@@ -530,6 +530,9 @@ def test_stats_live_line_on_a_terminal() -> None:
     (["--synthetic", "faces", "--to", "e", "--device", "tpu"], "--device"),
     (["--synthetic", "faces", "--to", "e", "--observe", "40", "--predict", "40"],
      "observe \\+ predict"),
+    (["--synthetic", "faces", "--to", "e", "--adapt", "0"], "argument --adapt: must be > 0"),
+    (["--synthetic", "faces", "--to", "e", "--adapt", "--max-predict", "-1"],
+     "argument --max-predict: must be >= 0"),
     (["--video", "/nonexistent/clip.mp4", "--to", "e"], "video file not found"),
     (["--camera", "97", "--to", "e"], "could not open camera 97"),
 ])
@@ -557,6 +560,7 @@ def test_cli_help_states_the_defaults(capsys: pytest.CaptureFixture) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--camera", "--video", "--synthetic", "--loop", "--crop", "--to", "--token",
-                 "--insecure", "--ca", "--observe", "--predict", "--ice-server", "--frames"):
+                 "--insecure", "--ca", "--observe", "--predict", "--ice-server", "--frames",
+                 "--adapt", "--max-predict"):
         assert flag in text
     assert "M=1 and N=1" in text and "M2 protocol" in text and "KPVID_TOKEN" in text
