@@ -4,6 +4,10 @@ Behaviour, all deliberate:
 
 - Codec: H.264 (``libx264``, ``crf 17``, ``yuv420p``); if this PyAV build lacks libx264 the
   recorder logs a warning and uses ``mpeg4`` at a high bit rate instead.
+- Fragmented mp4 with a keyframe every ``FRAGMENT_SECONDS``: each fragment is on disk once the
+  next keyframe starts, so a receiver that is killed (no chance to finalise) leaves a file that
+  plays up to its last complete fragment, and the muxer's memory does not grow with the
+  recording's length (a plain mp4 keeps its whole index in memory until it closes).
 - Time base ``1 / fps`` (fractional rates via ``Fraction(fps).limit_denominator(1001)``, so
   29.97 and 30000/1001 both work); a frame's pts is ``frame_index - first_index``, so skipped
   indices show as gaps in time (the receiver writes every frame, so there are none).
@@ -33,6 +37,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _STOP = object()
+FRAGMENT_SECONDS = 2.0
+# an empty moov up front, then a moof + mdat per keyframe-led fragment
+FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 
 
 def pick_codec() -> str:
@@ -138,13 +145,14 @@ class StreamRecorder:
     def _open(self, width: int, height: int) -> tuple:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         codec = pick_codec()
-        container = av.open(str(self.path), mode="w")
+        container = av.open(str(self.path), mode="w", options=FRAGMENTED_MP4)
         try:
             stream = container.add_stream(codec, rate=self.rate)
             stream.width = width
             stream.height = height
             stream.pix_fmt = "yuv420p"
             stream.codec_context.time_base = 1 / self.rate
+            stream.codec_context.gop_size = max(1, round(float(self.rate) * FRAGMENT_SECONDS))
             if codec == "libx264":
                 stream.options = {"crf": "17"}
             else:

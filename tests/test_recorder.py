@@ -176,3 +176,32 @@ def test_recorder_counts_frames_dropped_on_a_full_queue(tmp_path, monkeypatch, c
     release.set()
     recorder.close()
     assert recorder.frames_written == 3
+
+
+KILLED_RECORDER = """
+import os, signal, sys, time
+import numpy as np
+from kpvid.receiver.recorder import StreamRecorder
+from tests.test_recorder import frames
+recorder = StreamRecorder(sys.argv[1], 30.0)
+for i, frame in enumerate(frames(150)):
+    recorder.write(i, frame)
+while recorder.frames_written < 150:
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)  # no close: the file is never finalised
+"""
+
+
+def test_a_killed_recorder_leaves_a_file_that_plays_to_its_last_fragment(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.mp4"
+    done = subprocess.run([sys.executable, "-c", KILLED_RECORDER, str(path)], timeout=120)
+    assert done.returncode == -9
+    decoded, codec, _ = read_video(path)
+    # keyframes every 2 s: the first fragment (60 frames) is whole on disk; the encoder's
+    # look-ahead still held the frames of the second when the process died
+    assert len(decoded) >= 2 * 30 - 1, len(decoded)
+    expected = frames(150)
+    assert min(psnr(a, b) for a, b in zip(decoded, expected)) > 35
