@@ -113,6 +113,9 @@ def test_recorder_writes_an_h264_mp4_that_reads_back(tmp_path):
     assert all(f.shape == (64, 64, 3) for f in decoded)
     quality = [psnr(a, b) for a, b in zip(decoded, written)]
     assert min(quality) > 30, quality
+    with av.open(str(path)) as container:  # each frame at its own time, from 0 (no shift)
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+    assert [round(t * 30) for t in times] == list(range(30))
     with pytest.raises(RuntimeError):
         recorder.write(200, written[0])
 
