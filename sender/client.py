@@ -80,6 +80,9 @@ CONNECT_TIMEOUT_S = 20.0        # answer applied -> both channels open
 DRAIN_TIMEOUT_S = 2.0           # at the end: wait this long at most for the channels to empty
 DRAIN_GRACE_S = 0.2             # then this long for the last chunks to reach the wire
 BAD_MESSAGE_LOG_INTERVAL_S = 5.0
+# Once an edge has sent a Feedback (kpvid's does every second), this long without a word from
+# it means it is gone, even if no packet said so (a crashed host): reconnect.
+EDGE_SILENCE_S = 5.0
 
 T = TypeVar("T")
 
@@ -245,6 +248,7 @@ class SenderClient:
         self.schedules = ScheduleTimeline(options.schedule)
         self._controller: ScheduleController | None = None
         self._next_schedule: Schedule | None = None  # decided, adopted at the next group
+        self._heard_at: float | None = None  # last message from the edge, once it gave feedback
         self.stats = stats if stats is not None else SenderStats()
         self.stop = stop if stop is not None else asyncio.Event()
         self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
@@ -403,6 +407,8 @@ class SenderClient:
         except ProtocolError as exc:
             self._bad_messages.warning("bad", "ignored a bad message from the edge: %s", exc)
             return
+        if isinstance(message, Feedback) or self._heard_at is not None:
+            self._heard_at = time.monotonic()
         if isinstance(message, SourceRequest):
             log.info("edge asks for the source image (%s)", message.reason)
             self._source_wanted = True
@@ -430,6 +436,8 @@ class SenderClient:
         except ProtocolError:
             message = None
         if isinstance(message, IntraRequest):
+            if self._heard_at is not None:
+                self._heard_at = time.monotonic()
             self._on_intra_request(message)
             return
         self.stats.kp_ignored += 1
@@ -480,6 +488,7 @@ class SenderClient:
         self._controller = (None if options.adapt is None
                             else ScheduleController(options.schedule, options.adapt))
         self._next_schedule = None
+        self._heard_at = None  # armed by this edge's first Feedback
         ctrl.send(encode_message(self.hello))
         source_image = encode_source_image(first.rgb, options.source_format,
                                            options.source_quality)
@@ -496,6 +505,9 @@ class SenderClient:
                 return
             if lost.is_set() or ctrl.readyState != "open":
                 raise _Retry("connection to the edge lost")
+            if (self._heard_at is not None
+                    and time.monotonic() - self._heard_at > EDGE_SILENCE_S):
+                raise _Retry(f"no word from the edge for {EDGE_SILENCE_S:.0f} s")
             if self._source_wanted:
                 self._source_wanted = False
                 self._send_source_image(ctrl, source_image)

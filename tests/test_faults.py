@@ -361,3 +361,35 @@ def test_sigterm_finalises_every_recording_with_every_frame(tmp_path):
                      "out_at_last_look": result["live"][name]["frames"]["out"]})
         # every frame put out, the last ones after the last look included, is in the file
         assert frames == int(recorded.group(1)) == out >= result["live"][name]["frames"]["out"]
+
+
+def test_a_sender_leaves_an_edge_that_falls_silent(tmp_path, monkeypatch):
+    """An edge whose host dies sends nothing more, not even a close: the sender notices the
+    missing Feedback and reconnects (here to the same edge, which is still up)."""
+    monkeypatch.setattr("kpvid.sender.client.EDGE_SILENCE_S", 2.0)
+
+    async def scenario() -> tuple[SenderStats, float]:
+        extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+        source = SyntheticSource("faces", seed=6, size=64, fps=30.0, length=900)
+        stats, stop = SenderStats(), asyncio.Event()
+        async with running_edge(tmp_path) as edge:
+            port = int(edge.url.rsplit(":", 1)[1])
+            options = SenderOptions(host="localhost", port=port, token=TOKEN,
+                                    ca_file=str(edge.cert), stream="cam")
+            sender = asyncio.create_task(run_sender(source, extractor, options, stats, stop))
+            await wait_for(lambda: playing(edge, "cam", 30) and stats.feedback is not None, 20)
+            silenced = edge.edge.streams["cam"]
+            silenced._send_ctrl = lambda message: None  # the edge says nothing any more
+            silenced._send_kp = None
+            muted_at = time.monotonic()
+            await wait_for(lambda: stats.reconnects >= 1, 15)
+            noticed_after = time.monotonic() - muted_at
+            await wait_for(lambda: edge.edge.streams.get("cam") not in (None, silenced)
+                           and playing(edge, "cam", 15), 20)
+            stop.set()
+            assert await asyncio.wait_for(sender, 10) == 0
+        return stats, noticed_after
+
+    stats, noticed_after = asyncio.run(scenario())
+    # silence counts from the last Feedback, up to a second before the edge was muted
+    assert 1.0 <= noticed_after < 8.0, noticed_after
