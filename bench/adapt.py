@@ -35,11 +35,17 @@ from kpvid.sender.schedule import Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.evaluate_predict import Renderer
 from kpvid.training.extract import detect_kp6, frames_to_tensor
-from kpvid.training.loss_models import DEFAULT_BURST_LENGTH, make_loss_model
+from kpvid.training.loss_models import (
+    DEFAULT_BURST_LENGTH,
+    LOSS_MODELS,
+    GilbertElliott,
+    make_loss_model,
+)
 from kpvid.training.synthetic.faces import ACTIVITIES, generate_faces
 from kpvid.training.transmission import FeedbackLoop, transmit
 from kpvid.training.visualize import to_uint8
 
+from .loss import loss_rate
 from .predictor_step import cpu_name
 from .report import add_output_arguments, run_and_report
 from .video_codecs import frame_quality
@@ -233,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
                         default="vrnn", help="the edge's predictor (default: %(default)s)")
-    parser.add_argument("--loss-rate", type=float, default=0.0,
+    parser.add_argument("--loss-rate", type=loss_rate, default=0.0,
                         help="keypoint packet loss rate (default: 0)")
-    parser.add_argument("--loss-model", choices=("bernoulli", "gilbert-elliott"),
-                        default="gilbert-elliott", help="with --loss-rate (default: "
+    parser.add_argument("--loss-model", choices=list(LOSS_MODELS),
+                        default=GilbertElliott.name, help="with --loss-rate (default: "
                                                         "%(default)s)")
     parser.add_argument("--burst-length", type=float, default=DEFAULT_BURST_LENGTH,
                         help="Gilbert-Elliott's mean burst (default: %(default)g packets)")
@@ -254,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if any(n < 0 for n in args.fixed) or any(t <= 0 for t in args.targets):
         parser.error("--fixed needs N >= 0 and --targets errors > 0")
-    if not 0 <= args.loss_rate < 1:
-        parser.error("--loss-rate must be in [0, 1)")
     args.fixed = sorted(set(args.fixed))
     return run_and_report(args, run, format_markdown, plot)
 
