@@ -176,10 +176,31 @@ class LearnedPredictor(Predictor):
                 out[i] = result
         return out  # type: ignore[return-value]  # every row filled above
 
+    @classmethod
+    def forecast_many(cls, predictors: Sequence[Predictor]) -> list[np.ndarray]:
+        """Deterministic predictors that share a network and normalisation forecast in one
+        batched network call; sampled-mode ones one by one."""
+        out: list[np.ndarray | None] = [None] * len(predictors)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, predictor in enumerate(predictors):
+            assert isinstance(predictor, LearnedPredictor)
+            if predictor.samples == 1 and predictor.state is not None:
+                groups.setdefault((id(predictor.network), id(predictor.norm)), []).append(i)
+            else:
+                out[i] = predictor.forecast()
+        for rows in groups.values():
+            sets = _step_batch([predictors[i] for i in rows], None,  # type: ignore[misc]
+                               commit=False)
+            for i, kp in zip(rows, sets):
+                out[i] = kp
+        return out  # type: ignore[return-value]  # every row filled above
 
-def _step_batch(predictors: list[LearnedPredictor], kp6: np.ndarray | None) -> np.ndarray:
+
+def _step_batch(predictors: list[LearnedPredictor], kp6: np.ndarray | None,
+                commit: bool = True) -> np.ndarray:
     """One network step for deterministic predictors sharing a network: observe ``kp6``
-    (B, K, 6), or predict when None. Returns the (B, K, 6) sets."""
+    (B, K, 6), or predict when None. Returns the (B, K, 6) sets; ``commit=False`` leaves the
+    predictors' states as they were (a forecast)."""
     first = predictors[0]
     if kp6 is None:
         if any(p.state is None for p in predictors):
@@ -191,8 +212,9 @@ def _step_batch(predictors: list[LearnedPredictor], kp6: np.ndarray | None) -> n
                        for p in predictors])
     with torch.inference_mode():
         result, state = first.network.step(x, state)
-    for predictor, row in zip(predictors, state):
-        predictor.state = row.unsqueeze(0)
+    if commit:
+        for predictor, row in zip(predictors, state):
+            predictor.state = row.unsqueeze(0)
     return kp6 if kp6 is not None else first.norm.invert(result.numpy())
 
 

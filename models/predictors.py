@@ -77,6 +77,11 @@ class Predictor(ABC):
         before any :meth:`observe`."""
 
     @classmethod
+    def forecast_many(cls, predictors: Sequence[Predictor]) -> list[np.ndarray]:
+        """:meth:`forecast` of several streams' predictors of this class. Subclasses batch."""
+        return [predictor.forecast() for predictor in predictors]
+
+    @classmethod
     def step_many(cls, predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
                   ) -> list[np.ndarray]:
         """One frame for several streams' predictors of this class: observe ``kp6[i]`` where
@@ -174,13 +179,28 @@ def step_predictors(predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | 
     results in the order given."""
     if len(predictors) != len(kp6):
         raise ValueError(f"{len(predictors)} predictors but {len(kp6)} keypoint entries")
+    return _per_class(predictors, lambda cls, rows: cls.step_many(
+        [predictors[i] for i in rows], [kp6[i] for i in rows]))
+
+
+def forecast_predictors(predictors: Sequence[Predictor]) -> list[np.ndarray]:
+    """:meth:`Predictor.forecast` of many streams' predictors, one call per predictor class
+    (:meth:`Predictor.forecast_many`), results in the order given."""
+    return _per_class(predictors, lambda cls, rows: cls.forecast_many(
+        [predictors[i] for i in rows]))
+
+
+def _per_class(predictors: Sequence[Predictor],
+               call: Callable[[type[Predictor], list[int]], list[np.ndarray]]
+               ) -> list[np.ndarray]:
+    """``call(cls, rows)`` once per predictor class with the indices of its predictors; the
+    results put back in the predictors' order."""
     out: list[np.ndarray | None] = [None] * len(predictors)
     groups: dict[type[Predictor], list[int]] = {}
     for i, predictor in enumerate(predictors):
         groups.setdefault(type(predictor), []).append(i)
     for cls, rows in groups.items():
-        results = cls.step_many([predictors[i] for i in rows], [kp6[i] for i in rows])
-        for i, result in zip(rows, results):
+        for i, result in zip(rows, call(cls, rows), strict=True):
             out[i] = result
     return out  # type: ignore[return-value]  # every row filled above
 

@@ -33,6 +33,7 @@ from kpvid.models.predictors import (
     ConstantVelocity,
     Predictor,
     check_kp6,
+    forecast_predictors,
     step_predictors,
     to_kp6,
 )
@@ -309,9 +310,11 @@ class SynthesisEngine:
             predictors = [self._predictors.setdefault(job.stream, self.new_predictor())
                           for job in stepping]
             try:
-                for job, predictor in zip(stepping, predictors):
-                    if job.kp6 is not None and job.stream in self._observed:
-                        job.forecast = predictor.forecast()
+                forecasting = [(job, predictor) for job, predictor in zip(stepping, predictors)
+                               if job.kp6 is not None and job.stream in self._observed]
+                forecasts = forecast_predictors([predictor for _, predictor in forecasting])
+                for (job, _), forecast in zip(forecasting, forecasts):
+                    job.forecast = forecast
                 sets = step_predictors(predictors, [job.kp6 for job in stepping])
             except Exception as exc:  # a bug in a predictor: these streams' frames fail
                 self.errors += len(stepping)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kpvid.models import SHIPPED_CHECKPOINT
-from kpvid.models.predictors import make_predictor
+from kpvid.models.predictors import forecast_predictors, make_predictor, predictor_factory
 from kpvid.protocol import (
     Bye,
     Feedback,
@@ -51,6 +51,22 @@ def test_a_forecast_is_the_next_prediction_and_changes_nothing(name):
     np.testing.assert_allclose(first, again)
     np.testing.assert_allclose(predictor.predict(), first, atol=1e-6)
     np.testing.assert_allclose(predictor.forecast(), predictor.predict(), atol=1e-6)
+
+
+def test_forecasts_of_many_streams_are_batched_and_match_each_alone():
+    rng = np.random.default_rng(1)
+    vrnn = predictor_factory("vrnn")  # one network: its predictors forecast in one call
+    predictors = [vrnn(), make_predictor("hold-last"), vrnn()]
+    for predictor in predictors:
+        for kp6 in rng.normal(0, 0.3, (3, 10, 6)).astype(np.float32):
+            predictor.observe(kp6)
+    alone = [predictor.forecast() for predictor in predictors]
+    together = forecast_predictors(predictors)
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # nothing advanced: the next predictions are still the forecasts
+    for predictor, forecast in zip(predictors, alone):
+        np.testing.assert_allclose(predictor.predict(), forecast, atol=1e-5)
 
 
 def test_the_error_window_prefers_sets_that_end_a_gap():
