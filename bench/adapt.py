@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
-from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
+from kpvid.sender.adaptation import PX_PER_UNIT, AdaptationOptions, ScheduleController
 from kpvid.sender.schedule import Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.evaluate_predict import Renderer
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict:
                 total["psnr"].append(psnr)
                 total["ssim"].append(ssim)
                 total["error"].append(float(np.linalg.norm(
-                    sent.kp6[..., :2] - kp6[..., :2], axis=-1).mean() * 128))
+                    sent.kp6[..., :2] - kp6[..., :2], axis=-1).mean() * PX_PER_UNIT))
                 progress.update()
     progress.close()
     rows: list[ScheduleRow] = []

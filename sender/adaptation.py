@@ -14,9 +14,8 @@ of a gap one frame longer. That makes the rule simple:
 - loss above ``loss_high``: one fewer (a lost set already lengthens the gap), and no increase
   while loss is above half of it.
 
-Decreases are immediate, increases one step at a time; the first feedback after a change is
-skipped (it counts frames of both schedules). Positions are in keypoint units scaled to pixels
-of a 256 x 256 frame (FOMM's coordinates span 2, so 1 unit = 128 px).
+Decreases are immediate, increases one step at a time. Positions are in keypoint units scaled
+to pixels of a 256 x 256 frame (FOMM's coordinates span 2, so 1 unit = 128 px).
 """
 
 from __future__ import annotations
