@@ -95,7 +95,6 @@ class _Totals:
     concealed_errors: list[np.ndarray] = field(default_factory=list)
 
     def add(self, sent: TransmittedClip, kp6: np.ndarray, psnr: float, ssim: float) -> None:
-        assert sent.lost is not None and sent.concealed is not None
         self.frames += len(kp6)
         self.packets += sent.packets
         self.lost += int(sent.lost.sum())

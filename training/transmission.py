@@ -34,18 +34,12 @@ class TransmittedClip:
     message_bytes: np.ndarray  # (T,) int: whole Keypoints message per frame (0 when not sent)
     intra_payloads: int
     # (T,) bool: the frame's keypoints were sent but lost on the way (all False without loss)
-    lost: np.ndarray | None = None
+    lost: np.ndarray
     # (T,) bool: sent but not played as decoded (lost, or a delta payload whose reference was
     # lost): predicted like a skipped frame
-    concealed: np.ndarray | None = None
-    intra_requests: int = 0  # IntraRequests the edge sent
-    predict: np.ndarray | None = None  # (T,) int: the schedule's N at each frame
-
-    def __post_init__(self) -> None:
-        frames = len(self.observed)
-        for name in ("lost", "concealed"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, np.zeros(frames, bool))
+    concealed: np.ndarray
+    intra_requests: int  # IntraRequests the edge sent
+    predict: np.ndarray  # (T,) int: the schedule's N at each frame
 
     @property
     def packets(self) -> int:
@@ -54,7 +48,6 @@ class TransmittedClip:
     @property
     def undecodable(self) -> np.ndarray:
         """(T,) bool: received but not decodable (its delta reference was lost)."""
-        assert self.concealed is not None and self.lost is not None  # set in __post_init__
         return self.concealed & ~self.lost
 
 
