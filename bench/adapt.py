@@ -1,5 +1,5 @@
-"""``kpvid-bench adapt``: the sender adapting N to the edge's feedback, against fixed schedules,
-on quality per bit.
+"""``kpvid-bench adapt``: the sender adapting N to the motion and the edge's feedback, against
+fixed schedules, on quality per bit.
 
 Synthetic talking-head calls (made here, at the shipped model's size, from seeds that no data
 set uses): *steady* clips keep one liveliness throughout; *varying* ones alternate still
@@ -7,11 +7,12 @@ set uses): *steady* clips keep one liveliness throughout; *varying* ones alterna
 keypoint detector on every frame, then each schedule through the ``delta`` codec, the edge's
 predictor (:func:`kpvid.training.transmission.transmit`) and the FOMM generator, from the
 clip's first frame. Fixed schedules observe 1 and predict N; adaptive ones start at 1:1 and
-follow :class:`kpvid.sender.adaptation.ScheduleController` with a target error, the edge's
-feedback reaching the sender every second, 100 ms late. A fixed schedule's bit rate is set by
-N alone, so the question is whether the adaptive points lie above the fixed schedules' curve
-of PSNR against bit rate: the table gives each adaptive point's gain over the fixed curve at
-its own bit rate (linear between the two fixed points around it).
+follow :class:`kpvid.sender.adaptation.ScheduleController` with a pace (group length at 1 px
+per frame of keypoint motion), the edge's feedback reaching the sender every second, 100 ms
+late. A fixed schedule's bit rate is set by N alone, so the question is whether the adaptive
+points lie above the fixed schedules' curve of PSNR against bit rate: the table gives each
+adaptive point's gain over the fixed curve at its own bit rate (linear between the two fixed
+points around it).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 FPS = 30.0
 SEED_BASE = 900_000  # clip seeds: SEED_BASE + --seed * 10_000 + clip number
 DEFAULT_FIXED = (0, 1, 2, 3, 4, 6)
-DEFAULT_TARGETS = (1.0, 2.0, 3.0, 4.0)
+DEFAULT_PACES = (2.0, 3.0, 4.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ScheduleRow:
     """One schedule on one kind of clip, over all clips."""
 
     activity: str
-    schedule: str  # "fixed 1:N" or "adaptive <target> px"
+    schedule: str  # "fixed 1:N" or "adaptive pace <pace>"
     adaptive: bool
     kbps: float  # Keypoints messages, whole messages, at 30 fps
     psnr: float  # mean over clips of the per-clip mean
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     new_predictor = predictor_factory(args.predictor)
     schedules: list[tuple[str, float | int, bool]] = (
         [(f"fixed 1:{n}", n, False) for n in args.fixed]
-        + [(f"adaptive {t:g} px", t, True) for t in args.targets])
+        + [(f"adaptive pace {p:g}", p, True) for p in args.paces])
     sums = {(a, name): {"bytes": 0, "frames": 0, "sent": 0, "predict": 0.0, "psnr": [],
                         "ssim": [], "error": []}
             for a in args.activities for name, _, _ in schedules}
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                         if args.loss_rate > 0 else None)
                 start = Schedule(1, 1 if adaptive else int(value))
                 feedback = (FeedbackLoop(ScheduleController(start, AdaptationOptions(
-                    target_error_px=float(value), max_predict=args.max_predict)))
+                    pace=float(value), max_predict=args.max_predict)))
                     if adaptive else None)
                 sent = transmit(kp6, start, "delta", new_predictor, loss=loss,
                                 feedback=feedback)
@@ -197,12 +198,12 @@ def plot(results: dict, out_dir: Path) -> Path:
                              squeeze=False)
     for ax, activity in zip(axes[0], activities):
         for adaptive, style, label in ((False, "o-", "fixed 1:N"),
-                                       (True, "s--", "adaptive (target error)")):
+                                       (True, "s--", "adaptive (pace)")):
             points = sorted((r["kbps"], r["psnr"], r["schedule"]) for r in results["rows"]
                             if r["activity"] == activity and r["adaptive"] == adaptive)
             ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label)
             for kbps, psnr, name in points:
-                ax.annotate(name.split()[-2] if adaptive else name.split(":")[-1],
+                ax.annotate(name.split()[-1] if adaptive else name.split(":")[-1],
                             (kbps, psnr), textcoords="offset points", xytext=(4, -10),
                             fontsize=7)
         ax.set_title(f"{activity} clips")
@@ -230,9 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kinds of clip (default: all)")
     parser.add_argument("--fixed", type=int, nargs="+", default=list(DEFAULT_FIXED),
                         help="N of the fixed schedules 1:N (default: 0 1 2 3 4 6)")
-    parser.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
-                        help="target errors of the adaptive schedules, px at 256 (default: "
-                             "1 2 3 4)")
+    parser.add_argument("--paces", type=float, nargs="+", default=list(DEFAULT_PACES),
+                        help="paces of the adaptive schedules, frames per group at 1 px per "
+                             "frame of motion (default: 2 3 4 5)")
     parser.add_argument("--max-predict", type=int, default=AdaptationOptions.max_predict,
                         help="the most frames an adaptive schedule predicts per group "
                              "(default: %(default)s)")
@@ -257,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     args.argv = argv
-    if any(n < 0 for n in args.fixed) or any(t <= 0 for t in args.targets):
-        parser.error("--fixed needs N >= 0 and --targets errors > 0")
+    if any(n < 0 for n in args.fixed) or any(p <= 0 for p in args.paces):
+        parser.error("--fixed needs N >= 0 and --paces > 0")
     args.fixed = sorted(set(args.fixed))
     return run_and_report(args, run, format_markdown, plot)
 

@@ -9,6 +9,15 @@ streams stack along the batch for :meth:`KeypointSequenceModel.step`.
 A predictor checkpoint (:func:`save_predictor`) is a ``torch.save`` dict: ``format``, ``kind``,
 ``hparams``, ``state_dict``, ``normalisation`` (``mean``/``std`` lists of 6), ``num_kp``,
 ``model_id`` (the FOMM checkpoint whose keypoints it learnt) and ``meta`` (training record).
+
+A recurrent network's state carries motion, and after a gap it can carry the wrong one: a head
+that stopped while the network was predicting keeps drifting in its state, and the next gaps
+drift again although every set that arrives says it is still (the synthetic calls' still
+phases, after lively ones, show 5-12 px errors where holding the last set errs 0.5 px). So a
+set that ends a gap is checked first: when the forecast for it is more than
+:data:`REWIND_FACTOR` times further off than the last received set (and over 1 px), the
+predictor rewinds to its state after that set and replays the gap as the straight line between
+the two sets, then observes. Fixed schedules seldom trigger it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_file
-from .predictors import Predictor, check_kp6
+from .predictors import Predictor, check_kp6, position_error
 from .rnn_predictor import KeypointRNN
 from .sequence_model import KeypointSequenceModel
 from .vae_predictor import KeypointVAE
@@ -34,6 +43,10 @@ CHECKPOINT_FORMAT = "kpvid-predictor/1"
 NETWORKS: dict[str, type[KeypointSequenceModel]] = {
     cls.kind: cls for cls in (KeypointVRNN, KeypointRNN, KeypointVAE)}
 MIN_STD = 1e-4
+# a set that ends a gap with a forecast this many times further off than the last received set,
+# and at least REWIND_MIN_ERROR off, rewinds the predictor (see the module docstring)
+REWIND_FACTOR = 2.0
+REWIND_MIN_ERROR = 1 / 128  # keypoint units: 1 px of a 256 x 256 frame
 
 
 def build_network(kind: str, **hparams: object) -> KeypointSequenceModel:
@@ -103,17 +116,53 @@ class LearnedPredictor(Predictor):
 
     def reset(self) -> None:
         self.state: torch.Tensor | None = None
+        self.rewinds = 0  # gaps replayed (see the module docstring)
+        # the state right after the last observed set, and that set
+        self._anchor: tuple[torch.Tensor, np.ndarray] | None = None
+        self._gap = 0  # sets predicted since
+        self._forecast: np.ndarray | None = None  # forecast() of the current state
         self._generator = torch.Generator()
         if self.seed is None:
             self._generator.seed()
         else:
             self._generator.manual_seed(self.seed)
 
-    def _step(self, x: torch.Tensor | None, state: torch.Tensor) -> torch.Tensor:
+    def _commit(self, state: torch.Tensor, observed: np.ndarray | None) -> None:
+        """The state after a step that observed ``observed`` (None: predicted)."""
+        self.state = state
+        self._forecast = None
+        if observed is None:
+            self._gap += 1
+        else:
+            self._anchor, self._gap = (state, observed.copy()), 0
+
+    def _step(self, x: torch.Tensor | None, state: torch.Tensor,
+              observed: np.ndarray | None = None) -> torch.Tensor:
         with torch.inference_mode():
-            out, self.state = self.network.step(x, state, sample=self.samples > 1,
-                                                generator=self._generator)
+            out, state = self.network.step(x, state, sample=self.samples > 1,
+                                           generator=self._generator)
+        self._commit(state, observed)
         return out
+
+    def _observe_checked(self, kp6: np.ndarray) -> None:
+        x = torch.from_numpy(self.norm.apply(kp6)).unsqueeze(0).expand(self.samples, -1)
+        state = self.network.init_state(self.samples) if self.state is None else self.state
+        self._step(x, state, kp6)
+
+    def _rewind_if_lost(self, kp6: np.ndarray) -> None:
+        """Before observing ``kp6`` after a gap: rewind and replay the gap when the forecast is
+        off by more than :data:`REWIND_FACTOR` times the last set's distance."""
+        if not self._gap or self._anchor is None:
+            return
+        state, last = self._anchor
+        error = position_error(self.forecast(), kp6)
+        if error <= max(REWIND_FACTOR * position_error(last, kp6), REWIND_MIN_ERROR):
+            return
+        frames = self._gap + 1  # from the last set to kp6
+        self.state = state
+        for k in range(1, frames):
+            self._observe_checked(last + (kp6 - last) * np.float32(k / frames))
+        self.rewinds += 1
 
     def _checked(self, kp6: np.ndarray) -> np.ndarray:
         kp6 = check_kp6(kp6)
@@ -124,9 +173,8 @@ class LearnedPredictor(Predictor):
 
     def observe(self, kp6: np.ndarray) -> None:
         kp6 = self._checked(kp6)
-        x = torch.from_numpy(self.norm.apply(kp6)).unsqueeze(0).expand(self.samples, -1)
-        state = self.network.init_state(self.samples) if self.state is None else self.state
-        self._step(x, state)
+        self._rewind_if_lost(kp6)
+        self._observe_checked(kp6)
 
     def predict(self) -> np.ndarray:
         if self.state is None:
@@ -139,9 +187,11 @@ class LearnedPredictor(Predictor):
         state and random stream untouched."""
         if self.state is None:
             raise RuntimeError(f"{self.name}: forecast() before any observe()")
-        with torch.inference_mode():
-            out, _ = self.network.step(None, self.state)
-        return self.norm.invert(out.mean(dim=0).numpy())
+        if self._forecast is None:
+            with torch.inference_mode():
+                out, _ = self.network.step(None, self.state)
+            self._forecast = self.norm.invert(out.mean(dim=0).numpy())
+        return self._forecast.copy()
 
     @classmethod
     def step_many(cls, predictors: Sequence[Predictor], kp6: Sequence[np.ndarray | None]
@@ -163,6 +213,8 @@ class LearnedPredictor(Predictor):
             predicting = [i for i in rows if kp6[i] is None]
             if observing:
                 sets = [predictors[i]._checked(kp6[i]) for i in observing]  # type: ignore
+                for i, kp in zip(observing, sets):
+                    predictors[i]._rewind_if_lost(kp)  # type: ignore[attr-defined]
                 _step_batch([predictors[i] for i in observing], np.stack(sets))
                 for i, kp in zip(observing, sets):
                     out[i] = kp
@@ -192,7 +244,8 @@ class LearnedPredictor(Predictor):
             sets = _step_batch([predictors[i] for i in rows], None,  # type: ignore[misc]
                                commit=False)
             for i, kp in zip(rows, sets):
-                out[i] = kp
+                predictors[i]._forecast = kp  # type: ignore[attr-defined]
+                out[i] = kp.copy()
         return out  # type: ignore[return-value]  # every row filled above
 
 
@@ -213,8 +266,8 @@ def _step_batch(predictors: list[LearnedPredictor], kp6: np.ndarray | None,
     with torch.inference_mode():
         result, state = first.network.step(x, state)
     if commit:
-        for predictor, row in zip(predictors, state):
-            predictor.state = row.unsqueeze(0)
+        for i, (predictor, row) in enumerate(zip(predictors, state)):
+            predictor._commit(row.unsqueeze(0), None if kp6 is None else kp6[i])
     return kp6 if kp6 is not None else first.norm.invert(result.numpy())
 
 

@@ -51,6 +51,11 @@ def check_kp6(kp6: np.ndarray) -> np.ndarray:
     return kp6
 
 
+def position_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean keypoint position distance of two ``(K, 6)`` sets, in keypoint units."""
+    return float(np.linalg.norm(a[:, :2] - b[:, :2], axis=-1).mean())
+
+
 class Predictor(ABC):
     """One stream's keypoint predictor: causal (past sets only) and open loop."""
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def forecast_error(forecast: np.ndarray, observed: np.ndarray) -> float:
-    """Mean keypoint position distance of two ``(K, 6)`` sets, in keypoint units."""
-    return float(np.linalg.norm(forecast[:, :2] - observed[:, :2], axis=-1).mean())
+from kpvid.models.predictors import position_error
 
 
 class PredictionErrorWindow:
@@ -32,7 +29,7 @@ class PredictionErrorWindow:
 
     def add(self, forecast: np.ndarray, observed: np.ndarray) -> None:
         """A set arrived; ``forecast`` is what the predictor said for it beforehand."""
-        error = forecast_error(forecast, observed)
+        error = position_error(forecast, observed)
         self._all.append(error)
         if self._in_gap:
             self._after_gap.append(error)

@@ -18,7 +18,7 @@ from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.training.synthetic import DOMAINS
 
-from .adaptation import DEFAULT_TARGET_ERROR_PX, AdaptationOptions
+from .adaptation import DEFAULT_PACE, AdaptationOptions
 from .client import (
     DEFAULT_CODEC,
     DEFAULT_PORT,
@@ -162,13 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                         type=_arg_type(_int_at_least(0)),
                         help=f"frames per group left to the edge's predictor "
                              f"(default {DEFAULT_PREDICT}; 0 sends every frame)")
-    coding.add_argument("--adapt", metavar="PX", nargs="?", const=DEFAULT_TARGET_ERROR_PX,
+    coding.add_argument("--adapt", metavar="PACE", nargs="?", const=DEFAULT_PACE,
                         default=None, type=_arg_type(_positive_float),
-                        help="adapt N to the edge's feedback (fewer predicted frames when its "
-                             "prediction error is above PX pixels of a 256x256 frame or "
-                             "keypoint loss is high, more when motion is easy), starting at "
-                             f"--predict (default: off; PX defaults to "
-                             f"{DEFAULT_TARGET_ERROR_PX:g}). docs/reliability.md has what it "
+                        help="choose N at every group from the keypoints' motion: groups of "
+                             "PACE / sqrt(speed) frames, speed in pixels of a 256x256 frame per "
+                             "frame (PACE frames at 1 px/frame; more motion, fewer predicted "
+                             "frames), capped lower while the edge reports high loss or "
+                             "prediction error; starts at --predict (default: off; PACE "
+                             f"defaults to {DEFAULT_PACE:g}). docs/reliability.md has what it "
                              "gains")
     coding.add_argument("--max-predict", metavar="N", default=AdaptationOptions.max_predict,
                         type=_arg_type(_int_at_least(0)),
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             ice_servers=args.ice_server,
             max_frames=args.frames,
             adapt=None if args.adapt is None else AdaptationOptions(
-                target_error_px=args.adapt, min_predict=0,
+                pace=args.adapt, min_predict=0,
                 max_predict=max(args.max_predict, args.predict)))
         make_hello(source, extractor, options, time.time())
     except ValueError as exc:

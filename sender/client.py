@@ -247,7 +247,6 @@ class SenderClient:
         self._encoder = KeypointEncoder(options.codec, options.intra_interval)
         self.schedules = ScheduleTimeline(options.schedule)
         self._controller: ScheduleController | None = None
-        self._next_schedule: Schedule | None = None  # decided, adopted at the next group
         self._heard_at: float | None = None  # last message from the edge, once it gave feedback
         self.stats = stats if stats is not None else SenderStats()
         self.stop = stop if stop is not None else asyncio.Event()
@@ -418,10 +417,8 @@ class SenderClient:
             self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
                                                    message.predicted, message.prediction_error)
             if self._controller is not None:
-                changed = self._controller.on_feedback(message.received, message.lost,
-                                                       message.prediction_error)
-                if changed is not None:
-                    self._next_schedule = changed
+                self._controller.on_feedback(message.received, message.lost,
+                                             message.prediction_error)
         elif isinstance(message, Bye):
             log.info("edge said bye: %s", message.reason)
         else:
@@ -487,7 +484,6 @@ class SenderClient:
         self.schedules = ScheduleTimeline(options.schedule)  # the hello's, again
         self._controller = (None if options.adapt is None
                             else ScheduleController(options.schedule, options.adapt))
-        self._next_schedule = None
         self._heard_at = None  # armed by this edge's first Feedback
         ctrl.send(encode_message(self.hello))
         source_image = encode_source_image(first.rgb, options.source_format,
@@ -511,9 +507,6 @@ class SenderClient:
             if self._source_wanted:
                 self._source_wanted = False
                 self._send_source_image(ctrl, source_image)
-            if (self._next_schedule is not None
-                    and self.schedules.next_group_start(index) == index):
-                self._adopt(ctrl, self._next_schedule, index)
             observed = self.schedules.at(index).is_observed(index)
             if index == 0:
                 frame: _Captured | bool = first  # read above, for the source image
@@ -533,6 +526,11 @@ class SenderClient:
                 return
             self.stats.record_frame(observed)
             if isinstance(frame, _Captured):
+                if (self._controller is not None
+                        and self.schedules.at(index).position(index) == 0):
+                    changed = self._controller.on_group_start(index, frame.value)
+                    if changed is not None:
+                        self._adopt(ctrl, changed, index)
                 self._send_keypoints(kp, index, frame)
             self.stats.maybe_report()
 
@@ -551,7 +549,6 @@ class SenderClient:
 
     def _adopt(self, ctrl: RTCDataChannel, schedule: Schedule, index: int) -> None:
         """Switch to ``schedule`` from frame ``index`` (a group start), telling the edge first."""
-        self._next_schedule = None
         ctrl.send(encode_message(ScheduleChange(index, schedule.observe, schedule.predict)))
         self.schedules.add(Schedule(schedule.observe, schedule.predict, index))
         self.stats.schedule_changes += 1

@@ -1,5 +1,5 @@
-"""The feedback loop that adapts N: the predictors' forecasts, the edge's prediction error, the
-sender's controller, ScheduleChange on the wire and at the edge, and a real sender adapting
+"""Adapting N: the predictors' forecasts, the edge's prediction error, the sender's controller
+(motion and feedback), ScheduleChange on the wire and at the edge, and a real sender adapting
 against a real edge."""
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def test_the_error_window_prefers_sets_that_end_a_gap():
 
 def controller(predict: int = 1, **options: float) -> ScheduleController:
     made = ScheduleController(Schedule(1, predict), AdaptationOptions(**options))
-    assert made.on_feedback(0, 0, None) is None  # the first feedback only sets the counters
+    made.on_feedback(0, 0, None)  # the first feedback only sets the counters
+    assert made.cap == made.options.max_predict
     return made
 
 
@@ -92,34 +93,62 @@ def px(value: float) -> float:
     return value / PX_PER_UNIT
 
 
-def test_the_controller_predicts_more_when_the_error_is_low():
-    c = controller(target_error_px=2.0, max_predict=3)
-    assert c.on_feedback(15, 0, px(1.0)) == Schedule(1, 2)
-    assert c.on_feedback(25, 0, px(1.5)) == Schedule(1, 3)
-    assert c.on_feedback(33, 0, px(0.1)) is None  # at max_predict
-    assert c.on_feedback(40, 0, None) is None     # no error measured: no change
+def positions(shift_px: float = 0.0) -> np.ndarray:
+    """Ten keypoints, all moved ``shift_px`` px (at 256) to the right."""
+    base = np.linspace(-0.5, 0.5, 20).reshape(10, 2)
+    return base + np.array([px(shift_px), 0.0])
 
 
-def test_the_controller_cuts_n_at_once_when_the_gaps_go_wrong():
-    c = controller(predict=6, target_error_px=2.0)
-    # a 7-step error of 14 px: about 2 px per step, so a gap of 1 frame is what fits
-    assert c.on_feedback(5, 0, px(14.0)) == Schedule(1, 1)
-    assert c.on_feedback(20, 0, px(5.0)) == Schedule(1, 0)
-    # between the two thresholds nothing changes
-    c = controller(predict=2, target_error_px=2.0)
-    assert c.on_feedback(10, 0, px(2.5)) is None
+def test_still_keypoints_let_n_climb_a_little_at_each_group():
+    c = controller(pace=3.0, max_predict=5, max_increase=2)
+    assert c.on_group_start(0, positions()) is None  # no speed yet: N stays
+    assert c.on_group_start(2, positions()) == Schedule(1, 3)  # still: +2 at most
+    assert c.on_group_start(6, positions()) == Schedule(1, 5)
+    assert c.on_group_start(12, positions()) is None  # at max_predict
 
 
-def test_the_controller_backs_off_on_loss_and_ignores_a_restarted_edge():
-    c = controller(predict=3, target_error_px=2.0, loss_high=0.1)
-    assert c.on_feedback(8, 2, px(0.5)) == Schedule(1, 2)   # 20 % of the sets lost
-    assert c.on_feedback(16, 2, px(0.5)) == Schedule(1, 3)  # no loss, easy motion
-    assert c.on_feedback(3, 0, px(0.5)) is None             # counters went back: a new edge
+def test_fast_motion_cuts_n_at_once_and_a_pause_is_believed_slowly():
+    c = controller(predict=5, pace=3.0, speed_decay=0.5)
+    c.on_group_start(0, positions())
+    # 9 px in 6 frames: 1.5 px per frame, groups of 3 / sqrt(1.5) = 2.4 frames: N = 1
+    assert c.on_group_start(6, positions(9.0)) == Schedule(1, 1)
+    assert c.speed == pytest.approx(1.5)
+    # 4 px per frame: groups of 1.5 frames, N = 1 (rounded) -> unchanged; 9 px per frame: N = 0
+    assert c.on_group_start(8, positions(17.0)) is None
+    assert c.on_group_start(9, positions(26.0)) == Schedule(1, 0)
+    # the head stops: the remembered speed halves per frame instead of dropping to 0
+    c.on_group_start(10, positions(26.0))
+    assert c.speed == pytest.approx(4.5)
+    assert c.schedule.predict == 0  # 3 / sqrt(4.5) = 1.4 frames
+
+
+def test_the_edge_feedback_caps_n_on_loss_or_poor_prediction():
+    c = controller(predict=4, pace=100.0, max_predict=6, loss_high=0.1, max_error_ratio=1.5)
+    c.on_feedback(8, 2, None)  # 20 % of the sets lost: at most one below the N in use
+    assert c.cap == 3
+    assert c.on_group_start(0, positions()) == Schedule(1, 3)
+    # 2 px since the last set: what holding it would have erred at this set
+    assert c.on_group_start(4, positions(2.0)) is None
+    c.on_feedback(16, 2, px(4.0))  # no loss, but the edge erred 4 px > 1.5 x 2 px
+    assert c.cap == 2
+    assert c.on_group_start(8, positions(4.0)) == Schedule(1, 2)  # slow motion, yet capped
+    c.on_feedback(26, 2, px(2.5))  # within 1.5 x holding's 2 px: the cap rises by one
+    assert c.cap == 3
+    assert c.on_group_start(11, positions(4.0)) == Schedule(1, 3)
+    c.on_feedback(36, 2, px(0.5))  # the head stood still: holding would have erred 0 px
+    assert c.cap == 2
+    c.on_feedback(3, 0, px(9.0))  # counters went back: a new edge, nothing to judge
+    assert c.cap == 2
+    c = controller(predict=0, pace=0.1)  # every frame sent: no gap to compare the error with
+    c.on_group_start(0, positions())
+    c.on_group_start(1, positions(50.0))
+    c.on_feedback(30, 0, px(9.0))
+    assert c.cap == c.options.max_predict
 
 
 def test_options_are_checked():
-    for bad in ({"target_error_px": 0}, {"min_predict": 3, "max_predict": 2},
-                {"loss_high": 0}):
+    for bad in ({"pace": 0}, {"max_error_ratio": -1}, {"min_predict": 3, "max_predict": 2},
+                {"max_increase": 0}, {"speed_decay": 1.0}, {"loss_high": 0}):
         with pytest.raises(ValueError):
             AdaptationOptions(**bad)
 
@@ -190,8 +219,13 @@ def test_the_edge_counts_frames_a_schedule_change_skips_as_predicted(tmp_path):
     assert errors and all(0 <= e < 0.5 for e in errors)  # keypoint units: a real measure
 
 
-@pytest.mark.parametrize("start, target_px, moves", [(1, 500.0, "up"), (3, 0.001, "down")])
-def test_a_real_sender_adapts_to_the_edge_feedback(tmp_path, start, target_px, moves):
+@pytest.mark.parametrize("start, pace, max_error_ratio, moves", [
+    (1, 500.0, 1000.0, "up"),      # any motion is slow for that pace
+    (3, 0.001, 1000.0, "down"),    # any motion is fast
+    (1, 500.0, 0.001, "capped"),   # the edge's prediction error is always too high
+])
+def test_a_real_sender_adapts_to_motion_and_the_edge_feedback(tmp_path, start, pace,
+                                                               max_error_ratio, moves):
     frames = 150
 
     async def scenario():
@@ -200,7 +234,8 @@ def test_a_real_sender_adapts_to_the_edge_feedback(tmp_path, start, target_px, m
             options = SenderOptions(
                 host="localhost", port=port, token=TOKEN, ca_file=str(edge.cert),
                 stream="adaptive", predict=start, max_frames=frames,
-                adapt=AdaptationOptions(target_error_px=target_px, max_predict=5))
+                adapt=AdaptationOptions(pace=pace, max_predict=5,
+                                        max_error_ratio=max_error_ratio))
             source = SyntheticSource("faces", seed=3, size=64, fps=30.0, length=frames)
             extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
             code = await run_sender(source, extractor, options)
@@ -212,21 +247,23 @@ def test_a_real_sender_adapts_to_the_edge_feedback(tmp_path, start, target_px, m
     counts = final["frames"]
     assert counts["lost"] == 0, counts  # every skipped frame was announced
     assert counts["observed"] + counts["predicted"] == frames
-    if moves == "up":  # an easy target: N grows past its start
+    if moves == "up":  # N grows past its start
         assert final["predict"] > start and counts["predicted"] > counts["observed"], final
-    else:  # an impossible one: every frame sent in the end
+    elif moves == "down":  # every frame sent in the end
         assert final["predict"] == 0, final
+    else:  # N climbs to 5 at once, then each feedback after the first caps it one lower
+        assert final["predict"] < 5 and counts["predicted"] > counts["observed"], final
 
 
 def test_the_bench_reports_every_schedule_and_the_gain(tmp_path, capsys):
     from kpvid.bench.adapt import main
 
-    code = main(["--clips", "1", "--frames", "45", "--fixed", "0", "2", "--targets", "2",
+    code = main(["--clips", "1", "--frames", "45", "--fixed", "0", "2", "--paces", "3",
                  "--activities", "varying", "--json", str(tmp_path / "a.json"), "--quiet",
                  "--threads", "1"])
     assert code == 0
     rows = json.loads((tmp_path / "a.json").read_text())["rows"]
-    assert [r["schedule"] for r in rows] == ["fixed 1:0", "fixed 1:2", "adaptive 2 px"]
+    assert [r["schedule"] for r in rows] == ["fixed 1:0", "fixed 1:2", "adaptive pace 3"]
     fixed0, fixed2, adaptive = rows
     assert fixed0["sent_share"] == 1 and fixed2["sent_share"] == pytest.approx(15 / 45)
     assert fixed0["kbps"] > fixed2["kbps"] and fixed0["psnr"] > fixed2["psnr"]

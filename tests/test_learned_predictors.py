@@ -21,6 +21,8 @@ from kpvid.models.predictors import (
     HoldLast,
     Predictor,
     make_predictor,
+    position_error,
+    predictor_factory,
     rollout,
     step_predictors,
 )
@@ -308,3 +310,45 @@ def test_step_predictors_batches_streams_like_one_at_a_time(kind):
         step_predictors(fresh, [seqs[0][0], None])
     with pytest.raises(ValueError, match="expects 2 keypoints"):
         step_predictors(fresh, [np.zeros((3, 6), np.float32), None])
+
+
+def _moving_then_still(frames: int = 12) -> np.ndarray:
+    """Sets that move 0.05 units a frame for ``frames`` frames, then stop."""
+    base = np.random.default_rng(5).normal(0, 0.2, (10, 6)).astype(np.float32)
+    sets = np.repeat(base[None], frames + 8, 0)
+    sets[:frames, :, 0] += 0.05 * np.arange(frames, dtype=np.float32)[:, None]
+    sets[frames:, :, 0] += 0.05 * (frames - 1)
+    return sets
+
+
+def test_a_gap_the_forecast_got_wrong_is_replayed_as_a_straight_line():
+    sets = _moving_then_still()
+    predictor, reference = make_predictor("vrnn"), make_predictor("vrnn")
+    for kp6 in sets[:12]:  # a steady drift: the state learns the motion
+        predictor.observe(kp6)
+        reference.observe(kp6)
+    for _ in range(5):  # the head stops while the edge predicts: the predictor drifts on
+        predictor.predict()
+    arrived = sets[17] + np.float32(0.005)
+    last = sets[11]
+    assert position_error(predictor.forecast(), arrived) > 10 * position_error(last, arrived)
+    predictor.observe(arrived)  # far from the forecast, close to the last set: rewind
+    assert predictor.rewinds == 1
+    # as if the gap had been observed on the straight line from the last set to this one
+    for k in range(1, 6):
+        reference.observe(last + (arrived - last) * np.float32(k / 6))
+    reference.observe(arrived)
+    np.testing.assert_allclose(predictor.predict(), reference.predict(), atol=1e-5)
+
+
+def test_rewinds_are_the_same_stepped_alone_or_batched():
+    sets = _moving_then_still()
+    vrnn = predictor_factory("vrnn")  # one network: the two streams step in one call
+    alone, batched, other = make_predictor("vrnn"), vrnn(), vrnn()  # other: never in a gap
+    plan = [True] * 12 + [False] * 5 + [True, False, True]
+    for i, observed in enumerate(plan):
+        kp6 = sets[i] if observed else None
+        expected = (alone.observe(kp6) or kp6) if observed else alone.predict()
+        got = step_predictors([batched, other], [kp6, sets[i]])[0]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert alone.rewinds == batched.rewinds >= 1 and other.rewinds == 0

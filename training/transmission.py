@@ -53,9 +53,9 @@ class TransmittedClip:
 
 @dataclass(frozen=True)
 class FeedbackLoop:
-    """The edge's feedback to an adapting sender, in frames: a ``Feedback`` every ``interval``
-    frames (the receiver's 1 s at 30 fps) reaches the sender's controller ``delay`` frames
-    later, and a new schedule starts with the sender's next group."""
+    """An adapting sender and the edge's feedback to it, in frames: the controller picks each
+    group's N at its start from the sender's keypoints; a ``Feedback`` every ``interval`` frames
+    (the receiver's 1 s at 30 fps) reaches it ``delay`` frames later."""
 
     controller: ScheduleController
     interval: int = 30
@@ -83,9 +83,9 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
     they are played with ``source_kp6`` (default ``kp6[0]``: the source image is the first
     frame, and the edge detects its keypoints itself).
 
-    With ``feedback`` the edge measures its predictor's error at the sets that arrive (as the
-    receiver does, :class:`PredictionErrorWindow`) and the sender's controller changes the
-    schedule as the feedback comes in."""
+    With ``feedback`` the sender's controller chooses every group's schedule as the group
+    starts, and the edge measures its predictor's error at the sets that arrive (as the
+    receiver does, :class:`PredictionErrorWindow`) for the feedback."""
     if intra_request_delay < 1 or intra_request_interval < 1:
         raise ValueError("intra_request_delay and intra_request_interval must be >= 1 packet")
     frames, num_kp = kp6.shape[:2]
@@ -116,11 +116,13 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
     for i in range(frames):
         if feedback is not None:
             while in_flight and in_flight[0][0] <= i:  # feedback that reached the sender
-                changed = feedback.controller.on_feedback(*in_flight.pop(0)[1:])
-                if changed is not None:
-                    timeline.add(replace(changed, start=timeline.next_group_start(i)))
+                feedback.controller.on_feedback(*in_flight.pop(0)[1:])
             if i % feedback.interval == feedback.interval - 1:
                 in_flight.append((i + feedback.delay, received, lost_count, errors.take()))
+            if timeline.at(i).position(i) == 0:
+                changed = feedback.controller.on_group_start(i, kp6[i, :, :2])
+                if changed is not None:
+                    timeline.add(replace(changed, start=i))
         schedule = timeline.at(i)
         predict[i] = schedule.predict
         observed[i] = schedule.is_observed(i)
