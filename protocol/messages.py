@@ -21,7 +21,7 @@ from .errors import (
 from .keypoint_codec import MAX_KEYPOINTS
 from .keypoint_stream import CODEC_IDS, CODEC_NAMES, CODECS_BY_ID
 
-PROTOCOL_VERSION: int = 2
+PROTOCOL_VERSION: int = 3
 MAX_MESSAGE_BYTES: int = 16384  # no encoded message may exceed this (SCTP-safe)
 
 MAX_FRAME_INDEX = 2**53 - 1  # also the largest Feedback counter (exact in a JavaScript number)
@@ -87,7 +87,9 @@ class Keypoints:
 
     frame_index: int
     capture_offset_ms: int  # capture time - Hello.nominal_time(frame_index), milliseconds
-    group_position: int  # 0 .. observe+predict-1 (position in its group)
+    # frames the sender skips after this one before its next set: N after the last observed
+    # frame of a group, 0 inside a run of observed frames
+    skip_after: int
     codec: str
     payload: bytes
 
@@ -118,18 +120,6 @@ class IntraRequest:
 
 
 @dataclass(frozen=True)
-class ScheduleChange:
-    """Sender -> receiver on ctrl: from frame ``first_frame_index`` on (a group starts there),
-    the sender observes ``observe`` and skips ``predict`` frames per group. Sent before the
-    first keypoints of the new schedule, so the edge still tells skipped frames from lost ones
-    when the sender adapts N."""
-
-    first_frame_index: int
-    observe: int
-    predict: int
-
-
-@dataclass(frozen=True)
 class Bye:
     """Either side ends the session. From a sender, `last_frame_index` is the stream's last
     frame, so the edge plays (and predicts) through it before it stops."""
@@ -139,10 +129,10 @@ class Bye:
 
 
 Message = (Hello | SourceImageChunk | Keypoints | Feedback | SourceRequest | Bye
-           | IntraRequest | ScheduleChange)
+           | IntraRequest)
 
 _TYPE_CODES: dict[type, int] = {Hello: 1, SourceImageChunk: 2, Keypoints: 3, Feedback: 4,
-                                SourceRequest: 5, Bye: 6, IntraRequest: 7, ScheduleChange: 8}
+                                SourceRequest: 5, Bye: 6, IntraRequest: 7}
 _TYPES_BY_CODE = {code: cls for cls, code in _TYPE_CODES.items()}
 
 
@@ -276,25 +266,19 @@ def _intra_request(m: IntraRequest, c: _Checker) -> IntraRequest:
     return IntraRequest(reason=c.text("reason", m.reason, MAX_REASON_CHARS))
 
 
-def _schedule_change(m: ScheduleChange, c: _Checker) -> ScheduleChange:
-    first = c.integer("first_frame_index", m.first_frame_index, 0, MAX_FRAME_INDEX)
-    return ScheduleChange(first, *_group(m.observe, m.predict, c))
-
-
 def _keypoints(m: Keypoints, c: _Checker) -> Keypoints:
     return Keypoints(
         frame_index=c.integer("frame_index", m.frame_index, 0, MAX_FRAME_INDEX),
         capture_offset_ms=c.integer("capture_offset_ms", m.capture_offset_ms,
                                     -MAX_CAPTURE_OFFSET_MS, MAX_CAPTURE_OFFSET_MS),
-        group_position=c.integer("group_position", m.group_position, 0, MAX_GROUP - 1),
+        skip_after=c.integer("skip_after", m.skip_after, 0, MAX_GROUP - 1),
         codec=c.choice("codec", m.codec, CODEC_NAMES),
         payload=c.binary("payload", m.payload, 1, MAX_MESSAGE_BYTES - KEYPOINTS_MAX_HEADER))
 
 
 _CHECKS = {Hello: _hello, SourceImageChunk: _chunk, Keypoints: _keypoints, Feedback: _feedback,
-           SourceRequest: _source_request, Bye: _bye, IntraRequest: _intra_request,
-           ScheduleChange: _schedule_change}
-# marker, version and codec, frame_index (8), capture_offset_ms (5), group_position
+           SourceRequest: _source_request, Bye: _bye, IntraRequest: _intra_request}
+# marker, version and codec, frame_index (8), capture_offset_ms (5), skip_after
 KEYPOINTS_MAX_HEADER = 1 + 1 + 8 + 5 + 1
 
 
@@ -310,7 +294,7 @@ def validate_message(msg: Message) -> Message:
 def _encode_keypoints(m: Keypoints) -> bytes:
     return b"".join((bytes((BINARY_MARKER, PROTOCOL_VERSION << 4 | CODEC_IDS[m.codec])),
                      write_varint(m.frame_index), write_varint(zigzag(m.capture_offset_ms)),
-                     bytes((m.group_position,)), m.payload))
+                     bytes((m.skip_after,)), m.payload))
 
 
 def encode_message(msg: Message) -> bytes:
@@ -340,7 +324,7 @@ def _decode_keypoints(data: bytes) -> Keypoints:
     except InvalidField as exc:
         raise MalformedMessage(f"Keypoints.{exc}") from None
     if at >= len(data):
-        raise MalformedMessage("Keypoints: the message ends before group_position")
+        raise MalformedMessage("Keypoints: the message ends before skip_after")
     message = Keypoints(frame_index, unzigzag(offset_code), data[at], codec, data[at + 1:])
     return _keypoints(message, _Checker("Keypoints", MalformedMessage))
 

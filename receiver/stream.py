@@ -9,7 +9,7 @@ Per frame index i of the stream, when the playout clock says i is due:
   which lives in the engine);
 - it does not: the predictor fills the gap, open-loop. The gap counts as *predicted* when the
   sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come
-  (a sender that adapts its schedule says so with a ``ScheduleChange``).
+  (each set says how many frames the sender skips after it: `SkippedFrames`).
 Before the predictor observes a set, the edge asks it for its forecast of that frame; the mean
 error goes back to the sender in every ``Feedback``, with the loss counters.
 While the newest ``delta`` payload waits for a lost reference, the edge asks for an intra
@@ -51,19 +51,18 @@ from kpvid.protocol import (
     Message,
     ProtocolError,
     RateLimitedLog,
-    ScheduleChange,
     SourceImageAssembler,
     SourceImageChunk,
     SourceRequest,
     decode_source_image,
 )
 from kpvid.protocol.keypoint_stream import MAX_PENDING
-from kpvid.sender.schedule import Schedule, ScheduleTimeline
 
 from .jitter import JitterBuffer, PlayoutClock
 from .metrics import ReceiverMetrics
 from .prediction_error import PredictionErrorWindow
 from .recorder import StreamRecorder
+from .skipped_frames import SkippedFrames
 from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 
 log = logging.getLogger(__name__)
@@ -170,9 +169,7 @@ class StreamSession:
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
         self._last_packet = time.monotonic()
-        # the sender's schedules; the first one's groups start where its first packet says
-        self.schedules = ScheduleTimeline(Schedule(hello.observe, hello.predict))
-        self._phase_known = False
+        self.skipped = SkippedFrames(hello.observe, hello.predict)
         self.prediction_errors = PredictionErrorWindow()
         self._playing = False
         self._tasks: list[asyncio.Task] = []
@@ -252,11 +249,6 @@ class StreamSession:
                 self._last_index = message.last_frame_index
             if self._highest_index < 0:
                 await self.end(f"bye before any keypoints: {message.reason}")
-        elif isinstance(message, ScheduleChange):
-            self.schedules.add(Schedule(message.observe, message.predict,
-                                        message.first_frame_index))
-            log.debug("stream %s: observe %d predict %d from frame %d", self.name,
-                     message.observe, message.predict, message.first_frame_index)
         elif isinstance(message, Hello):
             raise ProtocolError("a second hello on a live stream")
         else:
@@ -266,10 +258,6 @@ class StreamSession:
         hello = self.hello
         if message.codec != hello.codec:
             raise ProtocolError(f"keypoints in codec {message.codec!r}, hello said {hello.codec!r}")
-        period = self.schedules.at(message.frame_index).period
-        if message.group_position >= period:
-            raise ProtocolError(f"group position {message.group_position} outside a group of "
-                                f"{period} frames")
         self._capture_times[message.frame_index] = hello.capture_time(message)
         try:
             decoded = self.decoder.decode(message.frame_index, message.payload)
@@ -282,11 +270,7 @@ class StreamSession:
         self.packet_bytes += nbytes
         self.kp_bytes.add(nbytes, now)
         self.metrics.keypoint_bytes.labels(self.name).inc(nbytes)
-        if not self._phase_known:
-            self._phase_known = True
-            first = self.schedules.at(message.frame_index)
-            phase = (message.frame_index - message.group_position) % period
-            self.schedules.add(Schedule(first.observe, first.predict, phase))
+        self.skipped.add(message.frame_index, message.skip_after)
         if self.decoder.broken:
             self._ask_for_intra(message.frame_index, now)
         for keypoints in decoded:
@@ -330,10 +314,6 @@ class StreamSession:
         self._source_ready.set()
 
     # ------------------------------------------------------------------ playout
-    def _scheduled_gap(self, frame_index: int) -> bool:
-        schedule = self.schedules.at(frame_index)
-        return (frame_index - schedule.start) % schedule.period >= schedule.observe
-
     def _finished(self, frame_index: int) -> bool:
         if self._bye:  # no more packets are coming: play through the last frame
             last = self._highest_index if self._last_index is None else self._last_index
@@ -358,7 +338,7 @@ class StreamSession:
                 kind = "observed"
             else:
                 kp6 = None
-                kind = "predicted" if self._scheduled_gap(index) else "lost"
+                kind = "predicted" if self.skipped.skipped(index) else "lost"
                 self.prediction_errors.gap()
             self.counts[kind] += 1
             self.metrics.frames.labels(self.name, kind).inc()
@@ -421,7 +401,7 @@ class StreamSession:
             if len(latencies) else (lambda q: None)
         return {
             "name": self.name, "fps": self.hello.fps, "frame_size": self.hello.frame_size,
-            "observe": self.schedules.latest.observe, "predict": self.schedules.latest.predict,
+            "observe": self.hello.observe, "predict": self.skipped.predict,
             "codec": self.hello.codec, "predictor": self.engine.predictor_name,
             "frames": dict(self.counts),
             "packets": self.packets,

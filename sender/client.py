@@ -52,7 +52,6 @@ from kpvid.protocol import (
     Keypoints,
     ProtocolError,
     RateLimitedLog,
-    ScheduleChange,
     SourceRequest,
     decode_message,
     encode_message,
@@ -530,7 +529,7 @@ class SenderClient:
                         and self.schedules.at(index).position(index) == 0):
                     changed = self._controller.on_group_start(index, frame.value)
                     if changed is not None:
-                        self._adopt(ctrl, changed, index)
+                        self._adopt(changed, index)
                 self._send_keypoints(kp, index, frame)
             self.stats.maybe_report()
 
@@ -542,14 +541,14 @@ class SenderClient:
         data = encode_message(Keypoints(
             frame_index=index,
             capture_offset_ms=self.hello.capture_offset_ms(index, captured.capture_time),
-            group_position=self.schedules.at(index).position(index), codec=self.options.codec,
+            skip_after=self.schedules.at(index).skip_after(index), codec=self.options.codec,
             payload=payload))
         kp.send(data)
         self.stats.record_packet(len(data))
 
-    def _adopt(self, ctrl: RTCDataChannel, schedule: Schedule, index: int) -> None:
-        """Switch to ``schedule`` from frame ``index`` (a group start), telling the edge first."""
-        ctrl.send(encode_message(ScheduleChange(index, schedule.observe, schedule.predict)))
+    def _adopt(self, schedule: Schedule, index: int) -> None:
+        """Switch to ``schedule`` from frame ``index`` (a group start); the edge learns it from
+        the keypoints' ``skip_after``."""
         self.schedules.add(Schedule(schedule.observe, schedule.predict, index))
         self.stats.schedule_changes += 1
         log.info("schedule: observe %d predict %d from frame %d", schedule.observe,

@@ -42,11 +42,15 @@ class Schedule:
         """Whether the detector runs on this frame."""
         return self.position(frame_index) < self.observe
 
+    def skip_after(self, frame_index: int) -> int:
+        """Frames skipped after this observed one before the next: ``predict`` after a group's
+        last observed frame, 0 before it (what a ``Keypoints`` message tells the edge)."""
+        return self.predict if self.position(frame_index) == self.observe - 1 else 0
+
 
 class ScheduleTimeline:
     """A stream's schedules over its frames: each one holds from its ``start`` until the next
-    one's. The sender adds a schedule when it adapts N; the edge adds the ones it is told of, to
-    tell frames skipped on purpose from lost ones."""
+    one's. The sender adds a schedule when it adapts N."""
 
     def __init__(self, first: Schedule, keep: int = 8) -> None:
         self._schedules = [first]

@@ -42,7 +42,7 @@ class SenderStats:
     dropped: int = 0
     reconnects: int = 0
     source_images: int = 0
-    schedule_changes: int = 0  # adaptive schedule: ScheduleChanges sent
+    schedule_changes: int = 0  # adaptive schedule: times N changed
     kp_ignored: int = 0  # messages from the edge on kp that were not an IntraRequest
     feedback: FeedbackSnapshot | None = None
     stream: TextIO = field(default_factory=lambda: sys.stderr, repr=False)

@@ -174,9 +174,11 @@ class RawSender:
         await self.pc.close()
 
 
-def f16_keypoints(frame_index: int, value: np.ndarray, jacobian: np.ndarray) -> bytes:
-    """An encoded Keypoints message of one set in the stateless f16 codec."""
-    return encode_message(Keypoints(frame_index, 0, 0, "f16",
+def f16_keypoints(frame_index: int, value: np.ndarray, jacobian: np.ndarray,
+                  skip_after: int = 1) -> bytes:
+    """An encoded Keypoints message of one set in the stateless f16 codec; ``skip_after``: the
+    frames skipped after it (1: RawSender's hello schedule, 1:1)."""
+    return encode_message(Keypoints(frame_index, 0, skip_after, "f16",
                                     KEYPOINT_CODECS["f16"].encode(value, jacobian)))
 
 

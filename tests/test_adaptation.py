@@ -1,6 +1,6 @@
 """Adapting N: the predictors' forecasts, the edge's prediction error, the sender's controller
-(motion and feedback), ScheduleChange on the wire and at the edge, and a real sender adapting
-against a real edge."""
+(motion and feedback), the edge telling skipped frames from lost ones by the keypoints'
+``skip_after``, and a real sender adapting against a real edge."""
 
 from __future__ import annotations
 
@@ -12,15 +12,9 @@ import pytest
 
 from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.models.predictors import forecast_predictors, make_predictor, predictor_factory
-from kpvid.protocol import (
-    Bye,
-    Feedback,
-    InvalidField,
-    ScheduleChange,
-    decode_message,
-    encode_message,
-)
+from kpvid.protocol import Bye, Feedback, encode_message
 from kpvid.receiver.prediction_error import PredictionErrorWindow
+from kpvid.receiver.skipped_frames import SkippedFrames
 from kpvid.sender.adaptation import PX_PER_UNIT, AdaptationOptions, ScheduleController
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
@@ -167,11 +161,25 @@ def test_a_timeline_gives_each_frame_its_schedule():
     assert timeline.latest.start == 40 and timeline.at(0).start == 20  # only 3 kept
 
 
-def test_schedule_change_round_trips_and_is_checked():
-    change = ScheduleChange(first_frame_index=120, observe=1, predict=4)
-    assert decode_message(encode_message(change)) == change
-    with pytest.raises(InvalidField, match="observe \\+ predict"):
-        encode_message(ScheduleChange(0, 10, 60))
+def test_each_set_says_how_many_frames_follow_without_one():
+    schedule = Schedule(2, 3)
+    assert [schedule.skip_after(i) for i in (0, 1, 5, 6)] == [0, 3, 0, 3]
+    assert Schedule(1, 0).skip_after(7) == 0
+
+
+def test_the_edge_tells_skipped_frames_from_lost_ones_by_skip_after():
+    frames = SkippedFrames(observe=1, predict=1)  # the hello's 1:1 until a set says more
+    assert [frames.skipped(i) for i in range(4)] == [False, True, False, True]
+    frames.add(2, 3)  # frames 3-5 skipped, 6 sent
+    assert [frames.skipped(i) for i in range(3, 11)] == [True] * 3 + [False] + [True] * 3 + [
+        False]  # 6 lost: the edge assumes 1:3 went on
+    assert frames.predict == 3
+    frames.add(1, 1)  # an older set arriving late changes nothing after the newer one
+    assert frames.skipped(4) and frames.predict == 3
+    runs = SkippedFrames(observe=2, predict=1)
+    runs.add(10, 0)  # inside a run: says nothing about the gap
+    runs.add(11, 2)
+    assert [runs.skipped(i) for i in range(12, 16)] == [True, True, False, False]
 
 
 def test_transmit_follows_the_controller():
@@ -189,7 +197,7 @@ def test_transmit_follows_the_controller():
     assert not sent.concealed.any()
 
 
-def test_the_edge_counts_frames_a_schedule_change_skips_as_predicted(tmp_path):
+def test_the_edge_counts_frames_an_adapted_schedule_skips_as_predicted(tmp_path):
     clip = synthetic_clip(60)
     values, jacobians = detect(clip)
     # frames 0-29 at 1:1, then 1:3 from frame 30
@@ -200,10 +208,8 @@ def test_the_edge_counts_frames_a_schedule_change_skips_as_predicted(tmp_path):
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("adapting", clip[0])
-            for i in sent:
-                if i == 30:
-                    sender.ctrl.send(encode_message(ScheduleChange(30, 1, 3)))
-                sender.kp.send(f16_keypoints(i, values[i], jacobians[i]))
+            for i in sent:  # the sets from frame 30 on say 3 frames follow without one
+                sender.kp.send(f16_keypoints(i, values[i], jacobians[i], 3 if i >= 30 else 1))
                 await asyncio.sleep(1 / 15)
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=59)))
             await wait_for(lambda: len(edge.edge.ended) == 1, 15)

@@ -418,7 +418,8 @@ def test_client_sends_keypoints_and_drops_when_congested(tiny_config: dict) -> N
     client._send_keypoints(channel, 4, captured)
     message = decode_message(channel.sent[0])
     assert isinstance(message, Keypoints)
-    assert (message.frame_index, message.group_position, message.capture_offset_ms) == (4, 1, 67)
+    # observe 2 predict 1: frame 4 is the second observed frame of its group, one skipped after
+    assert (message.frame_index, message.skip_after, message.capture_offset_ms) == (4, 1, 67)
     assert client.hello.capture_time(message) == pytest.approx(captured_at, abs=1e-3)
     (decoded,) = KeypointDecoder("f16", extractor.num_kp).decode(4, message.payload)
     np.testing.assert_allclose(decoded.value, value, atol=1e-3)

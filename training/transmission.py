@@ -140,7 +140,7 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
             if packet in intra_due:
                 encoder.request_intra()
             payload = encoder.encode(index, *from_kp6(kp6[i]))
-            message = Keypoints(index, 0, schedule.position(i), codec, payload)
+            message = Keypoints(index, 0, schedule.skip_after(i), codec, payload)
             payload_bytes[i] = len(payload)
             message_bytes[i] = len(encode_message(message))
             if not lost[i]:
