@@ -72,6 +72,7 @@ class ScheduleRow:
     position_error_px256: float  # played vs detected keypoints, all frames
     sent_share: float  # frames whose keypoints were sent
     mean_predict: float  # N, averaged over frames
+    changes_per_s: float  # times N changed, per second of video
     gain_db: float | None  # adaptive: PSNR above the fixed curve at the same kbps
 
 
@@ -89,12 +90,12 @@ def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
     size = frame_size(config)
-    new_predictor = predictor_factory(args.predictor)
+    new_predictor = predictor_factory(args.predictor, rewind=not args.no_rewind)
     schedules: list[tuple[str, float | int, bool]] = (
         [(f"fixed 1:{n}", n, False) for n in args.fixed]
         + [(f"adaptive pace {p:g}", p, True) for p in args.paces])
-    sums = {(a, name): {"bytes": 0, "frames": 0, "sent": 0, "predict": 0.0, "psnr": [],
-                        "ssim": [], "error": []}
+    sums = {(a, name): {"bytes": 0, "frames": 0, "sent": 0, "predict": 0.0, "changes": 0,
+                        "psnr": [], "ssim": [], "error": []}
             for a in args.activities for name, _, _ in schedules}
     progress = tqdm(total=len(args.activities) * args.clips * len(schedules), desc="adapt",
                     unit="run", disable=args.quiet, dynamic_ncols=True)
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> dict:
                 total["frames"] += len(kp6)
                 total["sent"] += sent.packets
                 total["predict"] += float(sent.predict.sum())
+                total["changes"] += int(np.count_nonzero(np.diff(sent.predict)))
                 total["psnr"].append(psnr)
                 total["ssim"].append(ssim)
                 total["error"].append(float(np.linalg.norm(
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> dict:
             position_error_px256=float(np.mean(sums[activity, name]["error"])),
             sent_share=sums[activity, name]["sent"] / sums[activity, name]["frames"],
             mean_predict=sums[activity, name]["predict"] / sums[activity, name]["frames"],
+            changes_per_s=sums[activity, name]["changes"] * FPS / sums[activity, name]["frames"],
             gain_db=None) for name, _, adaptive in schedules]
         fixed = [r for r in made if not r.adaptive]
         for row in made:
@@ -150,7 +153,8 @@ def run(args: argparse.Namespace) -> dict:
         "meta": {"command": "kpvid-bench adapt " + shlex.join(args.argv),
                  "machine": cpu_name(), "clips": args.clips, "frames_per_clip": args.frames,
                  "fps": FPS, "seconds": round(time.monotonic() - started, 1),
-                 "predictor": args.predictor, "codec": "delta", "seed": args.seed,
+                 "predictor": args.predictor, "rewind": not args.no_rewind, "codec": "delta",
+                 "seed": args.seed,
                  "max_predict": args.max_predict, "loss_model": args.loss_model,
                  "loss_rate": args.loss_rate},
         "rows": [asdict(r) for r in rows],
@@ -167,20 +171,22 @@ def format_markdown(results: dict) -> str:
     meta = results["meta"]
     loss = (f", {100 * meta['loss_rate']:g} % {meta['loss_model']} loss"
             if meta["loss_rate"] else "")
+    rewind = "" if meta.get("rewind", True) else " (no rewinds)"
     lines = [f"{meta['clips']} clips of {meta['frames_per_clip']} frames per kind, "
-             f"{meta['predictor']} at the edge, `{meta['codec']}` codec{loss}; adaptive: N "
-             f"from 0 to {meta['max_predict']}, starting at 1:1", ""]
+             f"{meta['predictor']}{rewind} at the edge, `{meta['codec']}` codec{loss}; adaptive: "
+             f"N from 0 to {meta['max_predict']}, starting at 1:1", ""]
     for activity in dict.fromkeys(r["activity"] for r in results["rows"]):
         lines += [f"**{activity} clips**", "",
                   "| schedule | kbps | PSNR (dB) | SSIM | kp error (px at 256) | frames sent | "
-                  "mean N | PSNR above the fixed curve (dB) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "mean N | N changes/s | PSNR above the fixed curve (dB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in results["rows"]:
             if r["activity"] == activity:
                 lines.append(
                     f"| {r['schedule']} | {r['kbps']:.2f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                     f"{r['position_error_px256']:.2f} | {100 * r['sent_share']:.0f} % | "
-                    f"{r['mean_predict']:.2f} | {_gain(r['gain_db'])} |")
+                    f"{r['mean_predict']:.2f} | {r['changes_per_s']:.2f} | "
+                    f"{_gain(r['gain_db'])} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -239,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
                         default="vrnn", help="the edge's predictor (default: %(default)s)")
+    parser.add_argument("--no-rewind", action="store_true",
+                        help="learned predictors do not replay gaps their forecast got wrong "
+                             "(kpvid.models.learned_predictor), to see what the rewind does")
     parser.add_argument("--loss-rate", type=loss_rate, default=0.0,
                         help="keypoint packet loss rate (default: 0)")
     parser.add_argument("--loss-model", choices=list(LOSS_MODELS),

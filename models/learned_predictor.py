@@ -103,7 +103,7 @@ class LearnedPredictor(Predictor):
     returns their mean. ``seed`` makes sampled mode repeatable."""
 
     def __init__(self, network: KeypointSequenceModel, norm: Normalisation, *, samples: int = 1,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, rewind: bool = True) -> None:
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.name = network.kind
@@ -112,6 +112,7 @@ class LearnedPredictor(Predictor):
         self.num_kp = network.num_kp
         self.samples = samples if network.stochastic else 1
         self.seed = seed
+        self.rewind = rewind  # replay gaps the forecast got wrong (the module docstring)
         self.reset()
 
     def reset(self) -> None:
@@ -152,7 +153,7 @@ class LearnedPredictor(Predictor):
     def _rewind_if_lost(self, kp6: np.ndarray) -> None:
         """Before observing ``kp6`` after a gap: rewind and replay the gap when the forecast is
         off by more than :data:`REWIND_FACTOR` times the last set's distance."""
-        if not self._gap or self._anchor is None:
+        if not self.rewind or not self._gap or self._anchor is None:
             return
         state, last = self._anchor
         error = position_error(self.forecast(), kp6)

@@ -237,8 +237,8 @@ def shipped_predictor(kind: str) -> Path:
 
 
 def predictor_factory(name: str, checkpoint: str | Path | None = None, *,
-                      num_kp: int | None = None, model_id: str | None = None
-                      ) -> Callable[[], Predictor]:
+                      num_kp: int | None = None, model_id: str | None = None,
+                      rewind: bool = True) -> Callable[[], Predictor]:
     """A maker of fresh predictors (one per stream) by registry name; ValueError listing the
     choices for unknown names.
 
@@ -246,7 +246,8 @@ def predictor_factory(name: str, checkpoint: str | Path | None = None, *,
     (default: the shipped ones, :func:`shipped_predictor`), which must hold that kind;
     ``num_kp`` / ``model_id`` are checked against it (see
     :func:`kpvid.models.learned_predictor.read_predictor_checkpoint`). Their predictors share
-the network, so :func:`step_predictors` batches them."""
+the network, so :func:`step_predictors` batches them; ``rewind=False`` turns off their replay
+of gaps the forecast got wrong (:mod:`kpvid.models.learned_predictor`)."""
     if name in LEARNED_PREDICTORS:
         from .learned_predictor import LearnedPredictor, read_predictor_checkpoint
 
@@ -254,7 +255,7 @@ the network, so :func:`step_predictors` batches them."""
         loaded = read_predictor_checkpoint(checkpoint, num_kp=num_kp, model_id=model_id)
         if loaded.kind != name:
             raise ValueError(f"{checkpoint} holds a {loaded.kind!r} predictor, not {name!r}")
-        return lambda: LearnedPredictor(loaded.network, loaded.norm)
+        return lambda: LearnedPredictor(loaded.network, loaded.norm, rewind=rewind)
     try:
         return PREDICTORS[name]
     except KeyError:

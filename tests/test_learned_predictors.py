@@ -323,17 +323,21 @@ def _moving_then_still(frames: int = 12) -> np.ndarray:
 
 def test_a_gap_the_forecast_got_wrong_is_replayed_as_a_straight_line():
     sets = _moving_then_still()
-    predictor, reference = make_predictor("vrnn"), make_predictor("vrnn")
+    vrnn = predictor_factory("vrnn")
+    predictor, reference = vrnn(), vrnn()
+    unguarded = predictor_factory("vrnn", rewind=False)()
     for kp6 in sets[:12]:  # a steady drift: the state learns the motion
-        predictor.observe(kp6)
-        reference.observe(kp6)
+        for p in (predictor, reference, unguarded):
+            p.observe(kp6)
     for _ in range(5):  # the head stops while the edge predicts: the predictor drifts on
         predictor.predict()
+        unguarded.predict()
     arrived = sets[17] + np.float32(0.005)
     last = sets[11]
     assert position_error(predictor.forecast(), arrived) > 10 * position_error(last, arrived)
     predictor.observe(arrived)  # far from the forecast, close to the last set: rewind
-    assert predictor.rewinds == 1
+    unguarded.observe(arrived)
+    assert predictor.rewinds == 1 and unguarded.rewinds == 0
     # as if the gap had been observed on the straight line from the last set to this one
     for k in range(1, 6):
         reference.observe(last + (arrived - last) * np.float32(k / 6))
