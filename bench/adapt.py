@@ -12,7 +12,7 @@ per frame of keypoint motion), the edge's feedback reaching the sender every sec
 late. A fixed schedule's bit rate is set by N alone, so the question is whether the adaptive
 points lie above the fixed schedules' curve of PSNR against bit rate: the table gives each
 adaptive point's gain over the fixed curve at its own bit rate (linear between the two fixed
-points around it).
+points around it), and on how many clips the point lies above that clip's own fixed curve.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 FPS = 30.0
 SEED_BASE = 900_000  # clip seeds: SEED_BASE + --seed * 10_000 + clip number
 DEFAULT_FIXED = (0, 1, 2, 3, 4, 6)
-DEFAULT_PACES = (2.0, 3.0, 4.0, 5.0)
+DEFAULT_PACES = (2.0, 3.0, 4.0, 5.0, 6.0)
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,31 @@ class ScheduleRow:
     mean_predict: float  # N, averaged over frames
     changes_per_s: float  # times N changed, per second of video
     gain_db: float | None  # adaptive: PSNR above the fixed curve at the same kbps
+    # adaptive: clips whose own fixed curve the clip's point lies above, of those it lies within
+    clips_above: int | None
+    clips_compared: int | None
 
 
-def _fixed_curve_psnr(fixed: list[ScheduleRow], kbps: float) -> float | None:
-    """PSNR of the fixed schedules' curve at ``kbps`` (linear between neighbours), None outside
-    it."""
-    points = sorted((r.kbps, r.psnr) for r in fixed)
+def _fixed_curve_psnr(points: list[tuple[float, float]], kbps: float) -> float | None:
+    """PSNR of the fixed schedules' curve, ``(kbps, psnr)`` points, at ``kbps`` (linear between
+    neighbours), None outside it."""
+    points = sorted(points)
     for (k0, p0), (k1, p1) in zip(points, points[1:]):
         if k0 <= kbps <= k1:
             return p0 + (p1 - p0) * (kbps - k0) / (k1 - k0) if k1 > k0 else max(p0, p1)
     return None
+
+
+def _clips_above(fixed: list[dict], adaptive: dict) -> tuple[int, int]:
+    """Of the clips whose fixed curve spans the adaptive schedule's bit rate on that clip, how
+    many the adaptive point lies above, and how many there are."""
+    above = compared = 0
+    for clip, (kbps, psnr) in enumerate(zip(adaptive["kbps"], adaptive["psnr"])):
+        curve = _fixed_curve_psnr([(f["kbps"][clip], f["psnr"][clip]) for f in fixed], kbps)
+        if curve is not None:
+            compared += 1
+            above += psnr > curve
+    return above, compared
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -95,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         [(f"fixed 1:{n}", n, False) for n in args.fixed]
         + [(f"adaptive pace {p:g}", p, True) for p in args.paces])
     sums = {(a, name): {"bytes": 0, "frames": 0, "sent": 0, "predict": 0.0, "changes": 0,
-                        "psnr": [], "ssim": [], "error": []}
+                        "kbps": [], "psnr": [], "ssim": [], "error": []}
             for a in args.activities for name, _, _ in schedules}
     progress = tqdm(total=len(args.activities) * args.clips * len(schedules), desc="adapt",
                     unit="run", disable=args.quiet, dynamic_ncols=True)
@@ -120,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
                 psnr, ssim = frame_quality(to_uint8(render(sent.kp6)), clip)
                 total = sums[activity, name]
                 total["bytes"] += int(sent.message_bytes.sum())
+                total["kbps"].append(float(sent.message_bytes.sum()) * 8 * FPS / 1000 / len(kp6))
                 total["frames"] += len(kp6)
                 total["sent"] += sent.packets
                 total["predict"] += float(sent.predict.sum())
@@ -141,13 +157,17 @@ def run(args: argparse.Namespace) -> dict:
             sent_share=sums[activity, name]["sent"] / sums[activity, name]["frames"],
             mean_predict=sums[activity, name]["predict"] / sums[activity, name]["frames"],
             changes_per_s=sums[activity, name]["changes"] * FPS / sums[activity, name]["frames"],
-            gain_db=None) for name, _, adaptive in schedules]
+            gain_db=None, clips_above=None, clips_compared=None)
+            for name, _, adaptive in schedules]
         fixed = [r for r in made if not r.adaptive]
+        fixed_clips = [sums[activity, r.schedule] for r in fixed]
         for row in made:
             if row.adaptive:
-                curve = _fixed_curve_psnr(fixed, row.kbps)
+                curve = _fixed_curve_psnr([(r.kbps, r.psnr) for r in fixed], row.kbps)
+                above, compared = _clips_above(fixed_clips, sums[activity, row.schedule])
                 row = ScheduleRow(**{**asdict(row), "gain_db": None if curve is None
-                                     else row.psnr - curve})
+                                     else row.psnr - curve, "clips_above": above,
+                                     "clips_compared": compared})
             rows.append(row)
     return {
         "meta": {"command": "kpvid-bench adapt " + shlex.join(args.argv),
@@ -165,6 +185,10 @@ def _gain(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
+def _share(part: int | None, whole: int | None) -> str:
+    return "" if part is None or not whole else f"{part} of {whole}"
+
+
 def format_markdown(results: dict) -> str:
     """One table per kind of clip: every schedule's bit rate and quality, and each adaptive
     schedule's gain over the fixed curve."""
@@ -178,15 +202,16 @@ def format_markdown(results: dict) -> str:
     for activity in dict.fromkeys(r["activity"] for r in results["rows"]):
         lines += [f"**{activity} clips**", "",
                   "| schedule | kbps | PSNR (dB) | SSIM | kp error (px at 256) | frames sent | "
-                  "mean N | N changes/s | PSNR above the fixed curve (dB) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "mean N | N changes/s | PSNR above the fixed curve (dB) | clips above "
+                  "their own fixed curve |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["rows"]:
             if r["activity"] == activity:
                 lines.append(
                     f"| {r['schedule']} | {r['kbps']:.2f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
                     f"{r['position_error_px256']:.2f} | {100 * r['sent_share']:.0f} % | "
                     f"{r['mean_predict']:.2f} | {r['changes_per_s']:.2f} | "
-                    f"{_gain(r['gain_db'])} |")
+                    f"{_gain(r['gain_db'])} | {_share(r['clips_above'], r['clips_compared'])} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -239,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="N of the fixed schedules 1:N (default: 0 1 2 3 4 6)")
     parser.add_argument("--paces", type=float, nargs="+", default=list(DEFAULT_PACES),
                         help="paces of the adaptive schedules, frames per group at 1 px per "
-                             "frame of motion (default: 2 3 4 5)")
+                             "frame of motion (default: 2 3 4 5 6)")
     parser.add_argument("--max-predict", type=int, default=AdaptationOptions.max_predict,
                         help="the most frames an adaptive schedule predicts per group "
                              "(default: %(default)s)")

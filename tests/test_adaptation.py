@@ -276,4 +276,5 @@ def test_the_bench_reports_every_schedule_and_the_gain(tmp_path, capsys):
     assert fixed2["kbps"] <= adaptive["kbps"] <= fixed0["kbps"]  # starts at 1:1, between
     assert adaptive["gain_db"] is not None
     assert fixed0["changes_per_s"] == 0 and adaptive["changes_per_s"] > 0
+    assert 0 <= adaptive["clips_above"] <= adaptive["clips_compared"] <= 1
     assert "PSNR above the fixed curve" in capsys.readouterr().out
