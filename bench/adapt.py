@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> dict:
                         if args.loss_rate > 0 else None)
                 start = Schedule(1, 1 if adaptive else int(value))
                 feedback = (FeedbackLoop(ScheduleController(start, AdaptationOptions(
-                    pace=float(value), max_predict=args.max_predict)))
+                    pace=float(value), max_predict=args.max_predict,
+                    loss_high=args.loss_high)))
                     if adaptive else None)
                 sent = transmit(kp6, start, "delta", new_predictor, loss=loss,
                                 feedback=feedback)
@@ -175,7 +176,8 @@ def run(args: argparse.Namespace) -> dict:
                  "fps": FPS, "seconds": round(time.monotonic() - started, 1),
                  "predictor": args.predictor, "rewind": not args.no_rewind, "codec": "delta",
                  "seed": args.seed,
-                 "max_predict": args.max_predict, "loss_model": args.loss_model,
+                 "max_predict": args.max_predict, "loss_high": args.loss_high,
+                 "loss_model": args.loss_model,
                  "loss_rate": args.loss_rate},
         "rows": [asdict(r) for r in rows],
     }
@@ -198,7 +200,8 @@ def format_markdown(results: dict) -> str:
     rewind = "" if meta.get("rewind", True) else " (no rewinds)"
     lines = [f"{meta['clips']} clips of {meta['frames_per_clip']} frames per kind, "
              f"{meta['predictor']}{rewind} at the edge, `{meta['codec']}` codec{loss}; adaptive: "
-             f"N from 0 to {meta['max_predict']}, starting at 1:1", ""]
+             f"N from 0 to {meta['max_predict']}, starting at 1:1, loss over "
+             f"{100 * meta.get('loss_high', AdaptationOptions.loss_high):g} % lowers its cap", ""]
     for activity in dict.fromkeys(r["activity"] for r in results["rows"]):
         lines += [f"**{activity} clips**", "",
                   "| schedule | kbps | PSNR (dB) | SSIM | kp error (px at 256) | frames sent | "
@@ -249,6 +252,14 @@ def plot(results: dict, out_dir: Path) -> Path:
     return path
 
 
+def _loss_share(text: str) -> float:
+    """A share of lost sets in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpvid-bench adapt", description=__doc__,
@@ -270,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: %(default)s)")
     parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
                         default="vrnn", help="the edge's predictor (default: %(default)s)")
+    parser.add_argument("--loss-high", type=_loss_share, default=AdaptationOptions.loss_high,
+                        help="the share of lost sets over which the feedback lowers the cap on "
+                             "N (default: %(default)g; 1: never)")
     parser.add_argument("--no-rewind", action="store_true",
                         help="learned predictors do not replay gaps their forecast got wrong "
                              "(kpvid.models.learned_predictor), to see what the rewind does")
