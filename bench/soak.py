@@ -41,6 +41,7 @@ RECEIVER = "receiver"
 STREAMS = ("soak-a", "soak-b")
 SEEDS = (2026, 2027)
 START_TIMEOUT_S = 120.0  # both streams must be playing by then
+VIEWER_TIMEOUT_S = 30.0  # each viewer must be connected by then, or the run goes on without
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,17 @@ def sample_streams(edge: Edge) -> dict[str, StreamSample]:
     return found
 
 
+def _wait_for_viewers(edge: Edge, stream: str, count: int) -> None:
+    """Until the edge counts ``count`` viewers of ``stream`` (at most VIEWER_TIMEOUT_S)."""
+    deadline = time.monotonic() + VIEWER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = sample_streams(edge).get(stream)
+        if found is not None and found.viewers >= count:
+            return
+        time.sleep(0.25)
+    log.warning("viewer %d of %s not connected after %.0f s", count, stream, VIEWER_TIMEOUT_S)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -247,6 +259,7 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
                     env=local.sender_env, stdout=logs[-1], stderr=subprocess.STDOUT)
                 watched[name] = psutil.Process(processes[name].pid)
                 watched[name].cpu_percent(interval=None)
+                _wait_for_viewers(edge, stream, n)  # one start-up at a time on a small machine
         log.info("both streams playing%s; sampling every %.0f s for %.1f min",
                  f", {args.viewers} viewer(s) each" if args.viewers else "",
                  args.interval, args.minutes)
