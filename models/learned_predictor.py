@@ -12,8 +12,9 @@ A predictor checkpoint (:func:`save_predictor`) is a ``torch.save`` dict: ``form
 
 A recurrent network's state carries motion, and after a gap it can carry the wrong one: a head
 that stopped while the network was predicting keeps drifting in its state, and the next gaps
-drift again although every set that arrives says it is still (the synthetic calls' still
-phases, after lively ones, show 5-12 px errors where holding the last set errs 0.5 px). So a
+drift again although every set that arrives says it is still (in one synthetic call traced by
+hand, a still phase after a lively one: 5-12 px errors where holding the last set erred 0.5 px).
+So a
 set that ends a gap is checked first: when the forecast for it is more than
 :data:`REWIND_FACTOR` times further off than the last received set (and over 1 px), the
 predictor rewinds to its state after that set and replays the gap as the straight line between

@@ -56,22 +56,12 @@ class ScheduleTimeline:
         self._schedules = [first]
         self._keep = keep  # the most recent schedules remembered
 
-    @property
-    def latest(self) -> Schedule:
-        return self._schedules[-1]
-
     def at(self, frame_index: int) -> Schedule:
         """The schedule of ``frame_index`` (the first one for frames before every start)."""
         for schedule in reversed(self._schedules):
             if schedule.start <= frame_index:
                 return schedule
         return self._schedules[0]
-
-    def next_group_start(self, frame_index: int) -> int:
-        """The first frame at or after ``frame_index`` that starts a group of its schedule."""
-        schedule = self.at(frame_index)
-        position = schedule.position(max(frame_index, schedule.start))
-        return frame_index if position == 0 else frame_index + schedule.period - position
 
     def add(self, schedule: Schedule) -> None:
         """Adopt ``schedule`` from its start on; it replaces any schedule that starts later."""

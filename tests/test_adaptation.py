@@ -149,16 +149,14 @@ def test_options_are_checked():
 
 def test_a_timeline_gives_each_frame_its_schedule():
     timeline = ScheduleTimeline(Schedule(1, 1), keep=3)
-    assert timeline.next_group_start(5) == 6
     timeline.add(Schedule(1, 3, start=6))
     assert [timeline.at(i).is_observed(i) for i in range(4, 14)] == [
         True, False, True, False, False, False, True, False, False, False]
-    assert timeline.next_group_start(11) == 14
     timeline.add(Schedule(2, 0, start=8))  # replaces what started later, keeps what came before
     assert timeline.at(7).predict == 3 and timeline.at(8).predict == 0
     for start in (20, 30, 40):
         timeline.add(Schedule(1, 2, start=start))
-    assert timeline.latest.start == 40 and timeline.at(0).start == 20  # only 3 kept
+    assert timeline.at(45).start == 40 and timeline.at(0).start == 20  # only 3 kept
 
 
 def test_each_set_says_how_many_frames_follow_without_one():
