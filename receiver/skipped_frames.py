@@ -20,7 +20,6 @@ class SkippedFrames:
 
     def __init__(self, observe: int, predict: int, keep: int = 64) -> None:
         self.observe = observe
-        self.predict = predict  # N after the newest run end
         # a group's last observed frame -> frames skipped after it; the hello's schedule first
         self._run_ends: dict[int, int] = {-1 - predict: predict}
         self._keep = keep
@@ -32,8 +31,11 @@ class SkippedFrames:
         self._run_ends[frame_index] = skip_after
         if len(self._run_ends) > self._keep:
             del self._run_ends[min(self._run_ends)]
-        if frame_index == max(self._run_ends):
-            self.predict = skip_after
+
+    @property
+    def predict(self) -> int:
+        """N after the newest run end (the hello's until one arrives)."""
+        return self._run_ends[max(self._run_ends)]
 
     def skipped(self, frame_index: int) -> bool:
         """Whether the sender skipped ``frame_index`` on purpose (as far as the edge knows)."""
