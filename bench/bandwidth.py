@@ -33,6 +33,7 @@ from tqdm import tqdm
 from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS, predictor_factory
 from kpvid.protocol import CODEC_NAMES, encode_source_image
+from kpvid.sender.adaptation import PX_PER_UNIT
 from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.dataset import list_test_videos, read_video
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     for (codec, schedule), total in totals.items():
         per_frame = total.message_bytes / total.frames
         packets_per_s = total.packets / total.frames * fps
-        errors = np.concatenate(total.position_errors) * 128  # [-1, 1] across 256 px
+        errors = np.concatenate(total.position_errors) * PX_PER_UNIT
         rows.append(KeypointRow(
             codec=codec, observe=schedule.observe, predict=schedule.predict,
             bytes_per_packet=total.message_bytes / total.packets,

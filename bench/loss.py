@@ -33,6 +33,7 @@ from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
 from kpvid.protocol import CODEC_NAMES
 from kpvid.protocol.keypoint_stream import DEFAULT_INTRA_INTERVAL
+from kpvid.sender.adaptation import PX_PER_UNIT
 from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.dataset import list_test_videos, read_video
@@ -104,7 +105,7 @@ class _Totals:
         self.requests += sent.intra_requests
         self.psnr.append(psnr)
         self.ssim.append(ssim)
-        error = np.linalg.norm(sent.kp6[..., :2] - kp6[..., :2], axis=-1) * 128  # px at 256
+        error = np.linalg.norm(sent.kp6[..., :2] - kp6[..., :2], axis=-1) * PX_PER_UNIT
         self.errors.append(error.ravel())
         self.concealed_errors.append(error[sent.concealed].ravel())
 
