@@ -14,19 +14,21 @@ from tqdm import tqdm
 
 from .arm import generate_arm
 from .faces import generate_faces
+from .photo_heads import generate_photo_faces
+from .photo_library import SPLITS, fitted_face_names, load_faces
 
 logger = logging.getLogger(__name__)
 
-DOMAINS: tuple[str, ...] = ("faces", "arm")
-DEFAULT_FRAMES = {"faces": 32, "arm": 30}
+DOMAINS: tuple[str, ...] = ("faces", "photos", "arm")
+DEFAULT_FRAMES = {"faces": 32, "photos": 32, "arm": 30}
 FORMATS = ("png", "mp4")
 GENERATOR_VERSION = 1
 FPS = 25
 MIN_SIZE = 32
-_SPLITS = ("train", "test")
-_GENERATORS: dict[str, Callable[[int, int, int], np.ndarray]] = {
-    "faces": generate_faces,
-    "arm": generate_arm,
+_GENERATORS: dict[str, Callable[[int, int, int, str], np.ndarray]] = {
+    "faces": lambda seed, size, frames, split: generate_faces(seed, size, frames),
+    "photos": generate_photo_faces,
+    "arm": lambda seed, size, frames, split: generate_arm(seed, size, frames),
 }
 
 
@@ -42,17 +44,22 @@ def _check(domain: str, size: int, frames: int | None) -> int:
     return int(frames)
 
 
-def generate_video(domain: str, seed: int, size: int = 64, frames: int | None = None) -> np.ndarray:
-    """T x size x size x 3 uint8 RGB video, fully deterministic for (domain, seed, size, frames)."""
+def generate_video(domain: str, seed: int, size: int = 64, frames: int | None = None,
+                   split: str = "test") -> np.ndarray:
+    """T x size x size x 3 uint8 RGB video, fully deterministic for (domain, seed, size, frames,
+    split). The split matters to "photos" only: its test videos animate the photographs held
+    out of training (the default, so a demo never shows a face the model trained on)."""
     frames = _check(domain, size, frames)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return _GENERATORS[domain](int(seed), int(size), frames)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return _GENERATORS[domain](int(seed), int(size), frames, split)
 
 
 def _video_seed(seed: int, split: str, index: int) -> int:
     """Independent 63-bit seed of video `index` of `split`, derived from the data-set seed."""
-    sequence = np.random.SeedSequence(seed, spawn_key=(_SPLITS.index(split), index))
+    sequence = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index))
     return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
@@ -103,9 +110,19 @@ def write_dataset(
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     out = Path(out)
+    photos = {}
+    if domain == "photos":
+        photos = {split: [face.name for face in load_faces(split)] for split in SPLITS}
+        missing = sorted(set(fitted_face_names()) - {n for names in photos.values() for n in names})
+        if missing:
+            logger.warning("photos not available here, their faces are left out: %s",
+                        ", ".join(missing))
+        if not photos["train"] or (videos >= 2 and not photos["test"]):
+            raise ValueError("the photos domain needs train and test photographs; install them "
+                             "with pip install -e '.[faces]' (and --no-deps insightface==2.1)")
     n_test = min(max(1, round(videos * test_fraction)), videos - 1) if videos >= 2 else 0
     counts = {"train": int(videos) - n_test, "test": n_test}
-    for split in _SPLITS:
+    for split in SPLITS:
         folder = out / split
         if folder.exists() and any(folder.iterdir()):
             raise FileExistsError(
@@ -113,9 +130,9 @@ def write_dataset(
             )
         folder.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(split, i) for split in _SPLITS for i in range(counts[split])]
+    jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
     for split, i in tqdm(jobs, desc=f"{domain} videos", unit="video", disable=not progress):
-        video = generate_video(domain, _video_seed(int(seed), split, i), size, frames)
+        video = generate_video(domain, _video_seed(int(seed), split, i), size, frames, split)
         name = f"{domain}_{i:05d}"
         if fmt == "png":
             _write_png(out / split / name, video)
@@ -132,6 +149,7 @@ def write_dataset(
         "test_fraction": test_fraction,
         "counts": counts,
         "generator_version": GENERATOR_VERSION,
+        **({"photos": photos} if photos else {}),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     logger.info("wrote %d %s videos (%s) to %s", videos, domain, counts, out)
