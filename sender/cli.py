@@ -30,15 +30,18 @@ from .client import (
     run_sender,
     sanitize_stream_name,
 )
+from .face_crop import CONFIRM_CHECKS, DETECT_INTERVAL_S, SIDE_FACTOR, SIZE_TOLERANCE
 from .keypoints import KeypointExtractor
 from .schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT
 from .sources import (
+    AUTO_CROP,
     CameraSource,
+    Crop,
     FrameSource,
     SourceError,
     SyntheticSource,
     VideoFileSource,
-    parse_crop,
+    parse_crop_spec,
 )
 from .stats import SenderStats
 
@@ -53,6 +56,15 @@ them; it does not run the detector on the other N (nor decode them where the sou
 and the edge predicts them. The defaults, M={DEFAULT_OBSERVE} and N={DEFAULT_PREDICT}, are
 the papers' M2 protocol (every other frame).
 
+crop (--camera, --video): auto, the default, sends a square about {SIDE_FACTOR:g}x the
+face (head and shoulders) found by OpenCV's Haar face detector, which looks every
+{DETECT_INTERVAL_S:g} s on a frame decoded anyway. The square holds still: it jumps to the face
+again only when the face has drifted off its centre or changed size by more than
+{SIZE_TOLERANCE:.0%} on {CONFIRM_CHECKS} checks in a row. Until a face is first seen it is
+the centre crop (with a warning) while the detector keeps looking; a face lost later
+keeps the last crop, and the summary counts the checks that found no face.
+center: the largest centred square. X,Y,W,H: that rectangle, in source pixels.
+
 exit status: 0 when the clip (or --frames) has been sent or on Ctrl-C; 1 on a fatal error
 (token rejected, certificate not trusted, source failure); 2 on bad arguments. A lost edge
 is retried with backoff (0.5 s doubling to 10 s); each reconnect starts a new session
@@ -60,6 +72,7 @@ is retried with backoff (0.5 s doubling to 10 s); each reconnect starts a new se
 
 examples:
   kpvid-send --camera 0 --to edge:8443 --ca edge.pem
+  kpvid-send --camera 0 --crop center --to edge:8443 --ca edge.pem
   kpvid-send --video talk.mp4 --crop 420,80,600,600 --to edge:8443 --insecure
   KPVID_TOKEN=secret kpvid-send --synthetic faces --to localhost --insecure --frames 300
 """
@@ -128,10 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--fps", type=_arg_type(_positive_float),
                         help=f"with --synthetic: frame rate (default {SYNTHETIC_FPS:g}); "
                              "with --camera: rate to request from the camera")
-    source.add_argument("--crop", metavar="X,Y,W,H", type=_arg_type(parse_crop),
-                        help="region of the camera/video frame to send, in its pixels "
-                             "(default: the largest centred square); resized to the model's "
-                             "frame size")
+    source.add_argument("--crop", metavar="auto|center|X,Y,W,H",
+                        type=_arg_type(parse_crop_spec),
+                        help="part of the camera/video frame to send, resized to the model's "
+                             "frame size: auto (default) follows the face with a steady "
+                             "head-and-shoulders square, center is the largest centred square, "
+                             "X,Y,W,H a fixed rectangle in source pixels (see 'crop' below)")
 
     edge = parser.add_argument_group("edge")
     edge.add_argument("--to", metavar="HOST:PORT", required=True,
@@ -241,12 +256,18 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
 
 
+def _crop_spec(args: argparse.Namespace) -> Crop | str:
+    """--crop as given, or the default for cameras and files: follow the face."""
+    return AUTO_CROP if args.crop is None else args.crop
+
+
 def _open_source(args: argparse.Namespace, size: int) -> tuple[FrameSource, str]:
     """The source and its default stream name; SourceError when it cannot be opened."""
     if args.camera is not None:
-        return CameraSource(args.camera, size, args.crop, args.fps), f"camera{args.camera}"
+        return (CameraSource(args.camera, size, _crop_spec(args), args.fps),
+                f"camera{args.camera}")
     if args.video is not None:
-        return (VideoFileSource(args.video, size, args.crop, args.loop),
+        return (VideoFileSource(args.video, size, _crop_spec(args), args.loop),
                 sanitize_stream_name(args.video.stem))
     return (SyntheticSource(args.synthetic, args.seed, size, args.fps or SYNTHETIC_FPS),
             f"synthetic-{args.synthetic}")

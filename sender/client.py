@@ -248,6 +248,8 @@ class SenderClient:
         self._controller: ScheduleController | None = None
         self._heard_at: float | None = None  # last message from the edge, once it gave feedback
         self.stats = stats if stats is not None else SenderStats()
+        if self.stats.face_crop is None:
+            self.stats.face_crop = source.face_crop  # --crop auto: its counts in the summary
         self.stop = stop if stop is not None else asyncio.Event()
         self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
         self._image_ids = itertools.count(1)

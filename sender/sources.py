@@ -1,9 +1,12 @@
 """Frame sources: camera (OpenCV), video file (PyAV) and the project's synthetic generator.
 
-Every source yields square RGB uint8 frames at the model's frame size: each frame is cropped
-(a centred square by default, or ``--crop x,y,w,h`` in source pixels) and resized. Frames the
-schedule does not observe are passed over with :meth:`FrameSource.skip`, which avoids as much of
-the work of :meth:`FrameSource.read` as the source allows.
+Every source yields square RGB uint8 frames at the model's frame size: each frame of a camera or
+a file is cropped and resized. The crop is the largest centred square (``"center"``, the
+classes' default), a fixed rectangle (``--crop x,y,w,h`` in source pixels), or ``"auto"``, a
+steady square that follows the face (:mod:`kpvid.sender.face_crop`; ``kpvid-send``'s default).
+Frames the schedule does not observe are passed over with :meth:`FrameSource.skip`, which avoids
+as much of the work of :meth:`FrameSource.read` as the source allows (the face crop only counts
+them).
 """
 
 from __future__ import annotations
@@ -14,16 +17,23 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from .face_crop import FaceCrop
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CAMERA_FPS = 30.0
 DEFAULT_FILE_FPS = 25.0
 CAMERA_READ_RETRIES = 10
+AUTO_CROP = "auto"
+CENTER_CROP = "center"
+CROP_MODES = (AUTO_CROP, CENTER_CROP)
 
 
 class SourceError(Exception):
@@ -57,6 +67,24 @@ def parse_crop(text: str) -> Crop:
     if w <= 0 or h <= 0:
         raise ValueError(f"crop width and height must be > 0, got {text!r}")
     return Crop(x, y, w, h)
+
+
+CropSpec = Crop | str | None
+"""What to crop: a :class:`Crop`, ``"auto"`` (follow the face), ``"center"`` or None (the
+largest centred square)."""
+
+
+def parse_crop_spec(text: str) -> Crop | str:
+    """``"auto"``, ``"center"`` (or ``"centre"``) or ``"x,y,w,h"`` -> the mode or a
+    :class:`Crop`; ValueError if none of those."""
+    mode = text.strip().lower()
+    if mode == "centre":
+        mode = CENTER_CROP
+    if mode in CROP_MODES:
+        return mode
+    if "," not in text:
+        raise ValueError(f"crop must be auto, center or four integers x,y,w,h, got {text!r}")
+    return parse_crop(text)
 
 
 def centre_crop(width: int, height: int) -> Crop:
@@ -96,6 +124,10 @@ class FrameSource(ABC):
     fps: float
     size: int
     paced: bool = False
+    crop: Crop
+    """Camera and file: the crop of the latest frame (under ``"auto"`` it follows the face)."""
+    face_crop: FaceCrop | None = None
+    """The face-following crop under ``"auto"``, with its counts; None otherwise."""
 
     @abstractmethod
     def read(self) -> np.ndarray | None:
@@ -109,6 +141,36 @@ class FrameSource(ABC):
     def close(self) -> None:
         """Release the device or file (idempotent)."""
 
+    def _set_up_crop(self, spec: CropSpec, width: int, height: int) -> None:
+        """``self.crop`` (and ``self.face_crop`` for ``"auto"``) for ``width`` x ``height``
+        frames at ``self.fps``; SourceError when the crop does not fit or cannot be set up."""
+        if spec == AUTO_CROP:
+            from .face_crop import FaceCrop, FaceCropError, detect_every_frames
+
+            try:
+                self.face_crop = FaceCrop(width, height,
+                                          detect_every=detect_every_frames(self.fps))
+            except FaceCropError as exc:
+                raise SourceError(f"--crop auto: {exc} (--crop center needs no detector)") \
+                    from None
+            self.crop = self.face_crop.crop
+        elif spec is None or isinstance(spec, Crop) or spec == CENTER_CROP:
+            self.crop = resolve_crop(None if spec == CENTER_CROP else spec, width, height)
+        else:
+            raise ValueError(f"crop must be a Crop, {AUTO_CROP!r}, {CENTER_CROP!r} or None, "
+                             f"got {spec!r}")
+
+    def _crop_and_resize(self, rgb: np.ndarray) -> np.ndarray:
+        """A decoded frame, cropped (where the face crop says, under ``"auto"``) and resized."""
+        if self.face_crop is not None:
+            self.crop = self.face_crop.update(rgb)
+        return crop_and_resize(rgb, self.crop, self.size)
+
+    def _passed_over(self) -> None:
+        """A frame skipped undecoded (the face crop counts it towards its next check)."""
+        if self.face_crop is not None:
+            self.face_crop.skip()
+
     def __enter__(self) -> FrameSource:
         return self
 
@@ -121,7 +183,7 @@ class CameraSource(FrameSource):
 
     paced = True
 
-    def __init__(self, index: int, size: int, crop: Crop | None = None,
+    def __init__(self, index: int, size: int, crop: CropSpec = None,
                  fps: float | None = None):
         self.index = index
         self.size = size
@@ -136,22 +198,22 @@ class CameraSource(FrameSource):
             self._capture.release()
             raise SourceError(f"camera {index} opened but delivered no frame")
         height, width = first.shape[:2]
-        try:
-            self.crop = resolve_crop(crop, width, height)
-        except SourceError:
-            self._capture.release()
-            raise
         reported = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = float(reported) if reported and reported > 0 else (fps or DEFAULT_CAMERA_FPS)
+        try:
+            self._set_up_crop(crop, width, height)
+        except (SourceError, ValueError):
+            self._capture.release()
+            raise
         self._first: np.ndarray | None = first
         log.info("camera %d: %dx%d at %.1f fps, crop %s", index, width, height, self.fps,
-                 self.crop)
+                 AUTO_CROP if self.face_crop is not None else self.crop)
 
     def read(self) -> np.ndarray:
         bgr, self._first = self._first, None
         for _ in range(CAMERA_READ_RETRIES):
             if bgr is not None:
-                return crop_and_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.crop, self.size)
+                return self._crop_and_resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             ok, bgr = self._capture.read()
             bgr = bgr if ok else None
         raise SourceError(f"camera {self.index} stopped delivering frames")
@@ -159,9 +221,11 @@ class CameraSource(FrameSource):
     def skip(self) -> bool:
         if self._first is not None:
             self._first = None
+            self._passed_over()
             return True
         for _ in range(CAMERA_READ_RETRIES):
             if self._capture.grab():
+                self._passed_over()
                 return True
         raise SourceError(f"camera {self.index} stopped delivering frames")
 
@@ -177,7 +241,7 @@ class VideoFileSource(FrameSource):
     an intra-only stream (MJPEG, ProRes, ...) is not decoded at all: its packet is dropped.
     """
 
-    def __init__(self, path: str | Path, size: int, crop: Crop | None = None,
+    def __init__(self, path: str | Path, size: int, crop: CropSpec = None,
                  loop: bool = False):
         self.path = Path(path)
         self.size = size
@@ -194,7 +258,7 @@ class VideoFileSource(FrameSource):
             self._container.close()
             raise
 
-    def _setup(self, crop: Crop | None) -> None:
+    def _setup(self, crop: CropSpec) -> None:
         if not self._container.streams.video:
             raise SourceError(f"{self.path} has no video stream")
         self._stream = self._container.streams.video[0]
@@ -211,9 +275,10 @@ class VideoFileSource(FrameSource):
             raise SourceError(f"{self.path}: no decodable video frame")
         self._pending.appendleft(first)
         self._frames_this_pass = 0
-        self.crop = resolve_crop(crop, first.width, first.height)
+        self._set_up_crop(crop, first.width, first.height)
         log.info("%s: %dx%d at %.3f fps (%s), crop %s%s", self.path.name, first.width,
-                 first.height, self.fps, self._stream.codec_context.name, self.crop,
+                 first.height, self.fps, self._stream.codec_context.name,
+                 AUTO_CROP if self.face_crop is not None else self.crop,
                  ", looping" if self.loop else "")
 
     def _next_packet(self) -> av.Packet | None:
@@ -248,7 +313,7 @@ class VideoFileSource(FrameSource):
         frame = self._next_frame()
         if frame is None:
             return None
-        return crop_and_resize(frame.to_ndarray(format="rgb24"), self.crop, self.size)
+        return self._crop_and_resize(frame.to_ndarray(format="rgb24"))
 
     def skip(self) -> bool:
         if self._intra_only and not self._pending:
@@ -258,9 +323,13 @@ class VideoFileSource(FrameSource):
                     return False
                 if packet.size:  # a real packet: one frame, dropped undecoded
                     self._frames_this_pass += 1
+                    self._passed_over()
                     return True
                 self._decode(packet)  # the empty end-of-stream packet flushes the decoder
-        return self._next_frame() is not None
+        if self._next_frame() is None:
+            return False
+        self._passed_over()
+        return True
 
     def close(self) -> None:
         self._container.close()

@@ -7,9 +7,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .adaptation import PX_PER_UNIT
+
+if TYPE_CHECKING:
+    from .face_crop import FaceCrop
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class SenderStats:
     schedule_changes: int = 0  # adaptive schedule: times N changed
     kp_ignored: int = 0  # messages from the edge on kp that were not an IntraRequest
     feedback: FeedbackSnapshot | None = None
+    face_crop: FaceCrop | None = field(default=None, repr=False)  # --crop auto: its counts
     stream: TextIO = field(default_factory=lambda: sys.stderr, repr=False)
     _frame_times: deque = field(default_factory=deque, repr=False)
     _byte_times: deque = field(default_factory=deque, repr=False)
@@ -99,6 +103,8 @@ class SenderStats:
             line += f"  dropped {self.dropped}"
         if self.reconnects:
             line += f"  reconnects {self.reconnects}"
+        if self.face_crop is not None and self.face_crop.misses:
+            line += f"  no face {self.face_crop.misses}/{self.face_crop.checks}"
         return line
 
     def maybe_report(self) -> None:
@@ -138,6 +144,8 @@ class SenderStats:
         ]
         if self.kp_ignored:
             lines[-1] += f", ignored on kp: {self.kp_ignored}"
+        if self.face_crop is not None:
+            lines.append(self.face_crop.summary())
         if self.feedback is not None:
             fb = self.feedback
             error = ("n/a" if fb.prediction_error is None
