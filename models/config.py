@@ -40,7 +40,7 @@ _OPTIONAL: dict[str, set[str]] = {
     "train_params.transform_params": {"sigma_affine", "sigma_tps", "points_tps"},
     "train_params.loss_weights": {"generator_gan", "discriminator_gan", "feature_matching",
                                   "perceptual", "reconstruction", "ssim", "equivariance_value",
-                                  "equivariance_jacobian"},
+                                  "equivariance_jacobian", "keypoint_separation"},
     "reconstruction_params": {"num_videos", "format"},
     "animate_params": {"num_pairs", "format", "normalization_params"},
     "animate_params.normalization_params": {"adapt_movement_scale", "use_relative_movement",

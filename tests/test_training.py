@@ -13,8 +13,9 @@ import torch
 import yaml
 
 from kpvid.models import build_networks, load_checkpoint
-from kpvid.training import metrics
+from kpvid.training import face_metrics, metrics
 from kpvid.training.cli import eval_main, train_main
+from kpvid.training.facemesh import facemesh_available
 from kpvid.training.losses import Transform, Vgg19, equivariance_losses
 from kpvid.training.synthetic import generate_video, write_dataset
 from kpvid.training.train_fomm import GeneratorFullModel, TrainOptions, train
@@ -106,7 +107,7 @@ def test_train_writes_official_checkpoints_logs_and_resumes(tmp_path, tiny_confi
     tiny_config["train_params"]["num_epochs"] = 3
     config = _write_config(tiny_config, tmp_path / "tiny.yaml")
     run = tmp_path / "run"
-    opts = TrainOptions(config=str(config), data=str(tiny_data), out=str(run), max_steps=2,
+    opts = TrainOptions(config=str(config), data=[str(tiny_data)], out=str(run), max_steps=2,
                         image_every=1, log_every=1, progress=False)
     checkpoint = train(opts)
     state = torch.load(checkpoint, weights_only=False)
@@ -154,7 +155,7 @@ def test_train_command_reports_bad_config(tmp_path, tiny_data, tiny_config, capl
 def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
     config = _write_config(tiny_config, tmp_path / "tiny.yaml")
     run = tmp_path / "run"
-    checkpoint = train(TrainOptions(config=str(config), data=str(tiny_data), out=str(run),
+    checkpoint = train(TrainOptions(config=str(config), data=[str(tiny_data)], out=str(run),
                                     max_steps=1, image_every=0, progress=False))
     out_json = tmp_path / "scores.json"
     code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
@@ -162,8 +163,19 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
                       "--quiet"])
     assert code == 0
     report = json.loads(out_json.read_text())
-    assert set(report["mean"]) == {"l1", "psnr", "ssim", "akd", "kp_bytes_per_frame"}
+    assert set(report["mean"]) == {"l1", "psnr", "ssim", "akd", "kp_bytes_per_frame",
+                                   "psnr_gain_frozen", "landmark_error", "landmark_missed",
+                                   "mouth_correlation", "mouth_correlation_undefined",
+                                   "mouth_correlation_pooled"}
     assert report["mean"]["kp_bytes_per_frame"] is None and report["codec"] == "none"
+    assert isinstance(report["mean"]["psnr_gain_frozen"], float)
+    video = report["videos"][0]
+    assert {"psnr_gain_frozen", "landmark_error", "landmark_missed",
+            "mouth_correlation"} <= set(video)
+    if facemesh_available():  # FaceMesh ran: every frame scored or counted as missed
+        assert 0 <= video["landmark_missed"] <= 8
+        assert report["mean"]["landmark_missed"] == sum(v["landmark_missed"]
+                                                        for v in report["videos"])
     assert report["schedule"] == {"observe": 1, "predict": 0}
     assert len(report["videos"]) == 2 and report["videos"][0]["frames"] == 8
     assert 0 < report["mean"]["ssim"] <= 1 and report["mean"]["psnr"] > 0
@@ -172,9 +184,12 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
     # as a stream plays it: every other frame sent in the delta codec, the rest predicted
     code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
                       "--json", str(out_json), "--observe", "1", "--predict", "1",
-                      "--codec", "delta", "--predictor", "constant-velocity", "--quiet"])
+                      "--codec", "delta", "--predictor", "constant-velocity",
+                      "--no-face-metrics", "--quiet"])
     assert code == 0
     streamed = json.loads(out_json.read_text())
+    assert streamed["mean"]["landmark_error"] is None
+    assert streamed["videos"][0]["landmark_missed"] is None
     assert streamed["schedule"] == {"observe": 1, "predict": 1}
     assert (streamed["codec"], streamed["predictor"]) == ("delta", "constant-velocity")
     per_frame = [v["kp_bytes_per_frame"] for v in streamed["videos"]]
@@ -185,7 +200,7 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
 
 def test_export_and_speed(tmp_path, tiny_config, tiny_data, capsys):
     config = _write_config(tiny_config, tmp_path / "tiny.yaml")
-    checkpoint = train(TrainOptions(config=str(config), data=str(tiny_data),
+    checkpoint = train(TrainOptions(config=str(config), data=[str(tiny_data)],
                                     out=str(tmp_path / "run"), max_steps=1, image_every=0,
                                     progress=False))
     shipped = tmp_path / "shipped.pth.tar"
@@ -201,6 +216,15 @@ def test_export_and_speed(tmp_path, tiny_config, tiny_data, capsys):
     assert figures["kp_detector_ms"] > 0 and figures["synthesis_ms"] > 0
     assert figures["fps"] == pytest.approx(1000 / figures["total_ms"])
     assert "frames per second" in capsys.readouterr().out
+
+
+def test_eval_face_metrics_asked_for_without_facemesh(tmp_path, tiny_data, monkeypatch, caplog):
+    monkeypatch.setattr(face_metrics, "facemesh_available", lambda: False)
+    code = eval_main(["reconstruct", "--checkpoint", str(tmp_path / "none.pth.tar"),
+                      "--data", str(tiny_data), "--json", str(tmp_path / "x.json"),
+                      "--face-metrics"])
+    assert code == 2
+    assert "--face-metrics: MediaPipe FaceMesh is not installed" in caplog.text
 
 
 def test_eval_reports_missing_checkpoint(tmp_path, tiny_data, caplog):

@@ -75,6 +75,9 @@ class Transform:
         return torch.cat([grad_x[0].unsqueeze(-2), grad_y[0].unsqueeze(-2)], dim=-2)
 
 
+SEPARATION_SIGMA = 0.15  # keypoints closer than about this (7 % of the frame) repel
+
+
 def equivariance_losses(kp_driving: KeypointDict, transformed_kp: KeypointDict,
                         transform: Transform) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean absolute errors of keypoint positions and jacobians under ``transform``: the
@@ -86,6 +89,16 @@ def equivariance_losses(kp_driving: KeypointDict, transformed_kp: KeypointDict,
     product = torch.matmul(torch.inverse(kp_driving["jacobian"]), jacobian_transformed)
     eye = torch.eye(2, dtype=product.dtype, device=product.device).view(1, 1, 2, 2)
     return value, torch.abs(eye - product).mean()
+
+
+def keypoint_separation(value: torch.Tensor, sigma: float = SEPARATION_SIGMA) -> torch.Tensor:
+    """Mean Gaussian affinity exp(-d^2 / 2 sigma^2) over the pairs of one frame's keypoints
+    (B x K x 2, in [-1, 1]): a prior against keypoints that sit on one another, which carry one
+    motion twice and leave the rest of the face to none (kpvid extension)."""
+    k = value.shape[1]
+    d2 = torch.cdist(value, value).pow(2)
+    off_diagonal = ~torch.eye(k, dtype=torch.bool, device=value.device)
+    return torch.exp(-d2 / (2 * sigma**2))[:, off_diagonal].mean()
 
 
 class Vgg19(nn.Module):

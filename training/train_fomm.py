@@ -22,14 +22,14 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from kpvid.models import MultiScaleDiscriminator, build_networks, load_config
 from kpvid.models.checkpoint import load_state_strict, read_checkpoint
 
 from .dataset import DatasetRepeater, FramesDataset
-from .losses import ImagePyramide, Transform, Vgg19, equivariance_losses
+from .losses import ImagePyramide, Transform, Vgg19, equivariance_losses, keypoint_separation
 from .metrics import ssim
 from .visualize import save_png, training_grid
 
@@ -43,9 +43,10 @@ class TrainOptions:
     """Everything ``kpvid-train fomm`` takes besides the config file."""
 
     config: str
-    data: str
+    data: list[str]
     out: str
     resume: str | None = None
+    init: str | None = None
     vgg: str | None = None
     device: str = "cpu"
     max_steps: int | None = None
@@ -113,6 +114,10 @@ class GeneratorFullModel(nn.Module):
                         total = total + weight * torch.abs(r - f).mean()
                 losses["feature_matching"] = total
 
+        if weights.get("keypoint_separation", 0) != 0:
+            losses["keypoint_separation"] = weights["keypoint_separation"] * keypoint_separation(
+                torch.cat([kp_source["value"], kp_driving["value"]]))
+
         if weights["equivariance_value"] != 0 or weights["equivariance_jacobian"] != 0:
             transform = Transform(driving.shape[0], device=driving.device,
                                   **self.train_params["transform_params"])
@@ -167,9 +172,10 @@ def train(opts: TrainOptions) -> Path:
         raise ValueError(f"config {opts.config} has no train_params section")
     dataset_params = config.get("dataset_params", {})
     frame_shape = tuple(dataset_params.get("frame_shape", (256, 256, 3)))
-    dataset = FramesDataset(opts.data, frame_shape=frame_shape, is_train=True,
-                            random_seed=opts.seed,
-                            augmentation_params=dataset_params.get("augmentation_params"))
+    dataset = ConcatDataset([
+        FramesDataset(root, frame_shape=frame_shape, is_train=True, random_seed=opts.seed,
+                      augmentation_params=dataset_params.get("augmentation_params"))
+        for root in opts.data])
     dataset = DatasetRepeater(dataset, train_params["num_repeats"])
     sampler = DistributedSampler(dataset, shuffle=True) if world > 1 else None
     batch_size = train_params["batch_size"]
@@ -200,6 +206,11 @@ def train(opts: TrainOptions) -> Path:
 
     out = Path(opts.out)
     start_epoch, step = 0, 0
+    if opts.init:  # weights only: a curriculum from another run (another data set, say)
+        ckpt = read_checkpoint(opts.init)
+        load_state_strict(kp_detector, ckpt["kp_detector"], "kp_detector")
+        load_state_strict(generator, ckpt["generator"], "generator")
+        log.info("initialised the keypoint detector and generator from %s", opts.init)
     if opts.resume:
         ckpt = read_checkpoint(opts.resume)
         load_state_strict(kp_detector, ckpt["kp_detector"], "kp_detector")

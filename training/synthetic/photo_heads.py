@@ -22,6 +22,7 @@ size and area-downsampled. Deterministic per seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import cv2
 import numpy as np
@@ -50,7 +51,7 @@ from .photo_library import PhotoFace, load_faces
 from .textures import damped_motion, smoothstep, soft_limit
 
 MAX_YAW, MAX_PITCH, MAX_ROLL = np.deg2rad(25), np.deg2rad(20), np.deg2rad(15)
-JAW_DROP = 0.42  # widest jaw opening, in inter-ocular distances
+JAW_DROP = 0.32  # widest jaw opening, in inter-ocular distances
 MORPH_SHARE = 0.35  # training clips whose identity is a morph of two faces
 # the row of points just above each upper eyelid, which follows it half way in a blink
 RIGHT_LID_CREASE = (247, 30, 29, 27, 28, 56, 190)
@@ -182,25 +183,29 @@ def _warp(image: np.ndarray, src: np.ndarray, dst: np.ndarray, triangles: np.nda
     size = image.shape[0]
     order = np.argsort(-depth[triangles].mean(1), kind="stable")
     ids = np.full((size, size), -1, np.int32)
-    dst_fixed = np.round(dst * 16).astype(np.int32)
-    for k in order:
-        cv2.fillConvexPoly(ids, dst_fixed[triangles[k]], int(k), cv2.LINE_8, shift=4)
-    # affine dst -> src per triangle: [x_src, y_src] = A @ [x_dst, y_dst, 1]
+    polygons = np.round(dst * 16).astype(np.int32)[triangles[order]]
+    for k, polygon in zip(order.tolist(), polygons, strict=True):
+        cv2.fillConvexPoly(ids, polygon, k, cv2.LINE_8, shift=4)
+    # affine dst -> src per triangle: [x_src, y_src] = [x_dst, y_dst, 1] @ A
     d = np.concatenate([dst[triangles], np.ones((len(triangles), 3, 1))], 2)  # (n, 3, 3)
     s = src[triangles]  # (n, 3, 2)
-    det = np.linalg.det(d)
-    ok = np.abs(det) > 1e-9
-    affine = np.zeros((len(triangles), 3, 2))
-    affine[ok] = np.linalg.solve(d[ok], s[ok])
-    affine[~ok, 0, 0] = affine[~ok, 1, 1] = 1.0  # degenerate: identity
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    a = affine[np.maximum(ids, 0)].astype(np.float32)
-    map_x = a[..., 0, 0] * xs + a[..., 1, 0] * ys + a[..., 2, 0]
-    map_y = a[..., 0, 1] * xs + a[..., 1, 1] * ys + a[..., 2, 1]
-    uncovered = ids < 0
-    map_x[uncovered], map_y[uncovered] = xs[uncovered], ys[uncovered]
-    return cv2.remap(image.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+    ok = np.abs(np.linalg.det(d)) > 1e-9
+    affine = np.zeros((len(triangles) + 1, 3, 2))
+    affine[:-1][ok] = np.linalg.solve(d[ok], s[ok])
+    degenerate = np.flatnonzero(~ok).tolist() + [len(triangles)]  # and -1: no triangle
+    affine[degenerate, 0, 0] = affine[degenerate, 1, 1] = 1.0
+    coef = affine.reshape(-1, 6).astype(np.float32)[ids]  # ids -1 takes the identity row
+    xs, ys = _pixel_grid(size)
+    map_x = coef[..., 0] * xs + coef[..., 2] * ys + coef[..., 4]
+    map_y = coef[..., 1] * xs + coef[..., 3] * ys + coef[..., 5]
+    return cv2.remap(image.astype(np.float32, copy=False), map_x, map_y, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT101)
+
+
+@cache
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    return xs, ys
 
 
 @dataclass
@@ -376,13 +381,14 @@ def _draw_mouth(image: np.ndarray, points: np.ndarray, v: np.ndarray, iod: float
         return
     size = image.shape[0]
 
-    def fill(layer: np.ndarray, polygon: np.ndarray, value: float | tuple) -> None:
-        cv2.fillPoly(layer, [np.round(polygon * 16).astype(np.int32)], value, cv2.LINE_AA, shift=4)
+    def fill(layer: np.ndarray, polygon: np.ndarray, value: float | tuple,
+             line: int = cv2.LINE_8) -> None:
+        cv2.fillPoly(layer, [np.round(polygon * 16).astype(np.int32)], value, line, shift=4)
 
     upper = points[list(UPPER_INNER_CURVE)]
     lower = points[list(LOWER_INNER_CURVE)]
     mask = np.zeros((size, size), np.float32)
-    fill(mask, np.concatenate([upper, lower[::-1]]), 1.0)
+    fill(mask, np.concatenate([upper, lower[::-1]]), 1.0, cv2.LINE_AA)
     colour = np.zeros((size, size, 3), np.float32)
     colour[:] = np.array([55, 18, 22], np.float32) * luminance
     teeth = tuple(float(c) for c in np.array([205, 195, 180]) * min(luminance, 1.1))
@@ -390,7 +396,7 @@ def _draw_mouth(image: np.ndarray, points: np.ndarray, v: np.ndarray, iod: float
     fill(colour, np.concatenate([upper, (upper + v * upper_teeth)[::-1]]), teeth)
     lower_teeth = min(0.04 * iod, 0.2 * gap)
     fill(colour, np.concatenate([lower, (lower - v * lower_teeth)[::-1]]), teeth)
-    colour = cv2.GaussianBlur(colour, (0, 0), 0.4 + 0.004 * size)
+    colour = cv2.GaussianBlur(colour, (0, 0), 0.4 + 0.004 * size)  # LINE_8 edges, softened
     alpha = mask[..., None]
     image[:] = image * (1 - alpha) + colour * alpha
 
@@ -410,15 +416,21 @@ def _photometric(rng: np.random.Generator) -> dict:
     }
 
 
-def _apply_photometric(frame: np.ndarray, p: dict, rng: np.random.Generator) -> np.ndarray:
-    """Lighting and camera effects on a float32 render-size frame; uint8 out."""
-    size = frame.shape[0]
-    ys, xs = np.mgrid[0:size, 0:size] / size - 0.5
+def _light(size: int, p: dict) -> np.ndarray:
+    """The clip's lighting: a linear gradient across the picture times exposure and white
+    balance, size x size x 3."""
+    xs, ys = _pixel_grid(size)
     angle = p["light_angle"]
-    light = 1 + p["light_strength"] * (np.cos(angle) * xs + np.sin(angle) * ys)
+    ramp = np.cos(angle) * (xs / size - 0.5) + np.sin(angle) * (ys / size - 0.5)
+    return ((1 + p["light_strength"] * ramp)[..., None] * p["gain"]).astype(np.float32)
+
+
+def _apply_photometric(frame: np.ndarray, p: dict, light: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Lighting and camera effects on a float32 render-size frame."""
     grey = frame.mean(2, keepdims=True)
     out = grey + (frame - grey) * p["saturation"]
-    out = out * (p["gain"] * (1 + rng.normal(0, p["flicker"])))[None, None] * light[..., None]
+    out *= light * np.float32(1 + rng.normal(0, p["flicker"]))
     out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** p["gamma"]
     if p["blur"] > 0:
         out = cv2.GaussianBlur(out, (0, 0), p["blur"])
@@ -467,11 +479,12 @@ def generate_photo_faces(seed: int, size: int, frames: int, split: str = "train"
     look = _photometric(rng)
     source = crop.image.astype(np.float32)
     luminance = float(np.clip(source.mean() / 128.0, 0.5, 1.2))
+    light = _light(render, look)
     out = np.empty((frames, size, size, 3), np.uint8)
     for i in range(frames):
         points, depth = rig.frame(motion, i)
         frame = _warp(source, rig.src, points, rig.triangles, depth)
         _draw_mouth(frame, points, rig.v, rig.iod, luminance)
-        frame = _apply_photometric(frame, look, rng)
+        frame = _apply_photometric(frame, look, light, rng)
         out[i] = _finish(frame, size, look, rng)
     return out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,6 +84,17 @@ def _write_mp4(path: Path, video: np.ndarray) -> None:
         container.mux(stream.encode())
 
 
+def _write_video(job: tuple) -> None:
+    """Generate and write one video of a data set (a worker's unit of work)."""
+    domain, out, seed, split, i, size, frames, fmt = job
+    video = generate_video(domain, _video_seed(seed, split, i), size, frames, split)
+    name = f"{domain}_{i:05d}"
+    if fmt == "png":
+        _write_png(out / split / name, video)
+    else:
+        _write_mp4(out / split / f"{name}.mp4", video)
+
+
 def write_dataset(
     domain: str,
     out: str | Path,
@@ -92,13 +105,15 @@ def write_dataset(
     test_fraction: float = 0.1,
     fmt: str = "png",
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Write `videos` clips to out/train/<name> and out/test/<name> (FOMM layout) + out/meta.json.
 
     fmt 'png' writes a folder of frames 00000.png... per video, 'mp4' one <name>.mp4 per video.
     Per-video seeds derive from (seed, split, index) with np.random.SeedSequence, so another seed
     gives other videos. There is at least one test video when videos >= 2. Refuses to write into
-    non-empty out/train or out/test folders. Returns the metadata written to meta.json.
+    non-empty out/train or out/test folders. ``workers`` > 1 generates videos in that many
+    processes (the same videos). Returns the metadata written to meta.json.
     """
     frames = _check(domain, size, frames)
     if int(videos) != videos or videos < 1:
@@ -116,7 +131,7 @@ def write_dataset(
         missing = sorted(set(fitted_face_names()) - {n for names in photos.values() for n in names})
         if missing:
             logger.warning("photos not available here, their faces are left out: %s",
-                        ", ".join(missing))
+                           ", ".join(missing))
         if not photos["train"] or (videos >= 2 and not photos["test"]):
             raise ValueError("the photos domain needs train and test photographs; install them "
                              "with pip install -e '.[faces]' (and --no-deps insightface==2.1)")
@@ -130,14 +145,15 @@ def write_dataset(
             )
         folder.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(split, i) for split in SPLITS for i in range(counts[split])]
-    for split, i in tqdm(jobs, desc=f"{domain} videos", unit="video", disable=not progress):
-        video = generate_video(domain, _video_seed(int(seed), split, i), size, frames, split)
-        name = f"{domain}_{i:05d}"
-        if fmt == "png":
-            _write_png(out / split / name, video)
-        else:
-            _write_mp4(out / split / f"{name}.mp4", video)
+    jobs = [(domain, out, int(seed), split, i, size, frames, fmt)
+            for split in SPLITS for i in range(counts[split])]
+    with (multiprocessing.get_context("spawn").Pool(workers) if workers > 1
+          else contextlib.nullcontext()) as pool:
+        done = pool.imap_unordered(_write_video, jobs, chunksize=4) if pool else map(
+            _write_video, jobs)
+        for _ in tqdm(done, total=len(jobs), desc=f"{domain} videos", unit="video",
+                      disable=not progress):
+            pass
 
     meta = {
         "domain": domain,
