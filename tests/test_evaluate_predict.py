@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kpvid.models.predictors import HoldLast, Predictor, rollout
-from kpvid.training import evaluate_predict
+from kpvid.training import evaluate_predict, face_metrics
 from kpvid.training.evaluate_predict import (
     FVD,
     FVD_UNAVAILABLE,
@@ -21,6 +21,7 @@ from kpvid.training.evaluate_predict import (
     predict_main,
     summarize,
 )
+from kpvid.training.facemesh import facemesh_available
 from kpvid.training.synthetic import write_dataset
 
 
@@ -86,8 +87,8 @@ def test_rollout_is_open_loop_in_frame_order():
 
 def test_summarize_means_and_sample_std_over_runs():
     def run(offset: float) -> np.ndarray:  # frames 2 and 4 of two videos
-        rows = np.array([[2, 1, 0, 0, 10, 0.5], [4, 3, 0, 0, 20, 0.5],
-                         [2, 1, 0, 0, 10, 0.5], [4, 5, 0, 0, 30, 0.5]], dtype=float)
+        rows = np.array([[2, 1, 0, 0, 10, 0.5, 1], [4, 3, 0, 0, 20, 0.5, 2],
+                         [2, 1, 0, 0, 10, 0.5, 1], [4, 5, 0, 0, 30, 0.5, 4]], dtype=float)
         rows[:, 1] += offset
         return rows
 
@@ -96,6 +97,7 @@ def test_summarize_means_and_sample_std_over_runs():
     assert [f["frame"] for f in one["per_frame"]] == [2, 4]
     assert one["per_frame"][1]["frame_mse"] == pytest.approx(4)
     assert one["per_frame"][1]["psnr"] == pytest.approx(25)
+    assert one["psnr_gain_frozen"] == pytest.approx(2)
     assert (one["inits"], one["frames"]) == (1, 4)
     two = summarize([run(0), run(2)])
     assert two["frame_mse"] == pytest.approx(3.5)
@@ -127,7 +129,7 @@ def test_predict_reconstruction_json_and_plots(tmp_path, tiny_checkpoint, data, 
                          "m1", "m2", "--predictors", "vrnn=a.pt,b.pt,c.pt", "constant-velocity",
                          "hold-last", "--inits", "2", "--json", str(out), "--plots",
                          str(tmp_path / "plots"), "--markdown", str(tmp_path / "tables.md"),
-                         "--threads", "1", "--quiet"])
+                         "--threads", "1", "--no-face-metrics", "--quiet"])
     assert code == 0
     tables = (tmp_path / "tables.md").read_text()
     assert "**M1, reconstruction** (3 videos)" in tables and "| constant_velocity | 1 |" in tables
@@ -142,8 +144,11 @@ def test_predict_reconstruction_json_and_plots(tmp_path, tiny_checkpoint, data, 
         entries = results[protocol]
         assert list(entries) == ["vrnn", "constant_velocity", "hold_last"]
         for entry in entries.values():
-            assert {"frame_mse", "kp_mse", "kp_pos_mse", "psnr", "ssim", "std", "per_frame",
-                    "inits"} <= set(entry)
+            assert {"frame_mse", "kp_mse", "kp_pos_mse", "psnr", "ssim", "psnr_gain_frozen",
+                    "landmark_error", "landmark_missed", "mouth_correlation",
+                    "mouth_correlation_undefined", "mouth_correlation_pooled", "std",
+                    "per_frame", "inits"} <= set(entry)
+            assert entry["landmark_error"] is None and entry["std"]["landmark_error"] is None
             assert [row["frame"] for row in entry["per_frame"]] == frames
             assert 0 <= entry["frame_mse"] < 1 and 0 < entry["ssim"] <= 1
         assert entries["vrnn"]["inits"] == 2 and entries["hold_last"]["inits"] == 1
@@ -152,10 +157,31 @@ def test_predict_reconstruction_json_and_plots(tmp_path, tiny_checkpoint, data, 
         assert entries["vrnn"]["frame_mse"] == pytest.approx(entries["hold_last"]["frame_mse"])
         reference = meta["reference"][protocol]
         assert reference["frame_mse"] <= entries["hold_last"]["frame_mse"] + 1e-6
+        assert reference["psnr_gain_frozen"] == pytest.approx(
+            reference["psnr"] - (entries["hold_last"]["psnr"]
+                                 - entries["hold_last"]["psnr_gain_frozen"]))
+
     assert results["m2"]["hold_last"]["frames"] == 3 * 16 + 3  # the 6-frame video: 3 predicted
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert plots == sorted(f"{p}_reconstruction_{m}.png" for p in ("m1", "m2")
                            for m in ("kp_mse", "frame_mse", "psnr"))
+
+
+@pytest.mark.skipif(not facemesh_available(), reason="MediaPipe FaceMesh is not installed")
+def test_predict_face_metrics(tmp_path, tiny_checkpoint, data):
+    out = tmp_path / "faces.json"
+    assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol",
+                         "m2", "--max-videos", "1", "--predictors", "hold-last", "--json",
+                         str(out), "--quiet"]) == 0
+    results = json.loads(out.read_text())
+    assert results["meta"]["face_metrics"].startswith("MediaPipe FaceMesh")
+    for entry in (results["m2"]["hold_last"], results["meta"]["reference"]["m2"]):
+        # every predicted frame scored or counted as missed; a lost face leaves no error
+        assert 0 <= entry["landmark_missed"] <= entry["frames"] == 16
+        assert (entry["landmark_error"] is None) == (entry["landmark_missed"] == 16)
+        assert entry["mouth_correlation_undefined"] in (0, 1)
+        assert set(entry["std"]) >= {"landmark_error", "mouth_correlation",
+                                     "mouth_correlation_pooled"}
 
 
 class MeanColour(torch.nn.Module):
@@ -188,7 +214,7 @@ def test_predict_transfer_with_fvd_plumbing(tmp_path, tiny_checkpoint, data):
     out = tmp_path / "transfer.json"
     assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol",
                          "m2", "--mode", "transfer", "--max-videos", "3", "--i3d", str(i3d),
-                         "--json", str(out), "--quiet"]) == 0
+                         "--json", str(out), "--no-face-metrics", "--quiet"]) == 0
     results = json.loads(out.read_text())
     meta = results["meta"]
     assert meta["transfer"]["adapt_movement_scale"] is True and "reference" not in meta
@@ -210,7 +236,8 @@ def test_predict_with_learned_predictor_files(tmp_path, tiny_checkpoint, data):
                                             model_id="tiny-model"))
     out = tmp_path / "learned.json"
     args = ["--checkpoint", str(tiny_checkpoint), "--data", str(data), "--protocol", "m2",
-            "--max-videos", "2", "--quiet", "--json", str(out), "--predictors"]
+            "--max-videos", "2", "--no-face-metrics", "--quiet", "--json", str(out),
+            "--predictors"]
     assert predict_main([*args, f"rnn={files[0]},{files[1]}", "hold-last"]) == 0
     rnn = json.loads(out.read_text())["m2"]["rnn"]
     assert rnn["inits"] == 2 and rnn["std"]["kp_mse"] > 0
@@ -218,14 +245,14 @@ def test_predict_with_learned_predictor_files(tmp_path, tiny_checkpoint, data):
     assert predict_main([*args, f"vrnn={files[0]}"]) == 2  # an rnn file under the vrnn label
 
 
-def test_predict_bad_input(tmp_path, tiny_checkpoint, data, capsys):
+def test_predict_bad_input(tmp_path, tiny_checkpoint, data, capsys, monkeypatch):
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copytree(data / "test" / "faces_00000", lone / "faces_00000")
     assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(lone), "--mode",
                          "transfer", "--quiet"]) == 2
     assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(lone), "--protocol",
-                         "bair", "--quiet"]) == 0  # 32 frames are enough: bair cuts 30
+                         "bair", "--no-face-metrics", "--quiet"]) == 0  # 32 frames: bair cuts 30
     short = tmp_path / "short"
     short.mkdir()
     shutil.copytree(data / "test" / "faces_00009_short", short / "v")
@@ -233,10 +260,15 @@ def test_predict_bad_input(tmp_path, tiny_checkpoint, data, capsys):
                          "m1", "--quiet"]) == 2
     with pytest.raises(SystemExit):
         predict_main(["--data", str(data), "--predictors", "vrnn"])
+    with monkeypatch.context() as patch:
+        patch.setattr(face_metrics, "facemesh_available", lambda: False)
+        assert predict_main(["--checkpoint", str(tiny_checkpoint), "--data", str(data),
+                             "--face-metrics", "--quiet"]) == 2
     with pytest.raises(SystemExit) as exc:
         predict_main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--protocol", "--mode", "--predictors", "--inits", "--samples", "--json",
-                 "--plots", "--i3d", "--threads", "--max-videos", "--checkpoint"):
+                 "--plots", "--i3d", "--threads", "--max-videos", "--checkpoint",
+                 "--face-metrics"):
         assert flag in text

@@ -157,6 +157,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         format_table,
         write_json,
     )
+    from kpvid.training.face_metrics import use_face_metrics
+    from kpvid.training.facemesh import FaceMeshUnavailable
     from kpvid.training.speed import format_speed, measure_speed
     from kpvid.training.transmission import UNCODED
 
@@ -166,12 +168,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     sub.add_parser("predict", help="keypoint predictors under the papers' protocols M1/M2 "
                                    "(kpvid-eval predict --help)")
     rec = sub.add_parser(
-        "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD",
+        "reconstruct", help="reconstruction scores: L1, PSNR, SSIM, AKD, gain over a frozen "
+                            "frame, FaceMesh landmark error and mouth correlation",
         description="Source = each test video's first frame; every frame is driven by its own "
                     "detected keypoints, or, with --observe/--predict/--codec, by the keypoints "
                     "a stream would play: the observed frames' through the codec, the others "
                     "predicted. Prints a table and writes the scores, the schedule and "
-                    "kp_bytes_per_frame as JSON.")
+                    "kp_bytes_per_frame as JSON. AKD uses the model's own keypoint detector; "
+                    "MediaPipe FaceMesh, when installed, scores landmarks and mouth opening.")
     add_checkpoint_arguments(rec)
     rec.add_argument("--data", type=Path, required=True,
                      help="data folder (its test/ subfolder when present)")
@@ -193,6 +197,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                           "detector's float keypoints and no byte count)")
     rec.add_argument("--predictor", choices=sorted(PREDICTORS), default=DEFAULT_PREDICTOR,
                      help="predictor for the frames not sent (default: %(default)s)")
+    rec.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=None,
+                     help="FaceMesh landmark error and mouth correlation (default: on when "
+                          "MediaPipe FaceMesh is installed); --face-metrics fails without it")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     speed = sub.add_parser(
         "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
@@ -209,6 +216,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.command == "speed" and args.threads:
         torch.set_num_threads(args.threads)
     try:
+        face_metrics = args.command == "reconstruct" and use_face_metrics(args.face_metrics)
         kp_detector, generator, config = load_checkpoint_with_config(
             args.checkpoint, args.config, getattr(args, "device", "cpu"))
         if args.command == "speed":
@@ -222,10 +230,11 @@ def eval_main(argv: list[str] | None = None) -> int:
                                              save_videos=args.save_videos, device=args.device,
                                              progress=not args.quiet,
                                              stream=StreamSettings(args.observe, args.predict,
-                                                                   args.codec, args.predictor))
+                                                                   args.codec, args.predictor),
+                                             face_metrics=face_metrics)
             print(format_table(report))
             result = report.to_json()
-    except (ConfigError, CheckpointError, ValueError) as exc:
+    except (ConfigError, CheckpointError, ValueError, FaceMeshUnavailable) as exc:
         log.error("%s", exc)
         return 2
     if args.json:

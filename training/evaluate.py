@@ -1,5 +1,7 @@
 """Reconstruction evaluation (``kpvid-eval reconstruct``): source = first frame, every frame
-driven by its own detected keypoints; L1, PSNR, SSIM and keypoint distance per video."""
+driven by its own detected keypoints; L1, PSNR, SSIM, the model's own keypoint distance, the
+PSNR gain over a frozen first frame and (with FaceMesh) landmark error and mouth correlation per
+video."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from kpvid.sender.schedule import Schedule
 from . import metrics
 from .dataset import list_test_videos, read_video
 from .extract import detect_kp6, kp_dict_from_kp6
+from .face_metrics import FaceScorer, mean_face_scores, psnr_gain_frozen
 from .transmission import UNCODED, TransmittedClip, transmit
 from .visualize import draw_keypoints, to_uint8
 
@@ -62,8 +65,13 @@ class VideoScores:
     l1: float
     psnr: float
     ssim: float
-    akd: float
+    akd: float  # keypoints of the model's own detector, real against rebuilt frames, in pixels
     kp_bytes_per_frame: float | None  # Keypoints message bytes per frame (None: uncoded)
+    psnr_gain_frozen: float | None  # dB over frame 0 held frozen (None: a single frame)
+    # FaceMesh scores (None without FaceMesh), see face_metrics
+    landmark_error: float | None = None  # inter-ocular distances
+    landmark_missed: int | None = None  # frames where either face was not found
+    mouth_correlation: float | None = None  # None also where the input's mouth does not move
 
 
 @dataclass
@@ -113,7 +121,8 @@ def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, nam
                 frames: torch.Tensor, stream: StreamSettings = StreamSettings(),
                 new_predictor: Callable[[], Predictor] | None = None
                 ) -> tuple[VideoScores, torch.Tensor, np.ndarray]:
-    """Scores of one video plus its rebuilt frames and detected keypoint positions (T, K, 2)."""
+    """Scores of one video plus its rebuilt frames and detected keypoint positions (T, K, 2);
+    the FaceMesh scores are left None."""
     rebuilt, kp6, sent = reconstruct_video(kp_detector, generator, frames, stream,
                                            new_predictor)
     detected = torch.from_numpy(kp6[..., :2]).to(frames.device)
@@ -127,6 +136,8 @@ def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, nam
         akd=float(metrics.keypoint_distance(detected, kp_rebuilt, frames.shape[-1]).mean()),
         kp_bytes_per_frame=(None if stream.codec == UNCODED
                             else float(sent.message_bytes.mean())),
+        psnr_gain_frozen=psnr_gain_frozen(frames.permute(0, 2, 3, 1).cpu().numpy(),
+                                          rebuilt.permute(0, 2, 3, 1).cpu().numpy()),
     )
     return scores, rebuilt, kp6[..., :2]
 
@@ -150,29 +161,42 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
                             max_videos: int | None = None,
                             save_videos: str | Path | None = None,
                             device: str | torch.device = "cpu", progress: bool = True,
-                            stream: StreamSettings = StreamSettings()) -> Report:
+                            stream: StreamSettings = StreamSettings(),
+                            face_metrics: bool = False) -> Report:
     """Reconstruct every test video under ``data`` (``data/test`` if it exists), its frames
     resized to ``size`` (the model's training frame size), its keypoints sent as ``stream``
-    says."""
+    says; ``face_metrics``: also score them with FaceMesh (it must be installed)."""
     root, videos = list_test_videos(data, max_videos)
     report = Report(mean={}, stream=stream)
     new_predictor = stream.predictor_factory()
-    for path in tqdm(videos, desc="reconstruct", disable=not progress, dynamic_ncols=True):
-        try:
-            array = read_video(path, size=size)
-        except ValueError as exc:
-            log.warning("skipping %s", exc)
-            report.skipped.append(path.name)
-            continue
-        frames = torch.from_numpy(array).permute(0, 3, 1, 2).float().div(255).to(device)
-        scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames, stream,
-                                          new_predictor)
-        report.videos.append(scores)
-        if save_videos:
-            driving = [draw_keypoints(image, points)
-                       for image, points in zip(to_uint8(frames), kp)]
-            write_side_by_side(Path(save_videos) / f"{path.stem}.mp4",
-                               [np.stack(driving), to_uint8(rebuilt)])
+    faces = FaceScorer() if face_metrics else None
+    face_scores = []
+    try:
+        for path in tqdm(videos, desc="reconstruct", disable=not progress, dynamic_ncols=True):
+            try:
+                array = read_video(path, size=size)
+            except ValueError as exc:
+                log.warning("skipping %s", exc)
+                report.skipped.append(path.name)
+                continue
+            frames = torch.from_numpy(array).permute(0, 3, 1, 2).float().div(255).to(device)
+            scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames, stream,
+                                              new_predictor)
+            if faces:
+                face = faces.score(array, to_uint8(rebuilt))
+                face_scores.append(face)
+                scores.landmark_error = face.landmark_error
+                scores.landmark_missed = face.landmark_missed
+                scores.mouth_correlation = face.mouth_correlation
+            report.videos.append(scores)
+            if save_videos:
+                driving = [draw_keypoints(image, points)
+                           for image, points in zip(to_uint8(frames), kp)]
+                write_side_by_side(Path(save_videos) / f"{path.stem}.mp4",
+                                   [np.stack(driving), to_uint8(rebuilt)])
+    finally:
+        if faces:
+            faces.close()
     if not report.videos:
         raise ValueError(f"none of the {len(videos)} videos under {root} could be read")
     report.mean = {key: float(np.mean([getattr(v, key) for v in report.videos]))
@@ -181,18 +205,37 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
         None if stream.codec == UNCODED else
         float(np.average([v.kp_bytes_per_frame for v in report.videos],
                          weights=[v.frames for v in report.videos])))
+    gains = [v.psnr_gain_frozen for v in report.videos if v.psnr_gain_frozen is not None]
+    report.mean["psnr_gain_frozen"] = float(np.mean(gains)) if gains else None
+    report.mean.update(mean_face_scores(face_scores if faces else None))
     return report
 
 
+def _cell(value: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
 def format_table(report: Report) -> str:
-    """Plain-text table of per-video scores and the mean."""
-    lines = [f"{'video':<24}{'frames':>7}{'L1':>9}{'PSNR':>9}{'SSIM':>8}{'AKD px':>8}"]
+    """Plain-text table of per-video scores and the mean ('-': not available)."""
+    lines = [f"{'video':<24}{'frames':>7}{'L1':>9}{'PSNR':>9}{'SSIM':>8}{'AKD (own kp)':>14}"
+             f"{'gain dB':>9}{'LM err':>8}{'missed':>7}{'mouth r':>9}"]
     for v in report.videos:
         lines.append(f"{v.name[:24]:<24}{v.frames:>7}{v.l1:>9.4f}{v.psnr:>9.2f}{v.ssim:>8.3f}"
-                     f"{v.akd:>8.2f}")
+                     f"{v.akd:>14.2f}{_cell(v.psnr_gain_frozen, 9, 2)}"
+                     f"{_cell(v.landmark_error, 8, 3)}{_cell(v.landmark_missed, 7, 0)}"
+                     f"{_cell(v.mouth_correlation, 9, 3)}")
     m = report.mean
     lines.append(f"{'mean':<24}{sum(v.frames for v in report.videos):>7}{m['l1']:>9.4f}"
-                 f"{m['psnr']:>9.2f}{m['ssim']:>8.3f}{m['akd']:>8.2f}")
+                 f"{m['psnr']:>9.2f}{m['ssim']:>8.3f}{m['akd']:>14.2f}"
+                 f"{_cell(m['psnr_gain_frozen'], 9, 2)}{_cell(m['landmark_error'], 8, 3)}"
+                 f"{_cell(m['landmark_missed'], 7, 0)}{_cell(m['mouth_correlation'], 9, 3)}")
+    if m["mouth_correlation_pooled"] is not None or m["mouth_correlation_undefined"]:
+        lines.append(f"mouth r pooled over all videos: {_cell(m['mouth_correlation_pooled'], 0, 3)}"
+                     f"; videos without a defined mouth r: {m['mouth_correlation_undefined']}")
+    lines.append("AKD (own kp): the model's own keypoint detector, px; gain dB: PSNR over a "
+                 "frozen first frame")
+    lines.append("LM err: FaceMesh landmark error, inter-ocular distances; missed: frames left "
+                 "out; mouth r: mouth opening correlation")
     return "\n".join(lines)
 
 

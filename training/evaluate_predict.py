@@ -10,6 +10,10 @@ predicted sets are turned into frames by the FOMM generator and scored on predic
 - transfer mode: the source is the first frame of the next video (the last video takes the
   first one's); the ground truth is the transfer rendered with every detected keypoint set, with
   FOMM's relative motion (movement and jacobian relative to the first driving frame).
+
+Besides keypoint and frame errors: the PSNR gain over the ground truth's first frame held frozen,
+and, with MediaPipe FaceMesh, the landmark error and mouth-opening correlation of the predicted
+frames per clip (:mod:`~kpvid.training.face_metrics`).
 """
 
 from __future__ import annotations
@@ -46,12 +50,30 @@ from .arguments import add_checkpoint_arguments, positive_int
 from .dataset import list_test_videos, read_video
 from .evaluate import write_json
 from .extract import detect_kp6, frames_to_tensor, kp_dict_from_kp6
+from .face_metrics import (
+    FACE_MEAN_KEYS,
+    FaceScorer,
+    FaceScores,
+    mean_face_scores,
+    score_landmarks,
+    use_face_metrics,
+)
+from .facemesh import FaceMeshUnavailable
+from .visualize import to_uint8
 
 log = logging.getLogger(__name__)
 
 MODES = ("reconstruction", "transfer")
-COLUMNS = ("frame_mse", "kp_mse", "kp_pos_mse", "psnr", "ssim")
-FRAME_COLUMNS = ("frame_mse", "psnr", "ssim")
+COLUMNS = ("frame_mse", "kp_mse", "kp_pos_mse", "psnr", "ssim", "psnr_gain_frozen")
+FRAME_COLUMNS = ("frame_mse", "psnr", "ssim", "psnr_gain_frozen")
+FACE_STD_KEYS = ("landmark_error", "mouth_correlation", "mouth_correlation_pooled")
+FACE_METRICS = ("MediaPipe FaceMesh on the predicted frames and the ground truth, 256 x 256: per "
+                "video the mean landmark error (inter-ocular distances) and the Pearson "
+                "correlation of the mouth opening, then per initialisation their mean over the "
+                "videos (mouth_correlation: over those where it is defined; "
+                "mouth_correlation_pooled: one correlation over every video's frames; "
+                "landmark_missed: frames without a face, left out), then mean and sample std "
+                "over initialisations")
 FVD_UNAVAILABLE = "unavailable (no --i3d weights)"
 I3D_SIZE = 224
 
@@ -130,6 +152,7 @@ class EvalOptions:
     batch: int = 32
     adapt_scale: bool = True
     i3d: Path | None = None
+    face_metrics: bool = False  # FaceMesh landmark error and mouth correlation
     model_id: str | None = None  # the FOMM checkpoint's, checked against learned predictors
     device: str = "cpu"
     progress: bool = True
@@ -199,15 +222,18 @@ class Renderer:
         return torch.cat(out)
 
 
-def score_frames(frames: torch.Tensor, target: torch.Tensor, kp6: np.ndarray,
-                 kp6_target: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Rows ``[frame number (1-based), *COLUMNS]``, one per scored frame."""
+def score_frames(frames: torch.Tensor, target: torch.Tensor, frozen: torch.Tensor,
+                 kp6: np.ndarray, kp6_target: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Rows ``[frame number (1-based), *COLUMNS]``, one per scored frame; ``frozen``: the
+    1 x 3 x H x W frame the PSNR gain is measured over (the ground truth's first)."""
     frame_mse = ((frames - target) ** 2).flatten(1).mean(1).cpu().numpy()
     diff = (kp6 - kp6_target).astype(np.float64) ** 2
+    psnr = metrics.psnr(frames, target).cpu().numpy()
     columns = {"frame_mse": frame_mse, "kp_mse": diff.mean(axis=(1, 2)),
-               "kp_pos_mse": diff[..., :2].mean(axis=(1, 2)),
-               "psnr": metrics.psnr(frames, target).cpu().numpy(),
-               "ssim": metrics.ssim(frames, target).cpu().numpy()}
+               "kp_pos_mse": diff[..., :2].mean(axis=(1, 2)), "psnr": psnr,
+               "ssim": metrics.ssim(frames, target).cpu().numpy(),
+               "psnr_gain_frozen": psnr - metrics.psnr(frozen.expand_as(target),
+                                                       target).cpu().numpy()}
     return np.column_stack([index + 1, *(columns[c] for c in COLUMNS)]).astype(np.float64)
 
 
@@ -229,6 +255,26 @@ def summarize(runs: list[np.ndarray], columns: tuple[str, ...] = COLUMNS) -> dic
             "per_frame": [{"frame": int(t), **named(per_mean[i]), "std": named(per_std[i])}
                           for i, t in enumerate(numbers)],
             "inits": len(runs), "frames": int(runs[0].shape[0])}
+
+
+def summarize_faces(runs: list[list[FaceScores]] | None) -> dict:
+    """FaceMesh scores of each run (clip-level means over its videos,
+    :func:`~kpvid.training.face_metrics.mean_face_scores`), then their mean over the runs and,
+    for the scores, the sample std (under ``std``); all None without FaceMesh."""
+    if runs is None:
+        return {**mean_face_scores(None), "std": dict.fromkeys(FACE_STD_KEYS)}
+    per_run = [mean_face_scores(run) for run in runs]
+    values = {key: [r[key] for r in per_run if r[key] is not None] for key in FACE_MEAN_KEYS}
+    return {**{key: float(np.mean(v)) if v else None for key, v in values.items()},
+            "std": {key: float(np.std(values[key], ddof=1 if len(values[key]) > 1 else 0))
+                    if values[key] else None for key in FACE_STD_KEYS}}
+
+
+def _with_faces(summary: dict, faces: list[list[FaceScores]] | None) -> dict:
+    """``summary`` with the FaceMesh scores of :func:`summarize_faces` (their std in ``std``)."""
+    scores = summarize_faces(faces)
+    return {**summary, **{k: v for k, v in scores.items() if k != "std"},
+            "std": {**summary["std"], **scores["std"]}}
 
 
 class FVD:
@@ -279,6 +325,7 @@ class _Collector:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], list[list[np.ndarray]]] = {}
         self.features: dict[tuple[str, str], list[list[np.ndarray]]] = {}
+        self.faces: dict[tuple[str, str], list[list[FaceScores]]] = {}
         self.videos: dict[str, int] = {}
         self.skipped: dict[str, int] = {"unreadable": 0}
 
@@ -340,44 +387,70 @@ def evaluate_predictions(kp_detector: KPDetector, generator: OcclusionAwareGener
     for p in protocols:
         collector.videos[p.name] = collector.skipped[p.name] = 0
     videos = _read_videos(paths, size, kp_detector, options, collector)
-    for video, source in _with_sources(videos, transfer):
-        render = Renderer(kp_detector, generator, source,
-                          video.kp6[0] if transfer else None, options.adapt_scale, options.batch)
-        full = render(video.kp6)  # every detected set: the transfer ground truth
-        truth = full if transfer else video.frames
-        for p in protocols:
-            if len(video.kp6) < p.min_frames:
-                log.warning("skipping %s for %s: %d frames, the protocol needs %d", video.name,
-                            p.name, len(video.kp6), p.min_frames)
-                collector.skipped[p.name] += 1
-                continue
-            collector.videos[p.name] += 1
-            observed = p.observed(len(video.kp6))
-            length = len(observed)
-            index = np.flatnonzero(~observed)
-            kp6 = video.kp6[:length]
-            if not transfer:
-                collector.add(collector.rows, p.name, "", 0,
-                              score_frames(full[index], truth[index], kp6[index], kp6[index],
-                                           index))
-            if fvd:
-                collector.add(collector.features, p.name, "", 0, fvd.features(truth[:length]))
-                if not transfer:
-                    collector.add(collector.features, p.name, "all", 0,
-                                  fvd.features(full[:length]))
-            for spec in options.predictors:
-                for run, predictor in enumerate(runs[(p.name, spec.key)]):
-                    predicted = rollout(predictor, kp6, observed)
-                    frames = render(predicted[index])
-                    collector.add(collector.rows, p.name, spec.key, run,
-                                  score_frames(frames, truth[index], predicted[index],
-                                               kp6[index], index))
-                    if fvd:
-                        clip = full[:length].clone()
-                        clip[index] = frames
-                        collector.add(collector.features, p.name, spec.key, run,
-                                      fvd.features(clip))
+    faces = FaceScorer() if options.face_metrics else None
+    try:
+        for video, source in _with_sources(videos, transfer):
+            _evaluate_video(video, source, kp_detector, generator, protocols, runs, options,
+                            fvd, faces, collector)
+    finally:
+        if faces:
+            faces.close()
     return _results(collector, protocols, options, fvd is not None)
+
+
+def _evaluate_video(video: Video, source: torch.Tensor, kp_detector: KPDetector,
+                    generator: OcclusionAwareGenerator, protocols: list[Protocol],
+                    runs: dict[tuple[str, str], list[Predictor]], options: EvalOptions,
+                    fvd: FVD | None, faces: FaceScorer | None, collector: _Collector) -> None:
+    """Score every protocol and predictor run on one video into ``collector``."""
+    transfer = options.mode == "transfer"
+    render = Renderer(kp_detector, generator, source,
+                      video.kp6[0] if transfer else None, options.adapt_scale, options.batch)
+    full = render(video.kp6)  # every detected set: the transfer ground truth
+    truth = full if transfer else video.frames
+    truth_points = faces.landmarks(to_uint8(truth)) if faces else []
+
+    def add_faces(protocol: str, key: str, run: int, frames: torch.Tensor,
+                  index: np.ndarray) -> None:
+        if faces:
+            collector.add(collector.faces, protocol, key, run,
+                          score_landmarks([truth_points[i] for i in index],
+                                          faces.landmarks(to_uint8(frames))))
+
+    for p in protocols:
+        if len(video.kp6) < p.min_frames:
+            log.warning("skipping %s for %s: %d frames, the protocol needs %d", video.name,
+                        p.name, len(video.kp6), p.min_frames)
+            collector.skipped[p.name] += 1
+            continue
+        collector.videos[p.name] += 1
+        observed = p.observed(len(video.kp6))
+        length = len(observed)
+        index = np.flatnonzero(~observed)
+        kp6 = video.kp6[:length]
+        if not transfer:
+            collector.add(collector.rows, p.name, "", 0,
+                          score_frames(full[index], truth[index], truth[:1], kp6[index],
+                                       kp6[index], index))
+            add_faces(p.name, "", 0, full[index], index)
+        if fvd:
+            collector.add(collector.features, p.name, "", 0, fvd.features(truth[:length]))
+            if not transfer:
+                collector.add(collector.features, p.name, "all", 0,
+                              fvd.features(full[:length]))
+        for spec in options.predictors:
+            for run, predictor in enumerate(runs[(p.name, spec.key)]):
+                predicted = rollout(predictor, kp6, observed)
+                frames = render(predicted[index])
+                collector.add(collector.rows, p.name, spec.key, run,
+                              score_frames(frames, truth[index], truth[:1], predicted[index],
+                                           kp6[index], index))
+                add_faces(p.name, spec.key, run, frames, index)
+                if fvd:
+                    clip = full[:length].clone()
+                    clip[index] = frames
+                    collector.add(collector.features, p.name, spec.key, run,
+                                  fvd.features(clip))
 
 
 def _results(collector: _Collector, protocols: list[Protocol], options: EvalOptions,
@@ -388,12 +461,15 @@ def _results(collector: _Collector, protocols: list[Protocol], options: EvalOpti
     for p in protocols:
         if not collector.videos[p.name]:
             raise ValueError(f"no video is long enough for {p.name} ({p.min_frames} frames)")
-        results[p.name] = {spec.key: summarize([np.concatenate(r) for r in
-                                                collector.rows[(p.name, spec.key)]])
-                           for spec in options.predictors}
+        results[p.name] = {
+            spec.key: _with_faces(summarize([np.concatenate(r) for r in
+                                             collector.rows[(p.name, spec.key)]]),
+                                  collector.faces.get((p.name, spec.key)))
+            for spec in options.predictors}
         if options.mode == "reconstruction":
-            reference[p.name] = summarize([np.concatenate(collector.rows[(p.name, "")][0])],
-                                          FRAME_COLUMNS)
+            reference[p.name] = _with_faces(
+                summarize([np.concatenate(collector.rows[(p.name, "")][0])], FRAME_COLUMNS),
+                collector.faces.get((p.name, "")))
         if with_fvd:
             fvd[p.name] = _fvd_scores(collector.features, p.name, options)
     meta: dict = {
@@ -406,7 +482,11 @@ def _results(collector: _Collector, protocols: list[Protocol], options: EvalOpti
         "samples": options.samples,
         "scores": "mean over predicted frames of all videos, then mean and sample std over "
                   "initialisations; kp_mse over K x 6 (positions in [-1, 1] and jacobians), "
-                  "kp_pos_mse over positions only; frame_mse of RGB in [0, 1]",
+                  "kp_pos_mse over positions only; frame_mse of RGB in [0, 1]; "
+                  "psnr_gain_frozen: PSNR minus that of the ground truth's first frame held "
+                  "frozen, dB",
+        "face_metrics": (FACE_METRICS if options.face_metrics
+                         else "off (--no-face-metrics, or MediaPipe FaceMesh not installed)"),
     }
     if options.mode == "transfer":
         meta["transfer"] = {"pairing": "video i driven onto the first frame of video i+1 (the "
@@ -443,7 +523,8 @@ def format_table(results: dict) -> str:
         lines.append(f"{protocol} ({results['meta']['mode']}, "
                      f"{results['meta']['videos'][protocol]} videos)")
         lines.append(f"  {'predictor':<20}{'inits':>6}{'frame MSE':>20}{'PSNR':>16}"
-                     f"{'SSIM':>9}{'kp MSE':>12}{'kp pos MSE':>12}")
+                     f"{'SSIM':>9}{'gain dB':>9}{'LM err':>8}{'mouth r':>9}{'kp MSE':>12}"
+                     f"{'kp pos MSE':>12}")
         rows = dict(entries)
         if "reference" in results["meta"]:
             rows["(all keypoints)"] = results["meta"]["reference"][protocol]
@@ -452,8 +533,14 @@ def format_table(results: dict) -> str:
             lines.append(
                 f"  {key:<20}{s['inits']:>6}{s['frame_mse']:>11.5f} ±{std['frame_mse']:.5f}"
                 f"{s['psnr']:>9.2f} ±{std['psnr']:.2f}{s['ssim']:>9.3f}"
+                f"{s['psnr_gain_frozen']:>9.2f}{_optional(s['landmark_error'], 3):>8}"
+                f"{_optional(s['mouth_correlation'], 3):>9}"
                 + (f"{s['kp_mse']:>12.5f}{s['kp_pos_mse']:>12.5f}" if "kp_mse" in s else ""))
     return "\n".join(lines)
+
+
+def _optional(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def format_markdown(results: dict) -> str:
@@ -475,17 +562,21 @@ def format_markdown(results: dict) -> str:
         lines += [f"**{protocol.upper()}, {meta['mode']}** ({meta['videos'][protocol]} videos)",
                   "",
                   "| predictor | inits | frame MSE (x1e-3) | vs best | PSNR (dB) | SSIM | "
-                  "kp MSE (x1e-3) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "gain over frozen (dB) | landmark error | mouth r | kp MSE (x1e-3) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for key, s in ranked:
             lines.append(
                 f"| {key} | {s['inits']} | {spread(s, 'frame_mse', 1e3, 3)} | "
                 f"{100 * (s['frame_mse'] / best - 1):+.1f} % | {spread(s, 'psnr', 1, 2)} | "
-                f"{spread(s, 'ssim', 1, 3)} | {spread(s, 'kp_mse', 1e3, 2)} |")
+                f"{spread(s, 'ssim', 1, 3)} | {spread(s, 'psnr_gain_frozen', 1, 2)} | "
+                f"{_optional(s['landmark_error'], 3)} | {_optional(s['mouth_correlation'], 3)} | "
+                f"{spread(s, 'kp_mse', 1e3, 2)} |")
         if "reference" in meta:
             ref = meta["reference"][protocol]
             lines.append(f"| *all keypoints (no prediction)* | | {ref['frame_mse'] * 1e3:.3f} | "
-                         f"| {ref['psnr']:.2f} | {ref['ssim']:.3f} | |")
+                         f"| {ref['psnr']:.2f} | {ref['ssim']:.3f} | "
+                         f"{ref['psnr_gain_frozen']:.2f} | {_optional(ref['landmark_error'], 3)} "
+                         f"| {_optional(ref['mouth_correlation'], 3)} | |")
         lines.append("")
     return "\n".join(lines)
 
@@ -497,8 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "predictor observes the protocol's observed frames and predicts the others "
                     "from its own output; predicted keypoints are rendered by the FOMM generator "
                     "and scored against the ground truth on the predicted frames (keypoint MSE, "
-                    "frame MSE, PSNR, SSIM; per frame number and overall, mean and std over "
-                    "initialisations). Prints a table; writes JSON and PNG plots on request.",
+                    "frame MSE, PSNR, SSIM, PSNR gain over a frozen first frame; per frame "
+                    "number and overall, mean and std over initialisations; with MediaPipe "
+                    "FaceMesh also landmark error and mouth correlation per video). Prints a "
+                    "table; writes JSON and PNG plots on request.",
         epilog="protocols: m1 = observe frames 1-5, predict 6-32; m2 = observe 1, predict 1 over "
                "the whole video; bair = observe 5, predict 25. Videos shorter than a protocol "
                "needs are skipped for it (counted in meta.skipped).")
@@ -548,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(B, 3, T, 224, 224) clips in [-1, 1] and returning (B, D) "
                              "features; FVD compares whole clips (observed + predicted frames) "
                              "with the ground truth. Without it FVD is reported unavailable")
+    parser.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=None,
+                        help="FaceMesh landmark error and mouth correlation of the predicted "
+                             "frames (default: on when MediaPipe FaceMesh is installed); "
+                             "--face-metrics fails without it")
     parser.add_argument("--no-adapt-scale", dest="adapt_scale", action="store_false",
                         help="transfer mode: do not scale the driving motion by the ratio of "
                              "the keypoint hulls (FOMM's adapt_movement_scale, on by default)")
@@ -576,10 +673,16 @@ def predict_main(argv: list[str] | None = None) -> int:
         parser.error(f"a predictor is named twice: {' '.join(keys)}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        face_metrics = use_face_metrics(args.face_metrics)
+    except FaceMeshUnavailable as exc:
+        log.error("%s", exc)
+        return 2
     options = EvalOptions(protocols=tuple(dict.fromkeys(args.protocol)), mode=args.mode,
                           predictors=tuple(args.predictors), inits=args.inits,
                           samples=args.samples, seed=args.seed, max_videos=args.max_videos,
                           batch=args.batch, adapt_scale=args.adapt_scale, i3d=args.i3d,
+                          face_metrics=face_metrics,
                           model_id=model_id(args.checkpoint), device=args.device,
                           progress=not args.quiet)
     start = time.perf_counter()
