@@ -1,6 +1,7 @@
-"""``kpvid-demo``: a receiver and a synthetic-face sender on this machine, end to end.
+"""``kpvid-demo``: a receiver and a synthetic talking-head sender on this machine, end to end.
 
-Starts ``kpvid-receive`` (CPU, recording) and ``kpvid-send --synthetic faces`` as two real
+Starts ``kpvid-receive`` (CPU, recording) and ``kpvid-send --synthetic photos`` (a real
+photograph held out of training, animated as a talking head) as two real
 processes talking WebRTC over HTTPS signaling, shows the viewer URL and a progress bar while the
 clip streams, then prints what happened: keypoint kbps, frame rate, the predicted share,
 end-to-end latency (capture on the sender to frame out of the receiver), CPU of each process, and
@@ -218,14 +219,25 @@ class DemoSummary:
     side_by_side: Path
 
 
+DEMO_FACE = "grace_hopper"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpvid-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=300,
                         help="frames the sender streams (default: 300, 10 s at 30 fps)")
     parser.add_argument("--fps", type=float, default=30.0, help="stream frame rate (default: 30)")
+    parser.add_argument("--domain", choices=("photos", "faces"), default="photos",
+                        help="what the sender streams: photos, a real photograph held out of "
+                             "training, animated as a talking head; faces, a cartoon face "
+                             "(default: photos)")
+    parser.add_argument("--face", default=DEMO_FACE,
+                        help=f"with --domain photos: the held-out photograph (default: "
+                             f"{DEMO_FACE}, which ships with matplotlib)")
     parser.add_argument("--seed", type=int, default=2026,
-                        help="synthetic face to stream (default: 2026, never used in training)")
+                        help="the clip's motion (and cartoon face) seed (default: 2026, never "
+                             "used in training)")
     parser.add_argument("--observe", type=int, default=1,
                         help="frames the sender detects keypoints on, per group (default: 1)")
     parser.add_argument("--predict", type=int, default=1,
@@ -266,7 +278,8 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
             print(f"  (self-signed certificate: {cert}; logs in {args.out})")
 
         sender = subprocess.Popen(
-            [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
+            [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", args.domain,
+             *(["--face", args.face] if args.domain == "photos" else []),
              "--seed", str(args.seed), "--fps", str(args.fps), "--frames", str(args.frames),
              "--observe", str(args.observe), "--predict", str(args.predict),
              "--to", f"localhost:{local.port}", "--ca", str(cert), "--stream", STREAM],
@@ -309,7 +322,8 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     recording = max(recordings.glob(f"{STREAM}-*.mp4"), key=lambda p: p.stat().st_mtime)
     indices, received = read_recording(recording, args.fps)
     _, _, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
-    source = SyntheticSource("faces", seed=args.seed, size=frame_size(config), fps=args.fps)
+    source = SyntheticSource(args.domain, seed=args.seed, size=frame_size(config), fps=args.fps,
+                             face=args.face if args.domain == "photos" else None)
     sent = np.stack([source.frame_at(i) for i in indices])
     mean_psnr, mean_ssim = score(received, sent)
     side_by_side = args.out / "side-by-side.mp4"

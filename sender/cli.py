@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --video: start again at the end instead of exiting")
     source.add_argument("--seed", type=_arg_type(_int_at_least(0)), default=0,
                         help="with --synthetic: clip seed (default 0)")
+    source.add_argument("--face", metavar="NAME",
+                        help="with --synthetic photos: the held-out photograph to animate, e.g. "
+                             "grace_hopper (default: one chosen by --seed)")
     source.add_argument("--fps", type=_arg_type(_positive_float),
                         help=f"with --synthetic: frame rate (default {SYNTHETIC_FPS:g}); "
                              "with --camera: rate to request from the camera")
@@ -239,6 +242,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error("--loop only applies to --video")
     if args.fps is not None and args.video is not None:
         parser.error("--fps does not apply to --video (a file plays at its own frame rate)")
+    if args.face is not None and args.synthetic != "photos":
+        parser.error("--face only applies to --synthetic photos")
     if args.crop is not None and args.synthetic is not None:
         parser.error("--crop does not apply to --synthetic (it renders at the model's size)")
     if not args.token:
@@ -269,8 +274,12 @@ def _open_source(args: argparse.Namespace, size: int) -> tuple[FrameSource, str]
     if args.video is not None:
         return (VideoFileSource(args.video, size, _crop_spec(args), args.loop),
                 sanitize_stream_name(args.video.stem))
-    return (SyntheticSource(args.synthetic, args.seed, size, args.fps or SYNTHETIC_FPS),
-            f"synthetic-{args.synthetic}")
+    try:
+        source = SyntheticSource(args.synthetic, args.seed, size, args.fps or SYNTHETIC_FPS,
+                                 face=args.face)
+    except (ValueError, RuntimeError) as exc:
+        raise SourceError(f"--synthetic {args.synthetic}: {exc}") from exc
+    return source, f"synthetic-{args.synthetic}"
 
 
 async def _run(source: FrameSource, extractor: KeypointExtractor, options: SenderOptions,

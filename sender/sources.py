@@ -353,7 +353,7 @@ class SyntheticSource(FrameSource):
     """
 
     def __init__(self, domain: str = "faces", seed: int = 0, size: int = 64, fps: float = 30.0,
-                 length: int = 600):
+                 length: int = 600, face: str | None = None):
         from kpvid.training.synthetic import generate_video
 
         if fps <= 0:
@@ -363,11 +363,12 @@ class SyntheticSource(FrameSource):
         self.size = size
         self.fps = float(fps)
         self.length = length
-        self._frames = generate_video(domain, seed=seed, size=size, frames=length)
+        self._frames = generate_video(domain, seed=seed, size=size, frames=length, face=face)
         self._frames.setflags(write=False)
         self.position = 0
         """Step of the next frame :meth:`read` or :meth:`skip` will return."""
-        log.info("synthetic %s (seed %d): %d frames at %dx%d, %.1f fps, ping-pong", domain, seed,
+        log.info("synthetic %s%s (seed %d): %d frames at %dx%d, %.1f fps, ping-pong", domain,
+                 f" {face}" if face else "", seed,
                  length, size, size, self.fps)
 
     def frame_at(self, index: int) -> np.ndarray:

@@ -536,6 +536,9 @@ def test_stats_live_line_on_a_terminal() -> None:
      "argument --max-predict: must be >= 0"),
     (["--video", "/nonexistent/clip.mp4", "--to", "e"], "video file not found"),
     (["--camera", "97", "--to", "e"], "could not open camera 97"),
+    (["--synthetic", "faces", "--to", "e", "--face", "grace_hopper"], "--face only applies"),
+    (["--synthetic", "photos", "--to", "e", "--face", "nobody"],
+     "no test face 'nobody' here; the test faces available are .*grace_hopper"),
 ])
 def test_cli_argument_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture,
                              monkeypatch: pytest.MonkeyPatch) -> None:

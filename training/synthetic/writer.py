@@ -27,10 +27,10 @@ FORMATS = ("png", "mp4")
 GENERATOR_VERSION = 1
 FPS = 25
 MIN_SIZE = 32
-_GENERATORS: dict[str, Callable[[int, int, int, str], np.ndarray]] = {
-    "faces": lambda seed, size, frames, split: generate_faces(seed, size, frames),
+_GENERATORS: dict[str, Callable[[int, int, int, str, str | None], np.ndarray]] = {
+    "faces": lambda seed, size, frames, split, face: generate_faces(seed, size, frames),
     "photos": generate_photo_faces,
-    "arm": lambda seed, size, frames, split: generate_arm(seed, size, frames),
+    "arm": lambda seed, size, frames, split, face: generate_arm(seed, size, frames),
 }
 
 
@@ -47,16 +47,19 @@ def _check(domain: str, size: int, frames: int | None) -> int:
 
 
 def generate_video(domain: str, seed: int, size: int = 64, frames: int | None = None,
-                   split: str = "test") -> np.ndarray:
-    """T x size x size x 3 uint8 RGB video, fully deterministic for (domain, seed, size, frames,
-    split). The split matters to "photos" only: its test videos animate the photographs held
-    out of training (the default, so a demo never shows a face the model trained on)."""
+                   split: str = "test", face: str | None = None) -> np.ndarray:
+    """T x size x size x 3 uint8 RGB video, fully deterministic in its arguments. ``split`` and
+    ``face`` matter to "photos" only: its test videos animate the photographs held out of
+    training (the default, so a demo never shows a face the model trained on), ``face`` names
+    one of them (e.g. "grace_hopper")."""
+    if face is not None and domain != "photos":
+        raise ValueError(f"face applies to the photos domain only, not {domain!r}")
     frames = _check(domain, size, frames)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    return _GENERATORS[domain](int(seed), int(size), frames, split)
+    return _GENERATORS[domain](int(seed), int(size), frames, split, face)
 
 
 def _video_seed(seed: int, split: str, index: int) -> int:
