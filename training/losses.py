@@ -101,6 +101,16 @@ def keypoint_separation(value: torch.Tensor, sigma: float = SEPARATION_SIGMA) ->
     return torch.exp(-d2 / (2 * sigma**2))[:, off_diagonal].mean()
 
 
+def keypoint_landmark_error(value: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Mean absolute distance of keypoints (B x K x 2) from landmark points (B x K x 2, NaN rows
+    for samples without them), in [-1, 1] units; 0 when no sample has landmarks (kpvid
+    extension: a landmark prior, the FOMM authors' advice for keypoints that cluster)."""
+    known = ~torch.isnan(landmarks).any(dim=2).any(dim=1)
+    if not known.any():
+        return value.sum() * 0
+    return torch.abs(value[known] - landmarks[known]).mean()
+
+
 class Vgg19(nn.Module):
     """VGG19 feature slices (relu1_1 ... relu5_1) for the perceptual loss.
 

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,14 @@ from kpvid.models import MultiScaleDiscriminator, build_networks, load_config
 from kpvid.models.checkpoint import load_state_strict, read_checkpoint
 
 from .dataset import DatasetRepeater, FramesDataset
-from .losses import ImagePyramide, Transform, Vgg19, equivariance_losses, keypoint_separation
+from .losses import (
+    ImagePyramide,
+    Transform,
+    Vgg19,
+    equivariance_losses,
+    keypoint_landmark_error,
+    keypoint_separation,
+)
 from .metrics import ssim
 from .visualize import save_png, training_grid
 
@@ -72,8 +81,11 @@ class GeneratorFullModel(nn.Module):
         self.loss_weights = train_params["loss_weights"]
         self.vgg = vgg
 
-    def forward(self, source: torch.Tensor, driving: torch.Tensor
+    def forward(self, source: torch.Tensor, driving: torch.Tensor,
+                landmarks: torch.Tensor | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Losses and outputs for a batch; ``landmarks`` (B x 2 x K x 2, source and driving,
+        NaN where unknown) feed the landmark prior."""
         weights = self.loss_weights
         kp_source = self.kp_extractor(source)
         kp_driving = self.kp_extractor(driving)
@@ -113,6 +125,11 @@ class GeneratorFullModel(nn.Module):
                     for weight, (r, f) in zip(weights["feature_matching"], pairs):
                         total = total + weight * torch.abs(r - f).mean()
                 losses["feature_matching"] = total
+
+        if weights.get("keypoint_landmarks", 0) != 0 and landmarks is not None:
+            losses["keypoint_landmarks"] = weights["keypoint_landmarks"] * (
+                keypoint_landmark_error(kp_source["value"], landmarks[:, 0])
+                + keypoint_landmark_error(kp_driving["value"], landmarks[:, 1]))
 
         if weights.get("keypoint_separation", 0) != 0:
             losses["keypoint_separation"] = weights["keypoint_separation"] * keypoint_separation(
@@ -172,9 +189,12 @@ def train(opts: TrainOptions) -> Path:
         raise ValueError(f"config {opts.config} has no train_params section")
     dataset_params = config.get("dataset_params", {})
     frame_shape = tuple(dataset_params.get("frame_shape", (256, 256, 3)))
+    num_kp = config["model_params"]["common_params"]["num_kp"]
+    landmark_prior = train_params["loss_weights"].get("keypoint_landmarks", 0) != 0
     dataset = ConcatDataset([
         FramesDataset(root, frame_shape=frame_shape, is_train=True, random_seed=opts.seed,
-                      augmentation_params=dataset_params.get("augmentation_params"))
+                      augmentation_params=dataset_params.get("augmentation_params"),
+                      track_points=num_kp if landmark_prior else 0)
         for root in opts.data])
     dataset = DatasetRepeater(dataset, train_params["num_repeats"])
     sampler = DistributedSampler(dataset, shuffle=True) if world > 1 else None
@@ -252,6 +272,7 @@ def train(opts: TrainOptions) -> Path:
     started = time.time()
     last_ckpt = out / "checkpoints" / "latest.pth.tar"
     epoch = start_epoch
+    previous_handler = _interrupt_on_sigterm()
     try:
         while step < total_steps:
             if sampler is not None:
@@ -263,7 +284,8 @@ def train(opts: TrainOptions) -> Path:
                 # channels-last: about 30% faster convolutions on a CPU, same numbers
                 source = batch["source"].to(device, memory_format=torch.channels_last)
                 driving = batch["driving"].to(device, memory_format=torch.channels_last)
-                losses, generated = full(source, driving)
+                landmarks = batch.get("landmarks")
+                losses, generated = full(source, driving, landmarks)
                 loss = sum(losses.values())
                 opt_gen.zero_grad(set_to_none=True)
                 opt_kp.zero_grad(set_to_none=True)
@@ -306,6 +328,8 @@ def train(opts: TrainOptions) -> Path:
                               (opt_gen, opt_kp, opt_disc), epoch - 1, step, 0)
         raise
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
@@ -315,6 +339,19 @@ def train(opts: TrainOptions) -> Path:
         log.info("trained %d steps in %.0f s; checkpoint %s", step, time.time() - started,
                  last_ckpt)
     return last_ckpt
+
+
+def _interrupt_on_sigterm():
+    """Make SIGTERM stop training like Ctrl-C (which saves a resumable checkpoint): a run in
+    the background or under a job scheduler ignores SIGINT. Returns the previous handler, or
+    None off the main thread, where no handler can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _save(out: Path, config: dict, kp_detector: nn.Module, generator: nn.Module,

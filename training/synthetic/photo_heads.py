@@ -57,6 +57,11 @@ MORPH_SHARE = 0.35  # training clips whose identity is a morph of two faces
 RIGHT_LID_CREASE = (247, 30, 29, 27, 28, 56, 190)
 LEFT_LID_CREASE = (467, 260, 259, 257, 258, 286, 414)
 MOUTH_CORNER_POINTS = (*MOUTH_CORNERS, MOUTH_INNER_RIGHT, MOUTH_INNER_LEFT)
+# landmarks whose tracks the data sets carry (a keypoint prior for training): outer eye corners,
+# nose tip, mouth corners, inner lips, chin, cheeks at the ears; TRACK_MIRROR maps each slot to
+# its mirror image's slot
+TRACKED_LANDMARKS = (33, 263, 1, 61, 291, 13, 14, 152, 234, 454)
+TRACK_MIRROR = (1, 0, 2, 4, 3, 5, 6, 7, 9, 8)
 # depth order of the kinds of control points, far to near; the mesh uses its own depths
 BACKGROUND, TORSO, NECK, HEAD_RING = 3e6, 2e6, 1e6, 0.0
 
@@ -64,10 +69,11 @@ BACKGROUND, TORSO, NECK, HEAD_RING = 3e6, 2e6, 1e6, 0.0
 @dataclass
 class _Crop:
     """A square head-and-shoulders crop of a photograph at render size, with the landmarks in
-    its pixels (z in the same scale)."""
+    its pixels (z in the same scale); ``mirrored``: the photograph was flipped left-right."""
 
     image: np.ndarray
     landmarks: np.ndarray
+    mirrored: bool = False
 
     @property
     def iod(self) -> float:
@@ -458,16 +464,12 @@ def _identity(rng: np.random.Generator, faces: list[PhotoFace], render: int,
         second = others[int(rng.integers(len(others)))]
         crop = _morph(crop, _crop(second, rng, render), rng.uniform(0.25, 0.6))
     if rng.uniform() < 0.5:  # mirror: another identity, and the head turns the other way
-        crop = _Crop(np.ascontiguousarray(crop.image[:, ::-1]), crop.landmarks.copy())
+        crop = _Crop(np.ascontiguousarray(crop.image[:, ::-1]), crop.landmarks.copy(), True)
         crop.landmarks[:, 0] = render - 1 - crop.landmarks[:, 0]
     return crop
 
 
-def generate_photo_faces(seed: int, size: int, frames: int, split: str = "train",
-                         face: str | None = None) -> np.ndarray:
-    """A frames x size x size x 3 uint8 talking head animated from a real photograph of
-    ``split``'s faces (train: also morphs of two), or of the one named ``face``; deterministic
-    in its arguments."""
+def _select_faces(split: str, face: str | None) -> list[PhotoFace]:
     faces = load_faces(split)
     if face is not None:
         names = [f.name for f in faces]
@@ -478,20 +480,62 @@ def generate_photo_faces(seed: int, size: int, frames: int, split: str = "train"
     if not faces:
         raise RuntimeError(f"no {split} photographs are available; install the packages that "
                            "ship them (pip install -e '.[faces]'; insightface: --no-deps)")
+    return faces
+
+
+@dataclass
+class _Clip:
+    """Everything of a clip drawn from its seed before the frames are rendered."""
+
+    crop: _Crop
+    rig: _Rig
+    motion: _Motion
+    look: dict
+    rng: np.random.Generator  # where the per-frame camera noise continues
+
+    def tracks(self, size: int, frames: int) -> np.ndarray:
+        """(frames, len(TRACKED_LANDMARKS), 2) positions of the tracked landmarks in output
+        pixels, in FaceMesh's left-right sense of the picture (a mirrored photograph's slots
+        swapped back)."""
+        ids = np.asarray(TRACKED_LANDMARKS)
+        if self.crop.mirrored:
+            ids = ids[list(TRACK_MIRROR)]
+        render = self.crop.image.shape[0]
+        points = np.stack([self.rig.frame(self.motion, i)[0][ids] for i in range(frames)])
+        return ((points + 0.5) * size / render - 0.5).astype(np.float32)
+
+
+def _draw_clip(seed: int, size: int, frames: int, split: str, face: str | None) -> _Clip:
     rng = np.random.default_rng(seed)
-    render = 2 * size
-    crop = _identity(rng, faces, render, morph=split == "train")
+    crop = _identity(rng, _select_faces(split, face), 2 * size, morph=split == "train")
     rig = _Rig(crop, rng)
     motion = _sample_motion(rng, frames)
     look = _photometric(rng)
-    source = crop.image.astype(np.float32)
+    return _Clip(crop, rig, motion, look, rng)
+
+
+def photo_face_tracks(seed: int, size: int, frames: int, split: str = "train",
+                      face: str | None = None) -> np.ndarray:
+    """The landmark tracks of the clip :func:`generate_photo_faces` makes for the same
+    arguments, without rendering it: (frames, len(TRACKED_LANDMARKS), 2) output pixels."""
+    return _draw_clip(seed, size, frames, split, face).tracks(size, frames)
+
+
+def generate_photo_faces(seed: int, size: int, frames: int, split: str = "train",
+                         face: str | None = None) -> np.ndarray:
+    """A frames x size x size x 3 uint8 talking head animated from a real photograph of
+    ``split``'s faces (train: also morphs of two), or of the one named ``face``; deterministic
+    in its arguments."""
+    clip = _draw_clip(seed, size, frames, split, face)
+    rig, look = clip.rig, clip.look
+    source = clip.crop.image.astype(np.float32)
     luminance = float(np.clip(source.mean() / 128.0, 0.5, 1.2))
-    light = _light(render, look)
+    light = _light(source.shape[0], look)
     out = np.empty((frames, size, size, 3), np.uint8)
     for i in range(frames):
-        points, depth = rig.frame(motion, i)
+        points, depth = rig.frame(clip.motion, i)
         frame = _warp(source, rig.src, points, rig.triangles, depth)
         _draw_mouth(frame, points, rig.v, rig.iod, luminance)
-        frame = _apply_photometric(frame, look, light, rng)
-        out[i] = _finish(frame, size, look, rng)
+        frame = _apply_photometric(frame, look, light, clip.rng)
+        out[i] = _finish(frame, size, look, clip.rng)
     return out

@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..dataset import tracks_path
 from .arm import generate_arm
 from .faces import generate_faces
-from .photo_heads import generate_photo_faces
+from .photo_heads import TRACK_MIRROR, TRACKED_LANDMARKS, generate_photo_faces, photo_face_tracks
 from .photo_library import SPLITS, fitted_face_names, load_faces
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,26 @@ def _write_video(job: tuple) -> None:
         _write_mp4(out / split / f"{name}.mp4", video)
 
 
+def write_tracks(out: str | Path, progress: bool = True) -> int:
+    """Write the landmark tracks of every video of a photos data set made by
+    :func:`write_dataset` (``points``: T x K x 2 pixels of ``TRACKED_LANDMARKS``, ``mirror``:
+    the slot permutation of a left-right flip). They are replayed from the clips' seeds, without
+    rendering. Returns the number of videos."""
+    out = Path(out)
+    meta = json.loads((out / "meta.json").read_text())
+    if meta["domain"] != "photos":
+        raise ValueError(f"{out} holds {meta['domain']} videos; only photos have tracks")
+    jobs = [(split, i) for split in SPLITS for i in range(meta["counts"][split])]
+    for split, i in tqdm(jobs, desc="landmark tracks", unit="video", disable=not progress):
+        name = f"photos_{i:05d}"
+        video = out / split / (name if meta["fmt"] == "png" else f"{name}.mp4")
+        points = photo_face_tracks(_video_seed(meta["seed"], split, i), meta["size"],
+                                   meta["frames"], split)
+        np.savez(tracks_path(video), points=points, mirror=np.asarray(TRACK_MIRROR),
+                 landmarks=np.asarray(TRACKED_LANDMARKS))
+    return len(jobs)
+
+
 def write_dataset(
     domain: str,
     out: str | Path,
@@ -171,5 +192,7 @@ def write_dataset(
         **({"photos": photos} if photos else {}),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if domain == "photos":
+        write_tracks(out, progress)
     logger.info("wrote %d %s videos (%s) to %s", videos, domain, counts, out)
     return meta
