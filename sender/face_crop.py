@@ -36,8 +36,10 @@ from .sources import Crop, centre_crop
 
 log = logging.getLogger(__name__)
 
-SIDE_FACTOR = 1.8           # crop side / face box side
-DOWN_SHIFT = 0.1            # crop centre below the face box centre, in face box sides
+# the framing the models are trained on (photo talking heads: 1.9-2.5 forehead-to-chin heights,
+# centred 0.08-0.2 of it below the face; a Haar box is about that height, 0.07 of it higher)
+SIDE_FACTOR = 2.2           # crop side / face box side
+DOWN_SHIFT = 0.2            # crop centre below the face box centre, in face box sides
 MOVE_FRACTION = 0.15        # move when the wanted crop's centre is this far off (of the side)
 SIZE_TOLERANCE = 0.3        # ... or when its side is this much bigger (or 1/1.3 smaller)
 CONFIRM_CHECKS = 2          # ... on this many checks in a row

@@ -94,10 +94,10 @@ def _frames_face(crop: Crop, x: int, y: int, scale: float = 1.0) -> None:
 # geometry
 
 def test_face_crop_box_frames_clamps_and_shrinks() -> None:
-    # 1.8 x 200 = 360, centred on (200, 200 + 0.1 x 200)
-    assert face_crop_box((100, 100, 200, 200), W, H) == Crop(20, 40, 360, 360)
-    assert face_crop_box((0, 0, 100, 100), W, H) == Crop(0, 0, 180, 180)  # clamped in
-    assert face_crop_box((1200, 650, 100, 100), W, H) == Crop(1100, 540, 180, 180)
+    # 2.2 x 200 = 440, centred on (200, 200 + 0.2 x 200), clamped in
+    assert face_crop_box((100, 100, 200, 200), W, H) == Crop(0, 20, 440, 440)
+    assert face_crop_box((0, 0, 100, 100), W, H) == Crop(0, 0, 220, 220)
+    assert face_crop_box((1200, 650, 100, 100), W, H) == Crop(1060, 500, 220, 220)
     assert face_crop_box((500, 100, 600, 600), W, H) == Crop(440, 0, 720, 720)  # largest fit
     assert face_crop_box((100, 100, 200, 200), W, H, side_factor=1.0, down_shift=0.0) \
         == Crop(100, 100, 200, 200)
@@ -250,7 +250,7 @@ def test_frame_size_change_starts_again() -> None:
     crop = FaceCrop(W, H, detector=_Faces((500, 200, 200, 200)))
     crop.update(np.zeros((H, W, 3), np.uint8))
     # the same face box in a 640x480 frame: checked at once, its crop clamped into the frame
-    assert crop.update(np.zeros((480, 640), np.uint8)) == Crop(280, 120, 360, 360)
+    assert crop.update(np.zeros((480, 640), np.uint8)) == Crop(200, 40, 440, 440)
     assert (crop.width, crop.height, crop.checks) == (640, 480, 2)
 
 

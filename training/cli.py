@@ -226,6 +226,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                      help="evaluate only the first N videos")
     rec.add_argument("--save-videos", type=Path, default=None,
                      help="folder for side-by-side mp4s (driving with keypoints | rebuilt)")
+    rec.add_argument("--save-strips", type=Path, default=None,
+                     help="write a PNG per video into this folder: input, input with the "
+                          "model's keypoints, output, at five time points")
     rec.add_argument("--device", type=device, default="cpu",
                      help="cpu or cuda[:N] (default: cpu)")
     rec.add_argument("--observe", metavar="M", type=positive_int, default=1,
@@ -269,7 +272,8 @@ def eval_main(argv: list[str] | None = None) -> int:
             report = evaluate_reconstruction(kp_detector, generator, args.data,
                                              size=frame_size(config),
                                              max_videos=args.max_videos,
-                                             save_videos=args.save_videos, device=args.device,
+                                             save_videos=args.save_videos,
+                                             save_strips=args.save_strips, device=args.device,
                                              progress=not args.quiet,
                                              stream=StreamSettings(args.observe, args.predict,
                                                                    args.codec, args.predictor),

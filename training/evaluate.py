@@ -31,7 +31,7 @@ from .dataset import list_test_videos, read_video
 from .extract import detect_kp6, kp_dict_from_kp6
 from .face_metrics import FaceScorer, mean_face_scores, psnr_gain_frozen
 from .transmission import UNCODED, TransmittedClip, transmit
-from .visualize import draw_keypoints, to_uint8
+from .visualize import draw_keypoints, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class VideoScores:
     landmark_error: float | None = None  # inter-ocular distances
     landmark_missed: int | None = None  # frames where either face was not found
     mouth_correlation: float | None = None  # None also where the input's mouth does not move
+    # where the model's keypoints sit: mean distance between them, how far each moves (std
+    # over the clip), both px; share inside FaceMesh's face outline (None without FaceMesh)
+    kp_spread: float = 0.0
+    kp_motion: float = 0.0
+    kp_on_face: float | None = None
 
 
 @dataclass
@@ -138,8 +143,34 @@ def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, nam
                             else float(sent.message_bytes.mean())),
         psnr_gain_frozen=psnr_gain_frozen(frames.permute(0, 2, 3, 1).cpu().numpy(),
                                           rebuilt.permute(0, 2, 3, 1).cpu().numpy()),
+        **keypoint_placement(kp6[..., :2], frames.shape[-1]),
     )
     return scores, rebuilt, kp6[..., :2]
+
+
+def keypoint_placement(kp: np.ndarray, size: int) -> dict[str, float]:
+    """How the keypoints (T x K x 2 in [-1, 1]) of a size x size clip spread and move, px: the
+    mean distance between two keypoints of a frame, and each keypoint's spread over the clip
+    (root mean square distance from its mean position), averaged."""
+    px = kp * (size - 1) / 2
+    k = px.shape[1]
+    pairwise = np.linalg.norm(px[:, :, None] - px[:, None], axis=-1).sum(axis=(1, 2))
+    motion = np.sqrt(((px - px.mean(0)) ** 2).sum(-1).mean(0))
+    return {"kp_spread": float(pairwise.mean() / (k * (k - 1))) if k > 1 else 0.0,
+            "kp_motion": float(motion.mean())}
+
+
+STRIP_TIMES = 5  # time points in a strip picture
+STRIP_ZOOM = 3
+
+
+def write_strip(path: Path, frames: np.ndarray, keypoints: np.ndarray,
+                rebuilt: np.ndarray) -> None:
+    """A PNG of three rows (input, input with the model's keypoints, output) at STRIP_TIMES
+    evenly spaced frames, each frame enlarged STRIP_ZOOM times (nearest neighbour)."""
+    times = np.linspace(0, len(frames) - 1, STRIP_TIMES).round().astype(int)
+    rows = [np.concatenate(list(video[times]), axis=1) for video in (frames, keypoints, rebuilt)]
+    save_png(path, np.concatenate(rows, axis=0).repeat(STRIP_ZOOM, 0).repeat(STRIP_ZOOM, 1))
 
 
 def write_side_by_side(path: Path, panels: list[np.ndarray], fps: float = 25) -> None:
@@ -160,12 +191,15 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
                             data: str | Path, size: int | None = None,
                             max_videos: int | None = None,
                             save_videos: str | Path | None = None,
+                            save_strips: str | Path | None = None,
                             device: str | torch.device = "cpu", progress: bool = True,
                             stream: StreamSettings = StreamSettings(),
                             face_metrics: bool = False) -> Report:
     """Reconstruct every test video under ``data`` (``data/test`` if it exists), its frames
     resized to ``size`` (the model's training frame size), its keypoints sent as ``stream``
-    says; ``face_metrics``: also score them with FaceMesh (it must be installed)."""
+    says; ``face_metrics``: also score them with FaceMesh (it must be installed).
+    ``save_videos``: side-by-side mp4s (keypoints on the input | output); ``save_strips``: PNG
+    pictures of input, keypoints and output at a few time points."""
     root, videos = list_test_videos(data, max_videos)
     report = Report(mean={}, stream=stream)
     new_predictor = stream.predictor_factory()
@@ -183,24 +217,31 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
             scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames, stream,
                                               new_predictor)
             if faces:
-                face = faces.score(array, to_uint8(rebuilt))
+                face = faces.score(array, to_uint8(rebuilt), kp)
                 face_scores.append(face)
                 scores.landmark_error = face.landmark_error
                 scores.landmark_missed = face.landmark_missed
                 scores.mouth_correlation = face.mouth_correlation
+                scores.kp_on_face = face.keypoints_on_face
             report.videos.append(scores)
+            if save_videos or save_strips:
+                driving = np.stack([draw_keypoints(image, points)
+                                    for image, points in zip(to_uint8(frames), kp)])
             if save_videos:
-                driving = [draw_keypoints(image, points)
-                           for image, points in zip(to_uint8(frames), kp)]
                 write_side_by_side(Path(save_videos) / f"{path.stem}.mp4",
-                                   [np.stack(driving), to_uint8(rebuilt)])
+                                   [driving, to_uint8(rebuilt)])
+            if save_strips:
+                write_strip(Path(save_strips) / f"{path.stem}.png", array, driving,
+                            to_uint8(rebuilt))
     finally:
         if faces:
             faces.close()
     if not report.videos:
         raise ValueError(f"none of the {len(videos)} videos under {root} could be read")
     report.mean = {key: float(np.mean([getattr(v, key) for v in report.videos]))
-                   for key in ("l1", "psnr", "ssim", "akd")}
+                   for key in ("l1", "psnr", "ssim", "akd", "kp_spread", "kp_motion")}
+    on_face = [v.kp_on_face for v in report.videos if v.kp_on_face is not None]
+    report.mean["kp_on_face"] = float(np.mean(on_face)) if on_face else None
     report.mean["kp_bytes_per_frame"] = (
         None if stream.codec == UNCODED else
         float(np.average([v.kp_bytes_per_frame for v in report.videos],
@@ -232,6 +273,9 @@ def format_table(report: Report) -> str:
     if m["mouth_correlation_pooled"] is not None or m["mouth_correlation_undefined"]:
         lines.append(f"mouth r pooled over all videos: {_cell(m['mouth_correlation_pooled'], 0, 3)}"
                      f"; videos without a defined mouth r: {m['mouth_correlation_undefined']}")
+    on_face = "-" if m["kp_on_face"] is None else f"{100 * m['kp_on_face']:.0f} %"
+    lines.append(f"keypoints: {m['kp_spread']:.1f} px apart on average, each moving "
+                 f"{m['kp_motion']:.2f} px (rms over the clip); on the face: {on_face}")
     lines.append("AKD (own kp): the model's own keypoint detector, px; gain dB: PSNR over a "
                  "frozen first frame")
     lines.append("LM err: FaceMesh landmark error, inter-ocular distances; missed: frames left "

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .facemesh import (
+    FACE_OVAL,
     INSTALL_HINT,
     FaceMesh,
     FaceMeshUnavailable,
@@ -90,6 +91,7 @@ class FaceScores:
     landmark_error: float | None  # mean over frames where both faces were found; None if none
     landmark_missed: int  # frames where either face was not found, left out
     mouth_correlation: float | None  # Pearson over those frames; None when undefined
+    keypoints_on_face: float | None = None  # share of the model's keypoints on the face
     # mouth openings of the input and the output on those frames (for a pooled correlation)
     input_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     output_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
@@ -125,10 +127,29 @@ def mean_face_scores(scores: Sequence[FaceScores] | None) -> dict[str, float | i
         "landmark_missed": sum(s.landmark_missed for s in scores),
         "mouth_correlation": float(np.mean(correlations)) if correlations else None,
         "mouth_correlation_undefined": len(scores) - len(correlations),
+        # each clip's openings about its own mean: how well the mouth follows within the
+        # clips, not how the faces' resting mouths differ between them
         "mouth_correlation_pooled": pearson(
-            np.concatenate([s.input_mouth for s in scores] or [np.zeros(0)]),
-            np.concatenate([s.output_mouth for s in scores] or [np.zeros(0)])),
+            np.concatenate([s.input_mouth - s.input_mouth.mean() for s in scores
+                            if s.input_mouth.size] or [np.zeros(0)]),
+            np.concatenate([s.output_mouth - s.output_mouth.mean() for s in scores
+                            if s.output_mouth.size] or [np.zeros(0)])),
     }
+
+
+def keypoints_on_face(face_points: Sequence[np.ndarray | None], keypoints: np.ndarray,
+                      size: int = FACE_SIZE) -> float | None:
+    """Share of keypoints (T x K x 2 in [-1, 1]) inside FaceMesh's face outline of the same
+    frame (landmarks found at ``size`` x ``size``), over the frames where a face was found."""
+    shares = []
+    for points, kp in zip(face_points, keypoints, strict=True):
+        if points is None:
+            continue
+        outline = points[list(FACE_OVAL), :2].astype(np.float32)
+        px = (kp + 1) / 2 * (size - 1)
+        shares.append(np.mean([cv2.pointPolygonTest(outline, (float(x), float(y)), False) >= 0
+                               for x, y in px]))
+    return float(np.mean(shares)) if shares else None
 
 
 def use_face_metrics(requested: bool | None) -> bool:
@@ -156,9 +177,15 @@ class FaceScorer:
         """Per frame the (468, 3) landmarks at size x size, or None where no face is found."""
         return [self._mesh.landmarks(to_face_size(frame, self.size)) for frame in video]
 
-    def score(self, input_video: np.ndarray, output_video: np.ndarray) -> FaceScores:
-        """Landmark error and mouth correlation of the output against the input."""
-        return score_landmarks(self.landmarks(input_video), self.landmarks(output_video))
+    def score(self, input_video: np.ndarray, output_video: np.ndarray,
+              keypoints: np.ndarray | None = None) -> FaceScores:
+        """Landmark error and mouth correlation of the output against the input, and with
+        ``keypoints`` (T x K x 2, [-1, 1]) the share of them on the input's face."""
+        reference = self.landmarks(input_video)
+        scores = score_landmarks(reference, self.landmarks(output_video))
+        if keypoints is not None:
+            scores.keypoints_on_face = keypoints_on_face(reference, keypoints, self.size)
+        return scores
 
     def close(self) -> None:
         self._mesh.close()
