@@ -37,7 +37,7 @@ from tqdm import tqdm
 from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import DEFAULT_PREDICTOR, LEARNED_PREDICTORS, PREDICTORS
 from kpvid.receiver.tls import CERT_FILE
-from kpvid.sender.sources import SyntheticSource
+from kpvid.sender.sources import SYNTHETIC_LENGTH, SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
 from kpvid.training.metrics import psnr, ssim
 
@@ -323,6 +323,7 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     indices, received = read_recording(recording, args.fps)
     _, _, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
     source = SyntheticSource(args.domain, seed=args.seed, size=frame_size(config), fps=args.fps,
+                             length=max(min(args.frames, SYNTHETIC_LENGTH), 2),
                              face=args.face if args.domain == "photos" else None)
     sent = np.stack([source.frame_at(i) for i in indices])
     mean_psnr, mean_ssim = score(received, sent)

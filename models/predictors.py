@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .checkpoint import WEIGHTS_DIR
+from .checkpoint import SHIPPED_CHECKPOINT, WEIGHTS_DIR
 
 
 def to_kp6(value: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -230,10 +230,12 @@ DEFAULT_PREDICTOR = "vrnn"  # the receiver's: the best on the results in docs/pr
 SHIPPED_PREDICTORS_DIR = WEIGHTS_DIR / "predictors"
 
 
-def shipped_predictor(kind: str) -> Path:
-    """Where the shipped weights of a learned predictor kind for the shipped FOMM checkpoint
-    are (:data:`SHIPPED_PREDICTORS_DIR`, ``<kind>-faces-64.pt``)."""
-    return SHIPPED_PREDICTORS_DIR / f"{kind}-faces-64.pt"
+def shipped_predictor(kind: str, model_id: str | None = None) -> Path:
+    """Where the shipped weights of a learned predictor kind for a shipped FOMM model are
+    (:data:`SHIPPED_PREDICTORS_DIR`, ``<kind>-<model>.pt``, e.g. ``vrnn-heads-64.pt`` for
+    ``kpvid-heads-64``; default: the shipped default checkpoint's)."""
+    model = model_id or SHIPPED_CHECKPOINT.name.removesuffix(".pth.tar")
+    return SHIPPED_PREDICTORS_DIR / f"{kind}-{model.removeprefix('kpvid-')}.pt"
 
 
 def predictor_factory(name: str, checkpoint: str | Path | None = None, *,
@@ -243,7 +245,8 @@ def predictor_factory(name: str, checkpoint: str | Path | None = None, *,
     choices for unknown names.
 
     The learned ones (:data:`LEARNED_PREDICTORS`) load their weights once from ``checkpoint``
-    (default: the shipped ones, :func:`shipped_predictor`), which must hold that kind;
+    (default: the ones shipped for ``model_id``, :func:`shipped_predictor`), which must hold
+    that kind;
     ``num_kp`` / ``model_id`` are checked against it (see
     :func:`kpvid.models.learned_predictor.read_predictor_checkpoint`). Their predictors share
 the network, so :func:`step_predictors` batches them; ``rewind=False`` turns off their replay
@@ -251,7 +254,7 @@ of gaps the forecast got wrong (:mod:`kpvid.models.learned_predictor`)."""
     if name in LEARNED_PREDICTORS:
         from .learned_predictor import LearnedPredictor, read_predictor_checkpoint
 
-        checkpoint = shipped_predictor(name) if checkpoint is None else checkpoint
+        checkpoint = shipped_predictor(name, model_id) if checkpoint is None else checkpoint
         loaded = read_predictor_checkpoint(checkpoint, num_kp=num_kp, model_id=model_id)
         if loaded.kind != name:
             raise ValueError(f"{checkpoint} holds a {loaded.kind!r} predictor, not {name!r}")

@@ -35,6 +35,7 @@ from .keypoints import KeypointExtractor
 from .schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT
 from .sources import (
     AUTO_CROP,
+    SYNTHETIC_LENGTH,
     CameraSource,
     Crop,
     FrameSource,
@@ -275,8 +276,10 @@ def _open_source(args: argparse.Namespace, size: int) -> tuple[FrameSource, str]
         return (VideoFileSource(args.video, size, _crop_spec(args), args.loop),
                 sanitize_stream_name(args.video.stem))
     try:
+        # a clip as long as what will be sent (rendered up front: about 20 ms a frame for photos)
+        length = min(args.frames, SYNTHETIC_LENGTH) if args.frames else SYNTHETIC_LENGTH
         source = SyntheticSource(args.synthetic, args.seed, size, args.fps or SYNTHETIC_FPS,
-                                 face=args.face)
+                                 length=max(length, 2), face=args.face)
     except (ValueError, RuntimeError) as exc:
         raise SourceError(f"--synthetic {args.synthetic}: {exc}") from exc
     return source, f"synthetic-{args.synthetic}"

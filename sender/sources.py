@@ -346,6 +346,9 @@ def pingpong_index(index: int, length: int) -> int:
     return step if step < length else cycle - step
 
 
+SYNTHETIC_LENGTH = 600  # frames of a synthetic clip by default, played ping-pong
+
+
 class SyntheticSource(FrameSource):
     """An endless synthetic clip: ``length`` frames of ``kpvid.training.synthetic`` played
     ping-pong. Deterministic for (domain, seed, size, length): :meth:`frame_at` gives the frame
@@ -353,7 +356,7 @@ class SyntheticSource(FrameSource):
     """
 
     def __init__(self, domain: str = "faces", seed: int = 0, size: int = 64, fps: float = 30.0,
-                 length: int = 600, face: str | None = None):
+                 length: int = SYNTHETIC_LENGTH, face: str | None = None):
         from kpvid.training.synthetic import generate_video
 
         if fps <= 0:
