@@ -21,7 +21,8 @@ predictor must guess on the frames it predicts).
 
 Until a face is first seen the crop is the centre crop (logged once as a warning); a face lost
 later keeps the last crop. :attr:`FaceCrop.checks` and :attr:`FaceCrop.misses` count the
-detector runs and those that found no face, :attr:`FaceCrop.moves` the crop's moves.
+detector runs and those that found no face, :attr:`FaceCrop.frames_without_face` the frames
+sent meanwhile, :attr:`FaceCrop.moves` the crop's moves.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class FaceCrop:
         """Detector runs that found no face."""
         self.moves = 0
         """Times the crop moved (the first placement on a face included)."""
+        self.frames_without_face = 0
+        """Frames (decoded or skipped) sent while the latest check had found no face."""
         self._age = detect_every  # frames since the last check: the first decoded frame checks
         self._pending: Crop | None = None  # a move seen on the last check, to be confirmed
         self._pending_count = 0
@@ -169,6 +172,7 @@ class FaceCrop:
     def skip(self) -> None:
         """A frame passed over without being decoded: counts towards the next check."""
         self._age += 1
+        self._count_faceless()
 
     def update(self, frame: np.ndarray) -> Crop:
         """The crop for ``frame`` (H x W x 3 RGB or H x W grey, uint8), checking for the face
@@ -185,7 +189,12 @@ class FaceCrop:
             self._age = 0
             self._check(frame)
         self._age += 1
+        self._count_faceless()
         return self.crop
+
+    def _count_faceless(self) -> None:
+        if self.checks and self.face is None:
+            self.frames_without_face += 1
 
     def _detect(self, frame: np.ndarray) -> list[Box]:
         try:
@@ -248,5 +257,5 @@ class FaceCrop:
     def summary(self) -> str:
         """One line of counts for the sender's summary."""
         return (f"face crop: {self.moves} move{'' if self.moves == 1 else 's'}, no face in "
-                f"{self.misses} of {self.checks} check{'' if self.checks == 1 else 's'}, "
-                f"crop {self.crop}")
+                f"{self.misses} of {self.checks} check{'' if self.checks == 1 else 's'} "
+                f"({self.frames_without_face} frames), crop {self.crop}")

@@ -177,12 +177,15 @@ def test_face_lost_keeps_the_last_crop_and_counts() -> None:
     framed = crop.update(_frame(600, 100))
     for _ in range(3):
         assert crop.update(_frame(None)) == framed
+    crop.skip()  # an undecoded frame while the face is lost counts too
     assert crop.face is None and (crop.checks, crop.misses, crop.moves) == (4, 3, 1)
+    assert crop.frames_without_face == 4
     assert crop.update(_frame(604, 98)) == framed  # back where it was: no move
+    assert crop.frames_without_face == 4
     stats = SenderStats(face_crop=crop)
     stats.record_frame(observed=True)
     assert "no face 3/5" in stats.status_line()
-    assert "face crop: 1 move, no face in 3 of 5 checks" in stats.summary()
+    assert "face crop: 1 move, no face in 3 of 5 checks (4 frames)" in stats.summary()
 
 
 # the crop's logic, with a stand-in detector
