@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # The papers' prediction experiments (docs/prediction.md): M1 and M2, reconstruction and
-# transfer, on 50 freshly generated test videos (data seed 1), for the five predictors, the
-# learned ones over the initialisations scripts/make-predictors.sh trained (10 for M1, 5 for M2).
+# transfer, on 50 freshly generated test videos (data seed 1; held-out photographs for
+# kpvid-heads-64, cartoon faces for kpvid-faces-64), for the five predictors, the learned ones
+# over the initialisations scripts/make-predictors.sh trained for MODEL (10 for M1, 5 for M2).
 # Writes docs/prediction/<mode>.{json,md} and the plots. The two modes run side by side on one
 # CPU thread each: about 30 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-runs/predictors}
+MODEL=${MODEL:-kpvid-heads-64}
+NAME=${MODEL#kpvid-}
+RUNS=${RUNS:-runs/predictors-$NAME}
 OUT=${OUT:-docs/prediction}
-DATA=data/faces-64-seed1
+DOMAIN=$([ "$MODEL" = kpvid-faces-64 ] && echo faces || echo photos)
+DATA=data/$DOMAIN-64-seed1
 
-[ -d "$DATA" ] || kpvid-data synth --domain faces --videos 100 --seed 1 --test-fraction 0.5 \
-    --out "$DATA" --size 64
+[ -d "$DATA" ] || kpvid-data synth --domain "$DOMAIN" --videos 100 --seed 1 \
+    --test-fraction 0.5 --out "$DATA" --size 64
 inits() {  # kind: its predictor files, seed order, comma-separated
     ls "$RUNS/$1"-s*/predictor.pt | sort -V | paste -sd, -
 }
 mkdir -p "$OUT"
 pids=()
 for mode in reconstruction transfer; do
-    kpvid-eval predict --data "$DATA" --protocol m1 m2 --mode "$mode" \
+    kpvid-eval predict --checkpoint "models/weights/$MODEL.pth.tar" --data "$DATA" \
+        --protocol m1 m2 --mode "$mode" \
         --predictors "vrnn=$(inits vrnn)" "rnn=$(inits rnn)" "vae=$(inits vae)" \
         constant-velocity hold-last \
         --json "$OUT/$mode.json" --markdown "$OUT/$mode.md" --plots "$OUT" \

@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# Train the keypoint predictors for the shipped FOMM checkpoint and ship the seed-0 weights:
-# keypoint sequences of the faces-64 training videos, then SEEDS initialisations (seeds 0..)
-# of each learned kind (vrnn, rnn, vae), JOBS runs at a time on one CPU thread each.
-# About 50 minutes on 2 CPU cores with the defaults. The other initialisations stay in
-# $RUNS for scripts/eval-predictors.sh (the papers report 10 for M1, 5 for M2).
+# Train the keypoint predictors for a shipped FOMM checkpoint (MODEL: kpvid-heads-64, the
+# default, or kpvid-faces-64) and ship the seed-0 weights: keypoint sequences of the model's
+# training videos, then SEEDS initialisations (seeds 0..) of each learned kind (vrnn, rnn, vae),
+# JOBS runs at a time on one CPU thread each. About 50 minutes on 2 CPU cores with 10 seeds.
+# The other initialisations stay in $RUNS for scripts/eval-predictors.sh (the papers report 10
+# for M1, 5 for M2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-runs/predictors}
+MODEL=${MODEL:-kpvid-heads-64}
+NAME=${MODEL#kpvid-}
+RUNS=${RUNS:-runs/predictors-$NAME}
 SEEDS=${SEEDS:-10}
 JOBS=${JOBS:-2}
-KP=data/faces-64-kp-train.npz
+KP=data/$NAME-kp-train.npz
 
-[ -d data/faces-64 ] || kpvid-data synth --domain faces --videos 2000 --seed 0 \
-    --out data/faces-64 --size 64
-[ -f "$KP" ] || kpvid-extract --data data/faces-64 --split train --out "$KP"
+case "$MODEL" in
+    kpvid-faces-64)
+        DATA=(data/faces-64)
+        [ -d data/faces-64 ] || kpvid-data synth --domain faces --videos 2000 --seed 0 \
+            --out data/faces-64 --size 64 ;;
+    kpvid-heads-64)  # its training data (scripts/make-heads-checkpoint.sh)
+        DATA=(data/photos-64 data/faces-1200)
+        [ -d data/photos-64 ] || kpvid-data synth --domain photos --videos 1600 --seed 0 \
+            --test-fraction 0.0625 --out data/photos-64 --size 64 --workers 2
+        [ -d data/faces-1200 ] || kpvid-data synth --domain faces --videos 1200 --seed 0 \
+            --out data/faces-1200 --size 64 --workers 2 ;;
+    *) echo "MODEL must be kpvid-heads-64 or kpvid-faces-64" >&2; exit 2 ;;
+esac
+[ -f "$KP" ] || kpvid-extract --checkpoint "models/weights/$MODEL.pth.tar" --data "${DATA[@]}" \
+    --split train --out "$KP" --threads 2
 mkdir -p "$RUNS" models/weights/predictors
 
 train_one() {  # kind seed: one initialisation, skipped when already done
@@ -31,5 +46,5 @@ for seed in $(seq 0 $((SEEDS - 1))); do
 done | xargs -P "$JOBS" -L 1 bash -c 'train_one "$@"' _ \
     || { echo "a training run failed; see $RUNS/*.log" >&2; exit 1; }
 for kind in vrnn rnn vae; do
-    cp "$RUNS/$kind-s0/predictor.pt" "models/weights/predictors/$kind-faces-64.pt"
+    cp "$RUNS/$kind-s0/predictor.pt" "models/weights/predictors/$kind-$NAME.pt"
 done

@@ -171,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "to one .npz file: kp (N, T, K, 6) float32, names, lengths, model_id, "
                     "frame_size, split. Shorter videos are padded with their last set.")
     add_checkpoint_arguments(parser)
-    parser.add_argument("--data", type=Path, required=True,
+    parser.add_argument("--data", type=Path, required=True, nargs="+",
                         metavar="DIR",
-                        help="data folder: its --split subfolder, else train/ when present, "
-                             "else the folder itself")
+                        help="data folder(s): each one's --split subfolder, else train/ when "
+                             "present, else the folder itself; several folders go into one "
+                             "file (e.g. photo talking heads and cartoon faces)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE",
                         help="the .npz file to write")
     parser.add_argument("--split", default=None,
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "when present, else --data itself)")
     parser.add_argument("--max-videos", type=positive_int, default=None,
                         metavar="N",
-                        help="only the first N videos (sorted by name)")
+                        help="only the first N videos (sorted by name, folder after folder)")
     parser.add_argument("--batch", type=positive_int, default=32,
                         metavar="N",
                         help="frames per detector call (default: 32)")
@@ -208,10 +209,12 @@ def extract_main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        folder, split = resolve_split(args.data, args.split)
-        videos = list_videos(folder)[:args.max_videos]
+        folders = [resolve_split(data, args.split) for data in args.data]
+        split = folders[0][1]
+        videos = [video for folder, _ in folders for video in list_videos(folder)]
+        videos = videos[:args.max_videos]
         if not videos:
-            raise ValueError(f"no videos found under {folder}")
+            raise ValueError(f"no videos found under {', '.join(str(f) for f, _ in folders)}")
         kp_detector, _, config = load_checkpoint_with_config(args.checkpoint, args.config,
                                                              args.device)
         sequences = extract_keypoints(kp_detector, videos, frame_size(config),
