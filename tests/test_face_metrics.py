@@ -162,3 +162,27 @@ def test_missing_faces_are_counted(photo, scorer):
     assert scores.mouth_correlation is None  # two frames left: too few
     lost = scorer.score(clip, grey)
     assert (lost.landmark_error, lost.landmark_missed, lost.mouth_correlation) == (None, 3, None)
+
+
+def test_keypoint_placement_spread_and_motion() -> None:
+    from kpvid.training.evaluate import keypoint_placement
+
+    still = np.zeros((4, 2, 2))
+    still[:, 1, 0] = 4 / 63  # the second keypoint 2 px right of the first at 64 px
+    assert keypoint_placement(still, 64) == pytest.approx({"kp_spread": 2.0, "kp_motion": 0.0})
+    moving = still.copy()
+    moving[:, 0, 1] = np.array([-1, 1, -1, 1]) * 3 / 31.5  # +-3 px up and down
+    assert keypoint_placement(moving, 64)["kp_motion"] == pytest.approx(1.5)  # one of two
+
+
+def test_keypoints_on_face_counts_those_inside_the_outline() -> None:
+    from kpvid.training.face_metrics import keypoints_on_face
+    from kpvid.training.facemesh import FACE_OVAL
+
+    points = np.zeros((468, 3), np.float32)
+    angles = np.linspace(0, 2 * np.pi, len(FACE_OVAL), endpoint=False)
+    points[list(FACE_OVAL), 0] = 127.5 + 60 * np.cos(angles)
+    points[list(FACE_OVAL), 1] = 127.5 + 60 * np.sin(angles)
+    keypoints = np.array([[[0.0, 0.0], [0.2, -0.2], [0.9, 0.9], [-0.95, 0.0]]])  # 2 in, 2 out
+    assert keypoints_on_face([points], keypoints) == pytest.approx(0.5)
+    assert keypoints_on_face([None], keypoints) is None

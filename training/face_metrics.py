@@ -91,10 +91,10 @@ class FaceScores:
     landmark_error: float | None  # mean over frames where both faces were found; None if none
     landmark_missed: int  # frames where either face was not found, left out
     mouth_correlation: float | None  # Pearson over those frames; None when undefined
-    keypoints_on_face: float | None = None  # share of the model's keypoints on the face
     # mouth openings of the input and the output on those frames (for a pooled correlation)
     input_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     output_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    keypoints_on_face: float | None = None  # share of the model's keypoints on the face
 
 
 def score_landmarks(input_points: Sequence[np.ndarray | None],
