@@ -47,7 +47,7 @@ def _clip(mouth: list[float], yaw: list[float], size: int = 128) -> np.ndarray:
     face = next(f for f in load_faces("test") if f.name == "grace_hopper")
     rng = np.random.default_rng(0)
     crop = photo_heads._crop(face, rng, 2 * size)
-    rig = photo_heads._Rig(crop, rng)
+    rig = photo_heads._Rig(crop)
     n = len(mouth)
     zeros = np.zeros(n)
     motion = photo_heads._Motion(

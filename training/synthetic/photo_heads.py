@@ -272,7 +272,7 @@ class _Rig:
     """A cropped face with its control points: the mesh, rings of head anchors, neck, torso and
     the fixed border, triangulated once."""
 
-    def __init__(self, crop: _Crop, rng: np.random.Generator) -> None:
+    def __init__(self, crop: _Crop) -> None:
         self.crop = crop
         size = crop.image.shape[0]
         self.size = size
@@ -321,8 +321,7 @@ class _Rig:
         jaw[list(UPPER_LIP)] = -0.12
         jaw[list(LOWER_LIP)] = 1.0
         jaw[list(MOUTH_CORNER_POINTS)] = 0.3
-        above_eyes = pv < -0.9 * iod * 0.5
-        jaw[above_eyes] = 0.0
+        jaw[pv < -0.45 * iod] = 0.0  # nothing above the eyes' level follows the jaw
         self.jaw = jaw[:, None] * self.v * JAW_DROP * iod
         smile = np.zeros((len(pts), 2))
         for idx, side in zip(MOUTH_CORNERS, (-1, 1), strict=True):
@@ -508,7 +507,7 @@ class _Clip:
 def _draw_clip(seed: int, size: int, frames: int, split: str, face: str | None) -> _Clip:
     rng = np.random.default_rng(seed)
     crop = _identity(rng, _select_faces(split, face), 2 * size, morph=split == "train")
-    rig = _Rig(crop, rng)
+    rig = _Rig(crop)
     motion = _sample_motion(rng, frames)
     look = _photometric(rng)
     return _Clip(crop, rig, motion, look, rng)
