@@ -272,10 +272,10 @@ class FramesDataset(Dataset):
             frames = list(whole[pair])
         size = frames[0].shape[:2]
         clip = np.stack([_resize(frame, height, width) for frame in frames])
-        tracks = _read_tracks(video)
+        tracks = _read_tracks(video) if self.track_points else None
         points = mirror = None
-        if tracks is not None:
-            points = tracks["points"][pair] * [width / size[1], height / size[0]]
+        if tracks is not None:  # pixel centres scale with the frames
+            points = (tracks["points"][pair] + 0.5) * [width / size[1], height / size[0]] - 0.5
             mirror = tracks["mirror"]
         clip, points = self.transform.with_points(clip.astype(np.float32) / 255.0, points, mirror)
         sample = {"source": _to_chw(clip[0]), "driving": _to_chw(clip[1]), "name": video.name}

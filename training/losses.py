@@ -75,9 +75,6 @@ class Transform:
         return torch.cat([grad_x[0].unsqueeze(-2), grad_y[0].unsqueeze(-2)], dim=-2)
 
 
-SEPARATION_SIGMA = 0.15  # keypoints closer than about this (7 % of the frame) repel
-
-
 def equivariance_losses(kp_driving: KeypointDict, transformed_kp: KeypointDict,
                         transform: Transform) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean absolute errors of keypoint positions and jacobians under ``transform``: the
@@ -89,6 +86,9 @@ def equivariance_losses(kp_driving: KeypointDict, transformed_kp: KeypointDict,
     product = torch.matmul(torch.inverse(kp_driving["jacobian"]), jacobian_transformed)
     eye = torch.eye(2, dtype=product.dtype, device=product.device).view(1, 1, 2, 2)
     return value, torch.abs(eye - product).mean()
+
+
+SEPARATION_SIGMA = 0.15  # keypoints closer than about this (7 % of the frame) repel
 
 
 def keypoint_separation(value: torch.Tensor, sigma: float = SEPARATION_SIGMA) -> torch.Tensor:
