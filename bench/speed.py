@@ -12,8 +12,8 @@
   frame) and with the default schedule (every other frame predicted at the edge): latency from
   capture to frame out, frame rate and the CPU of each process.
 
-``shipped`` is the shipped kpvid-faces-64 checkpoint at 64x64; ``vox-256`` the official vox-256
-configuration at 256x256 with random weights (the same weights for every method).
+``shipped`` is the shipped default checkpoint (kpvid-heads-64, 64x64); ``vox-256`` the official
+vox-256 configuration at 256x256 with random weights (the same weights for every method).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .keypoint_detector import KPDetector
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-faces-64.pth.tar"
+SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-64.pth.tar"
 
 
 class CheckpointError(ValueError):
@@ -102,7 +102,7 @@ def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Pa
 
 def model_id(path: str | Path) -> str:
     """The name senders and edges compare to agree on a model: the file name without
-    ``.pth.tar`` / ``.pth`` (``kpvid-faces-64`` for the shipped checkpoint)."""
+    ``.pth.tar`` / ``.pth`` (``kpvid-heads-64`` for the shipped checkpoint)."""
     return Path(path).name.removesuffix(".tar").removesuffix(".pth")
 
 

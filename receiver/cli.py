@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the self-signed certificate is kept "
                              "(default: ~/.cache/kpvid)")
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                        help="FOMM checkpoint (default: the shipped kpvid-faces-64); senders "
+                        help="FOMM checkpoint (default: the shipped kpvid-heads-64); senders "
                              "must use the same one")
     parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
                         default=DEFAULT_PREDICTOR,

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="format of the source image sent at the start (default jpeg)")
     coding.add_argument("--checkpoint", metavar="FILE", type=Path, default=SHIPPED_CHECKPOINT,
                         help="FOMM checkpoint whose keypoint detector to run (default: the "
-                             "shipped kpvid-faces-64); must match the edge's model")
+                             "shipped kpvid-heads-64); must match the edge's model")
     coding.add_argument("--device", default="cpu",
                         help="torch device for the detector: cpu, cuda or cuda:N (default cpu)")
     coding.add_argument("--threads", type=_arg_type(_int_at_least(1)), default=1,

@@ -18,5 +18,22 @@ def test_shipped_checkpoint_rebuilds_an_unseen_clip():
     frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
     scores, rebuilt, _ = score_video(kp_detector, generator, "unseen", frames)
     assert rebuilt.shape == frames.shape
-    # the mean over 50 unseen videos is 29.6 dB / 0.907 (MANIFEST.md); one clip varies
+    # the mean over 50 unseen videos is 29.2 dB / 0.902 (MANIFEST.md); one clip varies
     assert scores.psnr > 24 and scores.ssim > 0.8
+
+
+def test_shipped_checkpoint_follows_a_held_out_photograph():
+    """A real face no model here trained on, turning and talking: the rebuilt clips beat the
+    frozen first frame, and the keypoints spread over the face and move with it. (On these three
+    clips the mean gain is 1.8 dB; the cartoon-only kpvid-faces-64 gains 1.1 dB with its
+    keypoints in a 1.2 px cluster. Over 50 clips: docs/real-faces.md.)"""
+    kp_detector, generator, config = load_checkpoint_with_config()
+    gains = []
+    for seed in (11, 12, 13):
+        clip = generate_video("photos", seed=seed, size=frame_size(config), frames=24,
+                              split="test", face="grace_hopper")
+        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+        scores, _, _ = score_video(kp_detector, generator, "grace_hopper", frames)
+        gains.append(scores.psnr_gain_frozen)
+        assert scores.kp_spread > 8 and scores.kp_motion > 0.5
+    assert sum(gains) / len(gains) > 1.3

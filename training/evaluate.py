@@ -161,16 +161,15 @@ def keypoint_placement(kp: np.ndarray, size: int) -> dict[str, float]:
 
 
 STRIP_TIMES = 5  # time points in a strip picture
-STRIP_ZOOM = 3
 
 
 def write_strip(path: Path, frames: np.ndarray, keypoints: np.ndarray,
                 rebuilt: np.ndarray) -> None:
     """A PNG of three rows (input, input with the model's keypoints, output) at STRIP_TIMES
-    evenly spaced frames, each frame enlarged STRIP_ZOOM times (nearest neighbour)."""
+    evenly spaced frames."""
     times = np.linspace(0, len(frames) - 1, STRIP_TIMES).round().astype(int)
     rows = [np.concatenate(list(video[times]), axis=1) for video in (frames, keypoints, rebuilt)]
-    save_png(path, np.concatenate(rows, axis=0).repeat(STRIP_ZOOM, 0).repeat(STRIP_ZOOM, 1))
+    save_png(path, np.concatenate(rows, axis=0))
 
 
 def write_side_by_side(path: Path, panels: list[np.ndarray], fps: float = 25) -> None:
