@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -160,13 +161,14 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
     out_json = tmp_path / "scores.json"
     code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
                       "--json", str(out_json), "--save-videos", str(tmp_path / "videos"),
-                      "--quiet"])
+                      "--save-strips", str(tmp_path / "strips"), "--quiet"])
     assert code == 0
     report = json.loads(out_json.read_text())
     assert set(report["mean"]) == {"l1", "psnr", "ssim", "akd", "kp_bytes_per_frame",
                                    "psnr_gain_frozen", "landmark_error", "landmark_missed",
                                    "mouth_correlation", "mouth_correlation_undefined",
-                                   "mouth_correlation_pooled"}
+                                   "mouth_correlation_pooled", "kp_spread", "kp_motion",
+                                   "kp_on_face"}
     assert report["mean"]["kp_bytes_per_frame"] is None and report["codec"] == "none"
     assert isinstance(report["mean"]["psnr_gain_frozen"], float)
     video = report["videos"][0]
@@ -178,6 +180,8 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
                                                         for v in report["videos"])
     assert report["schedule"] == {"observe": 1, "predict": 0}
     assert len(report["videos"]) == 2 and report["videos"][0]["frames"] == 8
+    strips = sorted((tmp_path / "strips").glob("*.png"))
+    assert len(strips) == 2 and cv2.imread(str(strips[0])).shape[0] == 3 * 32  # three rows
     assert 0 < report["mean"]["ssim"] <= 1 and report["mean"]["psnr"] > 0
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
     assert "mean" in capsys.readouterr().out
