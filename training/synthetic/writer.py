@@ -88,15 +88,18 @@ def _write_mp4(path: Path, video: np.ndarray) -> None:
         container.mux(stream.encode())
 
 
+def _video_path(out: Path, domain: str, split: str, index: int, fmt: str) -> Path:
+    """Where video ``index`` of a data set lies: a frame folder (png) or an .mp4 file."""
+    name = f"{domain}_{index:05d}"
+    return out / split / (name if fmt == "png" else f"{name}.mp4")
+
+
 def _write_video(job: tuple) -> None:
     """Generate and write one video of a data set (a worker's unit of work)."""
     domain, out, seed, split, i, size, frames, fmt = job
     video = generate_video(domain, _video_seed(seed, split, i), size, frames, split)
-    name = f"{domain}_{i:05d}"
-    if fmt == "png":
-        _write_png(out / split / name, video)
-    else:
-        _write_mp4(out / split / f"{name}.mp4", video)
+    path = _video_path(out, domain, split, i, fmt)
+    (_write_png if fmt == "png" else _write_mp4)(path, video)
 
 
 def write_tracks(out: str | Path, progress: bool = True) -> int:
@@ -110,8 +113,7 @@ def write_tracks(out: str | Path, progress: bool = True) -> int:
         raise ValueError(f"{out} holds {meta['domain']} videos; only photos have tracks")
     jobs = [(split, i) for split in SPLITS for i in range(meta["counts"][split])]
     for split, i in tqdm(jobs, desc="landmark tracks", unit="video", disable=not progress):
-        name = f"photos_{i:05d}"
-        video = out / split / (name if meta["fmt"] == "png" else f"{name}.mp4")
+        video = _video_path(out, "photos", split, i, meta["fmt"])
         points = photo_face_tracks(_video_seed(meta["seed"], split, i), meta["size"],
                                    meta["frames"], split)
         np.savez(tracks_path(video), points=points, mirror=np.asarray(TRACK_MIRROR),
