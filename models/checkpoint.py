@@ -9,10 +9,14 @@ import torch
 from torch import nn
 
 from .config import ConfigError, load_config, validate_config
+from .facemesh import FaceMeshUnavailable
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
+from .mesh_keypoints import FaceMeshDetector, MeshKeypoints
 
 log = logging.getLogger(__name__)
+
+Detector = KPDetector | FaceMeshDetector  # what turns frames into keypoints
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-64.pth.tar"
@@ -22,10 +26,15 @@ class CheckpointError(ValueError):
     """A checkpoint does not fit the networks its config describes."""
 
 
-def build_networks(config: dict) -> tuple[KPDetector, OcclusionAwareGenerator]:
-    """Instantiate the keypoint detector and generator exactly as the official code does."""
+def build_networks(config: dict) -> tuple[KPDetector | MeshKeypoints, OcclusionAwareGenerator]:
+    """Instantiate the keypoint detector and generator exactly as the official code does; a
+    config with ``mesh_keypoints`` gets keypoints from FaceMesh landmarks instead."""
     params = config["model_params"]
-    kp_detector = KPDetector(**params["kp_detector_params"], **params["common_params"])
+    if "mesh_keypoints" in params:
+        kp_detector = MeshKeypoints(params["common_params"]["num_kp"],
+                                    **params["mesh_keypoints"])
+    else:
+        kp_detector = KPDetector(**params["kp_detector_params"], **params["common_params"])
     generator = OcclusionAwareGenerator(**params["generator_params"], **params["common_params"])
     return kp_detector, generator
 
@@ -92,7 +101,7 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Path | None = None,
                     device: str | torch.device = "cpu",
-                    ) -> tuple[KPDetector, OcclusionAwareGenerator]:
+                    ) -> tuple[Detector, OcclusionAwareGenerator]:
     """Load ``(kp_detector, generator)`` in eval mode from an official ``.pth.tar`` or a kpvid
     checkpoint. Without ``config_path`` the config is the one embedded in a kpvid checkpoint, or
     a ``<name>.yaml`` beside it; official vox-256 files need ``config_path='vox-256'``."""
@@ -114,8 +123,10 @@ def frame_size(config: dict) -> int:
 def load_checkpoint_with_config(path: str | Path = SHIPPED_CHECKPOINT,
                                 config_path: str | Path | None = None,
                                 device: str | torch.device = "cpu",
-                                ) -> tuple[KPDetector, OcclusionAwareGenerator, dict]:
-    """:func:`load_checkpoint`, also returning the config the networks were built from."""
+                                ) -> tuple[Detector, OcclusionAwareGenerator, dict]:
+    """:func:`load_checkpoint`, also returning the config the networks were built from. A
+    FaceMesh-driven model's detector is a :class:`FaceMeshDetector` (MediaPipe must be
+    installed)."""
     checkpoint = read_checkpoint(path)
     if config_path is not None:
         config = load_config(config_path)
@@ -131,6 +142,12 @@ def load_checkpoint_with_config(path: str | Path = SHIPPED_CHECKPOINT,
     load_state_strict(kp_detector, checkpoint["kp_detector"], "kp_detector")
     load_state_strict(generator, checkpoint["generator"], "generator")
     log.info("loaded %s (epoch %s)", path, checkpoint.get("epoch", "?"))
+    if isinstance(kp_detector, MeshKeypoints):
+        try:
+            kp_detector = FaceMeshDetector(kp_detector)
+        except FaceMeshUnavailable as exc:
+            raise CheckpointError(f"{path} takes its keypoints from MediaPipe FaceMesh: "
+                                  f"{exc}") from None
     return kp_detector.to(device).eval(), generator.to(device).eval(), config
 
 

@@ -29,6 +29,9 @@ _REQUIRED: dict[str, Any] = {
 _OPTIONAL: dict[str, set[str]] = {
     "": {"dataset_params", "train_params", "reconstruction_params", "animate_params",
          "visualizer_params"},
+    # kpvid: keypoints from FaceMesh landmarks (models/mesh_keypoints.py) instead of the detector
+    "model_params": {"mesh_keypoints"},
+    "model_params.mesh_keypoints": {"neighbours"},
     "model_params.kp_detector_params": {"single_jacobian_map", "pad"},
     "model_params.generator_params.dense_motion_params": {"kp_variance"},
     "model_params.discriminator_params": {"sn", "use_kp", "kp_variance"},

@@ -17,6 +17,7 @@ class KPDetector(nn.Module):
                  num_blocks: int, temperature: float, estimate_jacobian: bool = False,
                  scale_factor: float = 1, single_jacobian_map: bool = False, pad: int = 0):
         super().__init__()
+        self.num_kp = num_kp
         self.predictor = Hourglass(block_expansion, in_features=num_channels,
                                    max_features=max_features, num_blocks=num_blocks)
         self.kp = nn.Conv2d(self.predictor.out_filters, num_kp, kernel_size=(7, 7), padding=pad)

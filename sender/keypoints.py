@@ -24,7 +24,7 @@ class KeypointExtractor:
         self.kp_detector = kp_detector.to(self.device).eval()
         self.model_id = model_id
         self.frame_size = frame_size
-        self.num_kp = int(kp_detector.kp.out_channels)
+        self.num_kp = int(kp_detector.num_kp)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = SHIPPED_CHECKPOINT,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from kpvid.models.facemesh import facemesh_available
 from kpvid.models.predictors import HoldLast, Predictor, rollout
 from kpvid.training import evaluate_predict, face_metrics
 from kpvid.training.evaluate_predict import (
@@ -21,7 +22,6 @@ from kpvid.training.evaluate_predict import (
     predict_main,
     summarize,
 )
-from kpvid.training.facemesh import facemesh_available
 from kpvid.training.synthetic import write_dataset
 
 

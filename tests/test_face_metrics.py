@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from kpvid.models.facemesh import FaceMeshUnavailable, facemesh_available, inter_ocular
 from kpvid.training import face_metrics, metrics
 from kpvid.training.face_metrics import (
     FaceScorer,
@@ -23,7 +24,6 @@ from kpvid.training.face_metrics import (
     score_landmarks,
     use_face_metrics,
 )
-from kpvid.training.facemesh import FaceMeshUnavailable, facemesh_available, inter_ocular
 
 SIZE = 64
 # the face in the 512 x 600 photograph spans x 171-357, y 131-333 (FaceMesh): a 300 px square
@@ -176,8 +176,8 @@ def test_keypoint_placement_spread_and_motion() -> None:
 
 
 def test_keypoints_on_face_counts_those_inside_the_outline() -> None:
+    from kpvid.models.facemesh import FACE_OVAL
     from kpvid.training.face_metrics import keypoints_on_face
-    from kpvid.training.facemesh import FACE_OVAL
 
     points = np.zeros((468, 3), np.float32)
     angles = np.linspace(0, 2 * np.pi, len(FACE_OVAL), endpoint=False)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from kpvid.models.facemesh import facemesh_available
 from kpvid.training.augmentation import RandomFlip
 from kpvid.training.dataset import FramesDataset, tracks_path
-from kpvid.training.facemesh import facemesh_available
 from kpvid.training.losses import keypoint_landmark_error, keypoint_separation
 from kpvid.training.synthetic import write_dataset
 from kpvid.training.synthetic.photo_heads import (
@@ -86,7 +86,7 @@ def test_tracks_follow_the_rendered_face() -> None:
     FaceMesh, run on the rendered frames, finds the same landmarks where the tracks say."""
     import cv2
 
-    from kpvid.training.facemesh import FaceMesh
+    from kpvid.models.facemesh import FaceMesh
     from kpvid.training.synthetic import generate_video
 
     with FaceMesh() as mesh:

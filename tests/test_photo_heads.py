@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from kpvid.training.facemesh import NOSE_TIP, facemesh_available, inter_ocular, mouth_opening
+from kpvid.models.facemesh import NOSE_TIP, facemesh_available, inter_ocular, mouth_opening
 from kpvid.training.synthetic import generate_video, photo_heads, photo_library, write_dataset
 from kpvid.training.synthetic.photo_library import TEST_FACES, Photo, load_faces
 
@@ -65,7 +65,7 @@ def _clip(mouth: list[float], yaw: list[float], size: int = 128) -> np.ndarray:
 
 @needs_facemesh
 def test_facemesh_sees_the_jaw_open_and_the_head_turn() -> None:
-    from kpvid.training.facemesh import FaceMesh
+    from kpvid.models.facemesh import FaceMesh
 
     frames = _clip(mouth=[0.0, 0.5, 1.0, 0.0, 0.0], yaw=[0.0, 0.0, 0.0, 0.35, -0.35])
     with FaceMesh() as mesh:

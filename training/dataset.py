@@ -182,6 +182,11 @@ class FramesDataset(Dataset):
     With ``track_points`` K > 0, training items also hold ``'landmarks'``: 2 x K x 2, the source
     and driving frames' landmark tracks (``landmarks.npz`` of a photo talking head) in the
     keypoints' [-1, 1] coordinates, flipped with the frames; NaN for videos without tracks.
+    With ``mesh_landmarks``, training items hold ``'mesh'``: 2 x 468 x 2, the two frames'
+    FaceMesh landmarks (``facemesh.npz``, kpvid-data facemesh) in the same coordinates; the pair
+    is drawn among the frames where FaceMesh found the face, and a video without such a pair is
+    skipped like an unreadable one. A left-right flip would swap the mesh's sides, so it is
+    refused with it.
 
     An unreadable video is logged once as a warning, remembered as bad, and replaced by the next
     readable one; RuntimeError is raised only when no video can be read.
@@ -197,6 +202,7 @@ class FramesDataset(Dataset):
         augmentation_params: Mapping[str, Any] | None = None,
         pairs_per_video: int = 1,
         track_points: int = 0,
+        mesh_landmarks: bool = False,
     ) -> None:
         root = Path(root_dir)
         if not root.is_dir():
@@ -210,6 +216,11 @@ class FramesDataset(Dataset):
         self.pairs_per_video = pairs_per_video
         self.transform = Augmentation(augmentation_params)
         self.track_points = track_points
+        self.mesh_landmarks = mesh_landmarks
+        flips = (augmentation_params or {}).get("flip_param", {})
+        if mesh_landmarks and flips.get("horizontal_flip"):
+            raise ValueError("FaceMesh landmarks cannot follow a left-right flip: set "
+                             "augmentation_params.flip_param.horizontal_flip to False")
 
         if (root / "train").is_dir():
             self.root_dir = root / ("train" if is_train else "test")
@@ -261,26 +272,31 @@ class FramesDataset(Dataset):
 
     def _train_sample(self, video: Path) -> dict[str, Any]:
         height, width = self.frame_shape[:2]
+        mesh = _read_mesh(video) if self.mesh_landmarks else None
         if video.is_dir():
             # Decode only the two chosen frames of a frame folder.
             files = _frame_files(video)
-            pair = _pick_pair(len(files))
+            pair = _pick_pair(len(files), None if mesh is None else _found(mesh, video))
             frames = [_read_image(files[i]) for i in pair]
         else:
             whole = read_video(video)
-            pair = _pick_pair(len(whole))
+            pair = _pick_pair(len(whole), None if mesh is None else _found(mesh, video))
             frames = list(whole[pair])
         size = frames[0].shape[:2]
         clip = np.stack([_resize(frame, height, width) for frame in frames])
         tracks = _read_tracks(video) if self.track_points else None
         points = mirror = None
-        if tracks is not None:  # pixel centres scale with the frames
-            points = (tracks["points"][pair] + 0.5) * [width / size[1], height / size[0]] - 0.5
+        if tracks is not None:
+            points = _rescaled(tracks["points"][pair], size, width, height)
             mirror = tracks["mirror"]
+        if mesh is not None:  # no left-right flip (refused above), so no mirror permutation
+            points = _rescaled(mesh[pair], size, width, height)
         clip, points = self.transform.with_points(clip.astype(np.float32) / 255.0, points, mirror)
         sample = {"source": _to_chw(clip[0]), "driving": _to_chw(clip[1]), "name": video.name}
         if self.track_points:
             sample["landmarks"] = _normalised(points, width, height, self.track_points)
+        if mesh is not None:
+            sample["mesh"] = _normalised(points, width, height, points.shape[1])
         return sample
 
     def _test_sample(self, video: Path) -> dict[str, Any]:
@@ -311,6 +327,41 @@ def _read_tracks(video: Path) -> dict[str, np.ndarray] | None:
         raise VideoReadError(path, f"unreadable landmark tracks ({err})") from err
 
 
+MESH_FILE = "facemesh.npz"
+
+
+def mesh_path(video: Path) -> Path:
+    """Where a video's FaceMesh tracks lie: inside a frame folder, or beside a video file."""
+    return video / MESH_FILE if video.is_dir() else video.with_suffix("." + MESH_FILE)
+
+
+def _rescaled(points: np.ndarray, size: tuple[int, ...], width: int, height: int) -> np.ndarray:
+    """Pixel positions on frames of ``size`` (H, W) moved to frames of width x height (pixel
+    centres scale with the frames)."""
+    return (points + 0.5) * [width / size[1], height / size[0]] - 0.5
+
+
+def _read_mesh(video: Path) -> np.ndarray:
+    """A video's FaceMesh tracks (T x 468 x 2 pixels, NaN where no face); VideoReadError when
+    it has none (kpvid-data facemesh makes them) or they are unreadable."""
+    path = mesh_path(video)
+    if not path.is_file():
+        raise VideoReadError(path, "no FaceMesh tracks (make them with kpvid-data facemesh)")
+    try:
+        with np.load(path) as data:
+            return data["points"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as err:
+        raise VideoReadError(path, f"unreadable FaceMesh tracks ({err})") from err
+
+
+def _found(mesh: np.ndarray, video: Path) -> np.ndarray:
+    """Indices of the frames where FaceMesh found the face; VideoReadError when fewer than 2."""
+    found = np.flatnonzero(np.isfinite(mesh).all(axis=(1, 2)))
+    if len(found) < 2:
+        raise VideoReadError(video, f"FaceMesh found the face in {len(found)} frame(s)")
+    return found
+
+
 def _normalised(points: np.ndarray | None, width: int, height: int, count: int) -> torch.Tensor:
     """2 x K x 2 landmark points in the keypoints' [-1, 1] coordinates; NaN for a video
     without tracks, so that such samples batch with the others and are left out of the loss."""
@@ -323,10 +374,13 @@ def _normalised(points: np.ndarray | None, width: int, height: int, count: int) 
     return torch.from_numpy((points * scale - 1).astype(np.float32))
 
 
-def _pick_pair(num_frames: int) -> np.ndarray:
-    """Indices of two distinct random frames in increasing order (the same one if only one)."""
+def _pick_pair(num_frames: int, among: np.ndarray | None = None) -> np.ndarray:
+    """Indices of two distinct random frames (of ``among`` when given) in increasing order (the
+    same one if only one)."""
     if num_frames < 2:
         return np.zeros(2, dtype=np.int64)
+    if among is not None:
+        return np.sort(np.random.choice(among, size=2, replace=False))
     return np.sort(np.random.choice(num_frames, size=2, replace=False))
 
 

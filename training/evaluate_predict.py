@@ -43,6 +43,7 @@ from kpvid.models import (
     model_id,
     normalize_kp,
 )
+from kpvid.models.facemesh import FaceMeshUnavailable
 from kpvid.models.predictors import PREDICTORS, Predictor, make_predictor, rollout
 
 from . import metrics
@@ -58,7 +59,6 @@ from .face_metrics import (
     score_landmarks,
     use_face_metrics,
 )
-from .facemesh import FaceMeshUnavailable
 from .visualize import to_uint8
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ def evaluate_predictions(kp_detector: KPDetector, generator: OcclusionAwareGener
     if options.mode not in MODES:
         raise ValueError(f"unknown mode {options.mode!r}; choose one of {', '.join(MODES)}")
     protocols = [PROTOCOLS[name] for name in options.protocols]
-    num_kp = kp_detector.kp.out_channels
+    num_kp = kp_detector.num_kp
     runs = {(p.name, spec.key): make_runs(spec, options.inits or p.inits, num_kp, options)
             for p in protocols for spec in options.predictors}
     fvd = FVD(options.i3d, options.device) if options.i3d else None

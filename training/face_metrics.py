@@ -17,19 +17,20 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from .facemesh import (
+from kpvid.models.facemesh import (
     FACE_OVAL,
+    FACE_SIZE,
     INSTALL_HINT,
     FaceMesh,
     FaceMeshUnavailable,
     facemesh_available,
     inter_ocular,
     mouth_opening,
+    to_face_size,
 )
 
 log = logging.getLogger(__name__)
 
-FACE_SIZE = 256
 # below this standard deviation of the input's mouth opening (in inner mouth widths) the mouth
 # does not move: FaceMesh's own jitter on a still face is about 0.005
 MIN_MOUTH_STD = 0.01
@@ -56,13 +57,6 @@ def psnr_gain_frozen(input_video: np.ndarray, output_video: np.ndarray) -> float
     target = input_video[1:]
     frozen = np.broadcast_to(input_video[:1], target.shape)
     return float(frame_psnr(output_video[1:], target).mean() - frame_psnr(frozen, target).mean())
-
-
-def to_face_size(frame: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """An H x W x 3 uint8 frame resized to size x size for FaceMesh (bicubic up, area down)."""
-    upscale = frame.shape[0] < size or frame.shape[1] < size
-    return cv2.resize(frame, (size, size),
-                      interpolation=cv2.INTER_CUBIC if upscale else cv2.INTER_AREA)
 
 
 def landmark_error(reference: np.ndarray, points: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from kpvid.models import MultiScaleDiscriminator, build_networks, load_config
 from kpvid.models.checkpoint import load_state_strict, read_checkpoint
+from kpvid.models.mesh_keypoints import MeshKeypoints
 
 from .dataset import DatasetRepeater, FramesDataset
 from .losses import (
@@ -82,13 +83,20 @@ class GeneratorFullModel(nn.Module):
         self.vgg = vgg
 
     def forward(self, source: torch.Tensor, driving: torch.Tensor,
-                landmarks: torch.Tensor | None = None
+                landmarks: torch.Tensor | None = None, mesh: torch.Tensor | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Losses and outputs for a batch; ``landmarks`` (B x 2 x K x 2, source and driving,
-        NaN where unknown) feed the landmark prior."""
+        NaN where unknown) feed the landmark prior; ``mesh`` (B x 2 x 468 x 2) are the frames'
+        FaceMesh landmarks, which a FaceMesh-driven model takes its keypoints from."""
         weights = self.loss_weights
-        kp_source = self.kp_extractor(source)
-        kp_driving = self.kp_extractor(driving)
+        if isinstance(self.kp_extractor, MeshKeypoints):
+            if mesh is None:
+                raise ValueError("a FaceMesh-driven model trains on FaceMesh landmarks; the "
+                                 "batch has none")
+            kp_source, kp_driving = self.kp_extractor(mesh[:, 0]), self.kp_extractor(mesh[:, 1])
+        else:
+            kp_source = self.kp_extractor(source)
+            kp_driving = self.kp_extractor(driving)
         generated = self.generator(source, kp_source=kp_source, kp_driving=kp_driving)
         generated.update({"kp_source": kp_source, "kp_driving": kp_driving})
         losses: dict[str, torch.Tensor] = {}
@@ -135,7 +143,8 @@ class GeneratorFullModel(nn.Module):
             losses["keypoint_separation"] = weights["keypoint_separation"] * keypoint_separation(
                 torch.cat([kp_source["value"], kp_driving["value"]]))
 
-        if weights["equivariance_value"] != 0 or weights["equivariance_jacobian"] != 0:
+        equivariance = weights["equivariance_value"] != 0 or weights["equivariance_jacobian"] != 0
+        if equivariance and not isinstance(self.kp_extractor, MeshKeypoints):
             transform = Transform(driving.shape[0], device=driving.device,
                                   **self.train_params["transform_params"])
             transformed_kp = self.kp_extractor(transform.transform_frame(driving))
@@ -191,10 +200,11 @@ def train(opts: TrainOptions) -> Path:
     frame_shape = tuple(dataset_params.get("frame_shape", (256, 256, 3)))
     num_kp = config["model_params"]["common_params"]["num_kp"]
     landmark_prior = train_params["loss_weights"].get("keypoint_landmarks", 0) != 0
+    mesh_driven = "mesh_keypoints" in config["model_params"]
     dataset = ConcatDataset([
         FramesDataset(root, frame_shape=frame_shape, is_train=True, random_seed=opts.seed,
                       augmentation_params=dataset_params.get("augmentation_params"),
-                      track_points=num_kp if landmark_prior else 0)
+                      track_points=num_kp if landmark_prior else 0, mesh_landmarks=mesh_driven)
         for root in opts.data])
     dataset = DatasetRepeater(dataset, train_params["num_repeats"])
     sampler = DistributedSampler(dataset, shuffle=True) if world > 1 else None
@@ -208,6 +218,10 @@ def train(opts: TrainOptions) -> Path:
 
     kp_detector, generator = build_networks(config)
     model_params = config["model_params"]
+    if mesh_driven:  # its geometry, from the shipped photograph fits (a resume loads the same)
+        from .mesh_tracks import facemesh_keypoints
+
+        kp_detector = facemesh_keypoints(**model_params["mesh_keypoints"])
     discriminator = MultiScaleDiscriminator(**model_params["discriminator_params"],
                                             **model_params["common_params"])
     weights = train_params["loss_weights"]
@@ -219,8 +233,10 @@ def train(opts: TrainOptions) -> Path:
 
     opt_gen = torch.optim.Adam(generator.parameters(), lr=train_params["lr_generator"],
                                betas=(0.5, 0.999))
-    opt_kp = torch.optim.Adam(kp_detector.parameters(), lr=train_params["lr_kp_detector"],
-                              betas=(0.5, 0.999))
+    # (a FaceMesh-driven model's keypoints have nothing to learn: a no-op optimiser keeps the
+    # checkpoint layout)
+    opt_kp = torch.optim.Adam(list(kp_detector.parameters()) or [torch.zeros(1)],
+                              lr=train_params["lr_kp_detector"], betas=(0.5, 0.999))
     opt_disc = torch.optim.Adam(discriminator.parameters(), lr=train_params["lr_discriminator"],
                                 betas=(0.5, 0.999))
 
@@ -228,9 +244,13 @@ def train(opts: TrainOptions) -> Path:
     start_epoch, step = 0, 0
     if opts.init:  # weights only: a curriculum from another run (another data set, say)
         ckpt = read_checkpoint(opts.init)
-        load_state_strict(kp_detector, ckpt["kp_detector"], "kp_detector")
-        load_state_strict(generator, ckpt["generator"], "generator")
-        log.info("initialised the keypoint detector and generator from %s", opts.init)
+        if mesh_driven:  # the other model's detector has no place here, its generator does
+            load_state_strict(generator, ckpt["generator"], "generator")
+            log.info("initialised the generator from %s", opts.init)
+        else:
+            load_state_strict(kp_detector, ckpt["kp_detector"], "kp_detector")
+            load_state_strict(generator, ckpt["generator"], "generator")
+            log.info("initialised the keypoint detector and generator from %s", opts.init)
     if opts.resume:
         ckpt = read_checkpoint(opts.resume)
         load_state_strict(kp_detector, ckpt["kp_detector"], "kp_detector")
@@ -284,8 +304,8 @@ def train(opts: TrainOptions) -> Path:
                 # channels-last: about 30% faster convolutions on a CPU, same numbers
                 source = batch["source"].to(device, memory_format=torch.channels_last)
                 driving = batch["driving"].to(device, memory_format=torch.channels_last)
-                landmarks = batch.get("landmarks")
-                losses, generated = full(source, driving, landmarks)
+                losses, generated = full(source, driving, batch.get("landmarks"),
+                                         batch.get("mesh"))
                 loss = sum(losses.values())
                 opt_gen.zero_grad(set_to_none=True)
                 opt_kp.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ from functools import cache
 import cv2
 import numpy as np
 
-from ..facemesh import (
+from kpvid.models.facemesh import (
     CHIN,
     FACE_OVAL,
     FOREHEAD,
@@ -47,6 +47,7 @@ from ..facemesh import (
     UPPER_INNER_LIP,
     UPPER_LIP,
 )
+
 from .photo_library import PhotoFace, load_faces
 from .textures import damped_motion, smoothstep, soft_limit
 

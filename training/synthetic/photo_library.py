@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..facemesh import NUM_LANDMARKS, FaceMesh
+from kpvid.models.facemesh import NUM_LANDMARKS, FaceMesh
 
 log = logging.getLogger(__name__)
 

