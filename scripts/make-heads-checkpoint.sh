@@ -23,4 +23,4 @@ kpvid-train fomm --config kpvid-heads-64 --data data/photos-64 data/faces-1200 -
 kpvid-train export --checkpoint "$RUN/checkpoints/latest.pth.tar" \
     --out models/weights/kpvid-heads-64.pth.tar
 
-scripts/eval-heads-checkpoint.sh
+MODELS="kpvid-heads-64 kpvid-faces-64" scripts/eval-real-faces.sh

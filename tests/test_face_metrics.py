@@ -186,3 +186,35 @@ def test_keypoints_on_face_counts_those_inside_the_outline() -> None:
     keypoints = np.array([[[0.0, 0.0], [0.2, -0.2], [0.9, 0.9], [-0.95, 0.0]]])  # 2 in, 2 out
     assert keypoints_on_face([points], keypoints) == pytest.approx(0.5)
     assert keypoints_on_face([None], keypoints) is None
+
+
+def test_scores_against_the_renderers_tracks() -> None:
+    """FaceMesh judges only the output: an output whose landmarks sit on the tracks scores 0
+    and follows the mouth; one with a frozen mouth follows nothing; the input's finds give the
+    floor."""
+    from kpvid.training.face_metrics import FaceScores, score_against_tracks
+    from kpvid.training.synthetic.photo_heads import TRACKED_LANDMARKS
+
+    rng = np.random.default_rng(0)
+    base = np.array([[20, 24], [40, 24], [30, 32], [24, 40], [36, 40], [30, 40], [30, 41],
+                     [30, 52], [16, 30], [44, 30]], float)
+    tracks = np.repeat(base[None], 8, axis=0)
+    tracks[:, 6, 1] += rng.uniform(0, 4, 8)  # the lower lip opens and closes
+
+    def as_mesh(points: np.ndarray) -> np.ndarray:
+        mesh = np.zeros((468, 3))
+        mesh[list(TRACKED_LANDMARKS), :2] = points
+        return mesh
+
+    exact = [as_mesh(t) for t in tracks]
+    frozen = [as_mesh(base) for _ in tracks]
+    scores = FaceScores(landmark_error=None, landmark_missed=0, mouth_correlation=None)
+    score_against_tracks(scores, tracks, TRACKED_LANDMARKS, frozen, exact)
+    assert scores.truth_landmark_error == pytest.approx(0, abs=1e-9)
+    assert scores.truth_mouth_correlation == pytest.approx(1)
+    assert scores.truth_input_mouth_correlation == 0.0  # the input's finds: a frozen mouth
+    assert scores.truth_input_landmark_error > 0
+    missed = [None] * 8
+    score_against_tracks(scores := FaceScores(None, 8, None), tracks, TRACKED_LANDMARKS,
+                         missed, missed)
+    assert scores.truth_landmark_error is None and scores.truth_mouth_correlation is None

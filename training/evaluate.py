@@ -27,7 +27,7 @@ from kpvid.models.predictors import (
 from kpvid.sender.schedule import Schedule
 
 from . import metrics
-from .dataset import list_test_videos, read_video
+from .dataset import list_test_videos, read_video, tracks_path
 from .extract import detect_kp6, kp_dict_from_kp6
 from .face_metrics import FaceScorer, mean_face_scores, psnr_gain_frozen
 from .transmission import UNCODED, TransmittedClip, transmit
@@ -72,6 +72,9 @@ class VideoScores:
     landmark_error: float | None = None  # inter-ocular distances
     landmark_missed: int | None = None  # frames where either face was not found
     mouth_correlation: float | None = None  # None also where the input's mouth does not move
+    # the same two against the renderer's landmark tracks (photo talking heads), see face_metrics
+    truth_landmark_error: float | None = None
+    truth_mouth_correlation: float | None = None
     # where the model's keypoints sit: mean distance between them, how far each moves (std
     # over the clip), both px; share inside FaceMesh's face outline (None without FaceMesh)
     kp_spread: float = 0.0
@@ -216,12 +219,16 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
             scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames, stream,
                                               new_predictor)
             if faces:
-                face = faces.score(array, to_uint8(rebuilt), kp)
+                tracks = _tracks_at(path, array.shape[1])
+                face = faces.score(array, to_uint8(rebuilt), kp,
+                                   *(tracks if tracks is not None else ()))
                 face_scores.append(face)
                 scores.landmark_error = face.landmark_error
                 scores.landmark_missed = face.landmark_missed
                 scores.mouth_correlation = face.mouth_correlation
                 scores.kp_on_face = face.keypoints_on_face
+                scores.truth_landmark_error = face.truth_landmark_error
+                scores.truth_mouth_correlation = face.truth_mouth_correlation
             report.videos.append(scores)
             if save_videos or save_strips:
                 driving = np.stack([draw_keypoints(image, points)
@@ -251,6 +258,18 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
     return report
 
 
+def _tracks_at(video: Path, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A photo talking head's landmark tracks (landmarks.npz) moved to frames of size x size,
+    and the landmark ids they follow; None for a video without them."""
+    path = tracks_path(video)
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        points, ids = data["points"].astype(np.float64), data["landmarks"]
+    made = read_video(video).shape[2]  # the size the clip was rendered (and tracked) at
+    return (points + 0.5) * size / made - 0.5, ids
+
+
 def _cell(value: float | None, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
@@ -269,6 +288,13 @@ def format_table(report: Report) -> str:
                  f"{m['psnr']:>9.2f}{m['ssim']:>8.3f}{m['akd']:>14.2f}"
                  f"{_cell(m['psnr_gain_frozen'], 9, 2)}{_cell(m['landmark_error'], 8, 3)}"
                  f"{_cell(m['landmark_missed'], 7, 0)}{_cell(m['mouth_correlation'], 9, 3)}")
+    if m["truth_landmark_error"] is not None:
+        lines.append(f"against the renderer's landmark tracks: LM err "
+                     f"{_cell(m['truth_landmark_error'], 0, 3)}, mouth r "
+                     f"{_cell(m['truth_mouth_correlation'], 0, 3)} (pooled "
+                     f"{_cell(m['truth_mouth_correlation_pooled'], 0, 3)}); FaceMesh on the "
+                     f"input: {_cell(m['truth_input_landmark_error'], 0, 3)}, "
+                     f"{_cell(m['truth_input_mouth_correlation'], 0, 3)}")
     if m["mouth_correlation_pooled"] is not None or m["mouth_correlation_undefined"]:
         lines.append(f"mouth r pooled over all videos: {_cell(m['mouth_correlation_pooled'], 0, 3)}"
                      f"; videos without a defined mouth r: {m['mouth_correlation_undefined']}")

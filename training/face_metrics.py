@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 MIN_MOUTH_STD = 0.01
 MIN_MOUTH_FRAMES = 3  # a correlation over fewer frames is meaningless
 FACE_MEAN_KEYS = ("landmark_error", "landmark_missed", "mouth_correlation",
-                  "mouth_correlation_undefined", "mouth_correlation_pooled")
+                  "mouth_correlation_undefined", "mouth_correlation_pooled",
+                  "truth_landmark_error", "truth_mouth_correlation",
+                  "truth_mouth_correlation_pooled", "truth_input_landmark_error",
+                  "truth_input_mouth_correlation")
+# slots of the renderer's landmark tracks (TRACKED_LANDMARKS of the photo talking heads)
+TRUTH_SLOTS = {"eyes": (0, 1), "lips": (5, 6), "corners": (3, 4)}
 
 
 def frame_psnr(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -89,6 +94,55 @@ class FaceScores:
     input_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     output_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     keypoints_on_face: float | None = None  # share of the model's keypoints on the face
+    # against the renderer's landmark tracks (photo talking heads only), so that FaceMesh judges
+    # only the output: a FaceMesh-driven model's input keypoints are FaceMesh's own
+    truth_landmark_error: float | None = None
+    truth_mouth_correlation: float | None = None
+    # FaceMesh on the input against the tracks: the floor of the two above
+    truth_input_landmark_error: float | None = None
+    truth_input_mouth_correlation: float | None = None
+    truth_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    truth_output_mouth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+
+def _lip_gap(points: np.ndarray, lips: tuple[int, int], corners: tuple[int, int]) -> float:
+    """Inner-lip gap over the distance between the mouth corners."""
+    gap = np.linalg.norm(points[lips[0]] - points[lips[1]])
+    return float(gap / max(np.linalg.norm(points[corners[0]] - points[corners[1]]), 1e-6))
+
+
+def _against_tracks(tracks: np.ndarray, ids: list[int], points: Sequence[np.ndarray | None]
+                    ) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """(landmark error, true mouth openings, found mouth openings) over the frames where
+    FaceMesh found the face; None when it found none."""
+    found = [(t, p[ids, :2]) for t, p in zip(tracks, points, strict=True) if p is not None]
+    if not found:
+        return None
+    eyes, lips, corners = TRUTH_SLOTS["eyes"], TRUTH_SLOTS["lips"], TRUTH_SLOTS["corners"]
+    error = float(np.mean([
+        np.linalg.norm(p - t, axis=1).mean() / max(np.linalg.norm(t[eyes[0]] - t[eyes[1]]), 1e-6)
+        for t, p in found]))
+    return (error, np.array([_lip_gap(t, lips, corners) for t, _ in found]),
+            np.array([_lip_gap(p, lips, corners) for _, p in found]))
+
+
+def score_against_tracks(scores: FaceScores, tracks: np.ndarray, landmarks: Sequence[int],
+                         input_points: Sequence[np.ndarray | None],
+                         output_points: Sequence[np.ndarray | None]) -> None:
+    """Fill ``scores``' truth_* fields from the renderer's tracks (T x K x 2, the positions of
+    the FaceMesh ``landmarks`` in the frames' pixels) and FaceMesh's finds on the output (and,
+    for the floor, on the input): mean distance over the K landmarks in the tracks'
+    inter-ocular distances, and the correlation of the mouth openings (inner-lip gap over
+    mouth-corner distance)."""
+    ids = list(landmarks)
+    output = _against_tracks(tracks, ids, output_points)
+    if output is not None:
+        scores.truth_landmark_error, scores.truth_mouth, scores.truth_output_mouth = output
+        scores.truth_mouth_correlation = pearson(output[1], output[2])
+    floor = _against_tracks(tracks, ids, input_points)
+    if floor is not None:
+        scores.truth_input_landmark_error = floor[0]
+        scores.truth_input_mouth_correlation = pearson(floor[1], floor[2])
 
 
 def score_landmarks(input_points: Sequence[np.ndarray | None],
@@ -116,6 +170,13 @@ def mean_face_scores(scores: Sequence[FaceScores] | None) -> dict[str, float | i
         return dict.fromkeys(FACE_MEAN_KEYS)
     errors = [s.landmark_error for s in scores if s.landmark_error is not None]
     correlations = [s.mouth_correlation for s in scores if s.mouth_correlation is not None]
+    truth_errors = [s.truth_landmark_error for s in scores if s.truth_landmark_error is not None]
+    truth_r = [s.truth_mouth_correlation for s in scores
+               if s.truth_mouth_correlation is not None]
+    floor = [s.truth_input_landmark_error for s in scores
+             if s.truth_input_landmark_error is not None]
+    floor_r = [s.truth_input_mouth_correlation for s in scores
+               if s.truth_input_mouth_correlation is not None]
     return {
         "landmark_error": float(np.mean(errors)) if errors else None,
         "landmark_missed": sum(s.landmark_missed for s in scores),
@@ -128,6 +189,15 @@ def mean_face_scores(scores: Sequence[FaceScores] | None) -> dict[str, float | i
                             if s.input_mouth.size] or [np.zeros(0)]),
             np.concatenate([s.output_mouth - s.output_mouth.mean() for s in scores
                             if s.output_mouth.size] or [np.zeros(0)])),
+        "truth_landmark_error": float(np.mean(truth_errors)) if truth_errors else None,
+        "truth_mouth_correlation": float(np.mean(truth_r)) if truth_r else None,
+        "truth_input_landmark_error": float(np.mean(floor)) if floor else None,
+        "truth_input_mouth_correlation": float(np.mean(floor_r)) if floor_r else None,
+        "truth_mouth_correlation_pooled": pearson(
+            np.concatenate([s.truth_mouth - s.truth_mouth.mean() for s in scores
+                            if s.truth_mouth.size] or [np.zeros(0)]),
+            np.concatenate([s.truth_output_mouth - s.truth_output_mouth.mean() for s in scores
+                            if s.truth_output_mouth.size] or [np.zeros(0)])),
     }
 
 
@@ -172,13 +242,21 @@ class FaceScorer:
         return [self._mesh.landmarks(to_face_size(frame, self.size)) for frame in video]
 
     def score(self, input_video: np.ndarray, output_video: np.ndarray,
-              keypoints: np.ndarray | None = None) -> FaceScores:
+              keypoints: np.ndarray | None = None, tracks: np.ndarray | None = None,
+              tracked: Sequence[int] = ()) -> FaceScores:
         """Landmark error and mouth correlation of the output against the input, and with
-        ``keypoints`` (T x K x 2, [-1, 1]) the share of them on the input's face."""
+        ``keypoints`` (T x K x 2, [-1, 1]) the share of them on the input's face; with the
+        renderer's ``tracks`` of the ``tracked`` landmarks (T x K x 2 pixels of the input),
+        the same against them (:func:`score_against_tracks`)."""
         reference = self.landmarks(input_video)
-        scores = score_landmarks(reference, self.landmarks(output_video))
+        output = self.landmarks(output_video)
+        scores = score_landmarks(reference, output)
         if keypoints is not None:
             scores.keypoints_on_face = keypoints_on_face(reference, keypoints, self.size)
+        if tracks is not None:
+            scale = np.array([self.size / input_video.shape[2], self.size / input_video.shape[1]])
+            score_against_tracks(scores, (tracks + 0.5) * scale - 0.5, tracked, reference,
+                                 output)
         return scores
 
     def close(self) -> None:
