@@ -30,11 +30,12 @@ counted, as a sender would have to spend them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
@@ -204,17 +205,43 @@ def _pad(frames: np.ndarray, min_side: int) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
+@contextlib.contextmanager
+def _keeping_scheduling() -> Iterator[None]:
+    """Put the calling thread's scheduling policy back as it was after the block.
+
+    SVT-AV1 switches the thread that opens an encoder to real-time priority (SCHED_FIFO 99)
+    where it is allowed to (as root): every thread and process started from that thread later
+    inherits it. In a test run that made a headless Chromium spin at FIFO 99 on both cores of a
+    2-core machine, starving everything else, pytest-timeout's thread included."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
 def encode_decode(frames: np.ndarray, codec: str, bitrate_kbps: float,
                   fps: float = 30.0) -> CodedClip:
     """Encode T x H x W x 3 uint8 RGB frames with ``codec`` at a target bitrate, and decode them.
 
     Raises ValueError on bad arguments, CodecUnavailableError when this PyAV lacks the codec, and
-    RuntimeError when the decoder does not return one frame per input frame.
+    RuntimeError when the decoder does not return one frame per input frame. The calling
+    thread's scheduling policy is left as it was (SVT-AV1 changes it).
     """
     _check_frames(frames)
     _check_codec(codec)
     _check_positive("bitrate_kbps", bitrate_kbps)
     _check_positive("fps", fps)
+    with _keeping_scheduling():
+        return _encode_decode(frames, codec, bitrate_kbps, fps)
+
+
+def _encode_decode(frames: np.ndarray, codec: str, bitrate_kbps: float, fps: float
+                   ) -> CodedClip:
     setting, decoder = _pick(codec)
     count, height, width, _ = frames.shape
     padded = _pad(frames, setting.min_side)

@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny FOMM config that builds and runs in milliseconds."""
+"""Shared fixtures: a tiny FOMM config that builds and runs in milliseconds; every test must
+leave the test process's scheduling policy as it found it."""
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,26 @@ import torch
 from kpvid.models import build_networks, load_config
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _normal_scheduling():
+    """Fail a test that leaves this thread at another scheduling policy (and put it back).
+
+    A real-time policy (SVT-AV1 sets SCHED_FIFO 99 on the thread that opens an encoder, as
+    root) is inherited by every thread and process started later: Chromium spinning at FIFO 99
+    on both cores once starved a whole run, pytest-timeout's own thread included."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    yield
+    after = (os.sched_getscheduler(0), os.sched_getparam(0))
+    if after != before:
+        os.sched_setscheduler(0, *before)
+        pytest.fail(f"the test changed this thread's scheduling policy from {before[0]} "
+                    f"(priority {before[1].sched_priority}) to {after[0]} (priority "
+                    f"{after[1].sched_priority}); put back")
 
 
 @pytest.fixture()
