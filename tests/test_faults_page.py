@@ -151,14 +151,13 @@ def first_frame_after(page: ViewerPage, moment: float, timeout: float) -> float 
     condition = f"() => window.presentedAt.some((at) => at > {moment * 1000})"
     if page.wait(timeout=timeout, until=condition)["timed_out"]:
         return None
-    return page.page.evaluate(f"() => window.presentedAt.find((at) => at > {moment * 1000})"
-                              ) / 1000
+    return page.evaluate(f"() => window.presentedAt.find((at) => at > {moment * 1000})") / 1000
 
 
 def test_the_page_keeps_its_connection_when_the_sender_restarts(edge_loop, browser):
     with browser.viewer(f"{edge_loop.url}/?token={TOKEN}&stream={STREAM}") as page:
         assert not page.wait(timeout=30, min_frames=10)["timed_out"]
-        page.page.evaluate(TRACK_FRAMES_JS)
+        page.evaluate(TRACK_FRAMES_JS)
         stopped = edge_loop.call(edge_loop.stop_sender())  # bye: the stream ends
         resuming = page.wait(timeout=5, until="() => window.kpvid.state === 'resuming'")
         assert not resuming["timed_out"], resuming  # the page says it waits, and stays
@@ -169,7 +168,7 @@ def test_the_page_keeps_its_connection_when_the_sender_restarts(edge_loop, brows
         assert shown is not None, page.snapshot()
         again = page.wait(timeout=10, until="() => window.kpvid.state === 'playing'")
         assert not again["timed_out"], again
-        connections = page.page.evaluate("() => window.kpvid.connections")
+        connections = page.evaluate("() => window.kpvid.connections")
     print({"hello_to_page": round(shown - hello, 3)})
     assert connections == 1  # no reconnect: the same peer connection carries the new session
     assert shown - hello < RESUME_LIMIT
@@ -178,7 +177,7 @@ def test_the_page_keeps_its_connection_when_the_sender_restarts(edge_loop, brows
 def test_the_page_and_the_sender_come_back_to_a_restarted_edge(edge_loop, browser):
     with browser.viewer(f"{edge_loop.url}/?token={TOKEN}&stream={STREAM}") as page:
         assert not page.wait(timeout=30, min_frames=10)["timed_out"]
-        page.page.evaluate(TRACK_FRAMES_JS)
+        page.evaluate(TRACK_FRAMES_JS)
         down = edge_loop.call(edge_loop.stop_edge())
         up = edge_loop.call(edge_loop.start_edge())  # at once, on the same port
         edge_loop.call(edge_loop.playing(timeout=30))  # the sender is back (its backoff)
@@ -189,7 +188,7 @@ def test_the_page_and_the_sender_come_back_to_a_restarted_edge(edge_loop, browse
         assert shown is not None, page.snapshot()
         snapshot = page.wait(timeout=10, until="() => window.kpvid.state === 'playing'")
         assert not snapshot["timed_out"], snapshot
-        connections = page.page.evaluate("() => window.kpvid.connections")
+        connections = page.evaluate("() => window.kpvid.connections")
     print({"down": round(up - down, 3), "up_to_sender_hello": round(hello - up, 3),
            "up_to_page": round(shown - up, 3), "hello_to_page": round(shown - hello, 3)})
     assert connections >= 2  # a new edge: a new peer connection

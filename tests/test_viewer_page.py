@@ -22,6 +22,8 @@ from tests.browser import ViewerBrowser, state_condition, viewer_browser
 from tests.edge_harness import TOKEN, running_edge, wait_for
 
 STREAM = "cam1"
+FORM_SHOWN = "() => !document.getElementById('token-form').hidden"
+PLAYING = "() => window.kpvid?.state === 'playing' && window.kpvid.framesDecoded >= 3"
 
 
 class LiveEdge:
@@ -103,7 +105,7 @@ def test_plays_without_click_and_shows_live_stats(live: LiveEdge, browser: Viewe
     assert (result["video_width"], result["video_height"]) == (64, 64)
     assert result["state"] == "playing" and not result["paused"]
     assert result["stream"] == STREAM
-    assert result["dialogs"] == []  # the token came from the URL
+    assert result["dialogs"] == [] and not result["token_form"]  # the token came from the URL
     stats = result["stats"]
     assert stats["s-viewers"] == "1"
     assert stats["s-predictor"] == "constant-velocity"  # the harness edge's predictor
@@ -123,15 +125,39 @@ def test_two_viewers_and_a_missing_stream(live: LiveEdge, browser: ViewerBrowser
     assert "nope" in missing["status_text"] and missing["frames_decoded"] == 0
 
 
-def test_a_wrong_token_is_refused_and_the_prompt_recovers(live: LiveEdge,
-                                                          browser: ViewerBrowser):
-    result = browser.open(f"{live.url}/?token=wrong", timeout=15,
-                          until=state_condition("unauthorized"))
-    assert result["state"] == "unauthorized", result
-    assert "401" in result["status_text"] and result["frames_decoded"] == 0
-    assert len(result["dialogs"]) == 1  # asked once for another token (dismissed here)
-    fixed = browser.open(f"{live.url}/", timeout=30, min_frames=3, prompt_answer=TOKEN)
-    assert fixed["frames_decoded"] >= 3 and fixed["state"] == "playing", fixed
+def test_a_wrong_token_is_refused_and_the_form_recovers(live: LiveEdge, browser: ViewerBrowser):
+    with browser.viewer(f"{live.url}/?token=wrong") as page:
+        refused = page.wait(timeout=15, until=FORM_SHOWN)
+        assert not refused["timed_out"], refused
+        assert refused["state"] == "unauthorized", refused
+        assert "401" in refused["status_text"] and refused["frames_decoded"] == 0
+        # asked again in the page's own form, with the reason (no dialog blocks the page)
+        assert "did not accept" in refused["token_reason"] and refused["dialogs"] == []
+        page.enter_token("still-wrong")  # refused again: the form comes back
+        again = page.wait(timeout=15, until=f"() => {FORM_SHOWN}()"
+                                            f" && window.kpvid.connections === 0"
+                                            f" && window.kpvid.state === 'unauthorized'")
+        assert not again["timed_out"] and "did not accept" in again["token_reason"], again
+        page.enter_token(TOKEN)
+        fixed = page.wait(timeout=30, until=PLAYING)
+        assert not fixed["timed_out"] and not fixed["token_form"], fixed
+        assert fixed["error"] is None and fixed["dialogs"] == []
+        # kept for this tab, as a token from the URL is
+        assert page.evaluate("() => sessionStorage.getItem('kpvid-token')") == TOKEN
+
+
+def test_without_a_token_the_page_asks_in_its_form(live: LiveEdge, browser: ViewerBrowser):
+    with browser.viewer(f"{live.url}/?stream={STREAM}") as page:
+        asked = page.wait(timeout=15, until=FORM_SHOWN)
+        assert not asked["timed_out"], asked
+        assert asked["state"] == "token" and "needs a token" in asked["token_reason"], asked
+        assert asked["frames_decoded"] == 0 and asked["dialogs"] == []
+        page.enter_token(TOKEN)
+        playing = page.wait(timeout=30, until=PLAYING)
+        assert not playing["timed_out"] and not playing["token_form"], playing
+    # another tab has no token yet: asked again (the helper types it in as the form shows)
+    other = browser.open(f"{live.url}/", timeout=30, until=PLAYING, enter_token=TOKEN)
+    assert not other["timed_out"] and other["stream"] == STREAM, other
 
 
 def test_the_page_follows_a_sender_that_restarts(live: LiveEdge, browser: ViewerBrowser):
