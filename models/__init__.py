@@ -3,6 +3,7 @@
 from .checkpoint import (
     SHIPPED_CHECKPOINT,
     CheckpointError,
+    Detector,
     build_networks,
     export_checkpoint,
     frame_size,
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DenseMotionNetwork",
+    "Detector",
     "KPDetector",
     "MultiScaleDiscriminator",
     "OcclusionAwareGenerator",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpvid.models import KPDetector, OcclusionAwareGenerator, PreparedSource, Synthesizer
+from kpvid.models import Detector, OcclusionAwareGenerator, PreparedSource, Synthesizer
 from kpvid.models.predictors import (
     ConstantVelocity,
     Predictor,
@@ -134,7 +134,7 @@ class SynthesisEngine:
     each stream's keypoint predictor (see :func:`kpvid.models.predictors.predictor_factory`).
     """
 
-    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
+    def __init__(self, kp_detector: Detector, generator: OcclusionAwareGenerator,
                  device: torch.device | str, max_batch: int = 8,
                  new_predictor: Callable[[], Predictor] = ConstantVelocity) -> None:
         if max_batch < 1:

@@ -12,7 +12,8 @@ from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_co
 
 
 class KeypointExtractor:
-    """Runs a FOMM ``KPDetector`` on single frames.
+    """Runs a model's keypoint detector (a FOMM ``KPDetector``, or FaceMesh for a
+    FaceMesh-driven model) on single frames.
 
     ``detect`` returns ``value`` (K, 2) in [-1, 1] (x, y) and ``jacobian`` (K, 2, 2), both
     float32; a detector without a jacobian head yields identity jacobians.

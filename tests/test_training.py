@@ -168,7 +168,11 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
                                    "psnr_gain_frozen", "landmark_error", "landmark_missed",
                                    "mouth_correlation", "mouth_correlation_undefined",
                                    "mouth_correlation_pooled", "kp_spread", "kp_motion",
-                                   "kp_on_face"}
+                                   "kp_on_face", "truth_landmark_error",
+                                   "truth_mouth_correlation", "truth_mouth_correlation_pooled",
+                                   "truth_input_landmark_error", "truth_input_mouth_correlation"}
+    # cartoon clips carry no renderer landmark tracks: nothing to score against
+    assert report["mean"]["truth_landmark_error"] is None
     assert report["mean"]["kp_bytes_per_frame"] is None and report["codec"] == "none"
     assert isinstance(report["mean"]["psnr_gain_frozen"], float)
     video = report["videos"][0]
