@@ -17,6 +17,7 @@ from .dense_motion import DenseMotionNetwork
 from .discriminator import MultiScaleDiscriminator
 from .generator import OcclusionAwareGenerator
 from .keypoint_detector import KPDetector
+from .mesh_keypoints import FaceMeshDetector, MeshKeypoints
 from .relative_motion import normalize_kp
 from .synthesizer import PreparedSource, Synthesizer, optimize_for_inference
 
@@ -26,7 +27,9 @@ __all__ = [
     "ConfigError",
     "DenseMotionNetwork",
     "Detector",
+    "FaceMeshDetector",
     "KPDetector",
+    "MeshKeypoints",
     "MultiScaleDiscriminator",
     "OcclusionAwareGenerator",
     "PreparedSource",

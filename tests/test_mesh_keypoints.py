@@ -142,3 +142,16 @@ def test_tracks_training_and_a_checkpoint_that_drives_from_facemesh(photos, mesh
     blank = detector(torch.zeros(1, 3, 64, 64))["value"][0].numpy()  # no face: the last one
     np.testing.assert_array_equal(blank, value)
     assert detector.missed == 1
+
+    # kpvid-extract --mesh-tracks: the data set's tracks give the keypoints the detector finds
+    from kpvid.training.dataset import list_videos
+    from kpvid.training.extract import extract_keypoints
+
+    videos = list_videos(photos / "train")
+    kwargs = {"checkpoint_id": "m", "split": "train", "progress": False}
+    tracked = extract_keypoints(detector, videos, 64, mesh_tracks=True, **kwargs)
+    fresh = extract_keypoints(detector, videos, 64, **kwargs)
+    assert tracked.kp.shape == fresh.kp.shape == (2, 4, 10, 6)
+    assert np.median(np.abs(tracked.kp[..., :2] - fresh.kp[..., :2])) < 0.03
+    with pytest.raises(ValueError, match="FaceMesh-driven"):
+        extract_keypoints(torch.nn.Identity(), videos, 64, mesh_tracks=True, **kwargs)

@@ -354,6 +354,18 @@ def _read_mesh(video: Path) -> np.ndarray:
         raise VideoReadError(path, f"unreadable FaceMesh tracks ({err})") from err
 
 
+def read_mesh_tracks(video: Path, size: int) -> np.ndarray:
+    """A video's FaceMesh tracks moved to its frames resized to ``size`` x ``size``: T x 468 x 2
+    pixels, NaN where no face. VideoReadError when the tracks are missing or unreadable, or do
+    not match the video's length."""
+    mesh = _read_mesh(video)
+    frames = read_video(video)
+    if len(frames) != len(mesh):
+        raise VideoReadError(video, f"{len(mesh)} frames of FaceMesh tracks for "
+                                    f"{len(frames)} frames")
+    return _rescaled(mesh, frames.shape[1:3], size, size)
+
+
 def _found(mesh: np.ndarray, video: Path) -> np.ndarray:
     """Indices of the frames where FaceMesh found the face; VideoReadError when fewer than 2."""
     found = np.flatnonzero(np.isfinite(mesh).all(axis=(1, 2)))

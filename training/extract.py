@@ -1,5 +1,8 @@
 """Keypoint sequences of a data set (``kpvid-extract``): the FOMM detector on every frame.
 
+A FaceMesh-driven model can instead read the data set's FaceMesh tracks (``--mesh-tracks``,
+made by ``kpvid-data facemesh``), which saves running FaceMesh on every frame again.
+
 The output is one ``.npz`` file:
 
 - ``kp``: float32 ``(N, T, K, 6)`` keypoint sets (``[x, y, j00, j01, j10, j11]``) per video and
@@ -24,14 +27,15 @@ from tqdm import tqdm
 from kpvid.models import (
     CheckpointError,
     ConfigError,
-    KPDetector,
+    Detector,
+    FaceMeshDetector,
     frame_size,
     load_checkpoint_with_config,
     model_id,
 )
 
 from .arguments import add_checkpoint_arguments, positive_int
-from .dataset import list_videos, read_video
+from .dataset import list_videos, read_mesh_tracks, read_video
 
 log = logging.getLogger(__name__)
 
@@ -79,30 +83,54 @@ def kp_dict_from_kp6(kp6: np.ndarray, device: str | torch.device = "cpu"
 
 
 @torch.inference_mode()
-def detect_kp6(kp_detector: KPDetector, frames: torch.Tensor, batch: int = 32) -> np.ndarray:
+def detect_kp6(kp_detector: Detector, frames: torch.Tensor, batch: int = 32) -> np.ndarray:
     """Keypoint sets ``(T, K, 6)`` of T x 3 x H x W frames in [0, 1], ``batch`` frames a call."""
     return np.concatenate([kp6_from_dict(kp_detector(frames[i:i + batch]))
                            for i in range(0, frames.shape[0], batch)])
 
 
-def extract_keypoints(kp_detector: KPDetector, videos: list[Path], size: int, *,
+@torch.inference_mode()
+def mesh_tracks_kp6(detector: FaceMeshDetector, video: Path, size: int) -> np.ndarray:
+    """Keypoint sets ``(T, K, 6)`` of a video from its FaceMesh tracks, as ``detector`` would
+    give on its frames resized to ``size``: a frame without a face keeps the last landmarks
+    found (before any: the reference face). VideoReadError when the tracks are missing."""
+    points = read_mesh_tracks(video, size)
+    landmarks = torch.from_numpy(points * (2 / (size - 1)) - 1).float()
+    last = detector.keypoints.reference.cpu()
+    for i, found in enumerate(np.isfinite(points).all(axis=(1, 2))):
+        if found:
+            last = landmarks[i]
+        else:
+            landmarks[i] = last
+    return kp6_from_dict(detector.keypoints(landmarks))
+
+
+def extract_keypoints(kp_detector: Detector, videos: list[Path], size: int, *,
                       checkpoint_id: str, split: str, batch: int = 32,
-                      device: str | torch.device = "cpu",
+                      device: str | torch.device = "cpu", mesh_tracks: bool = False,
                       progress: bool = True) -> KeypointSequences:
-    """Run the detector on every frame of every video (resized to ``size``); unreadable videos
-    are skipped with a warning. ValueError when none can be read."""
+    """Run the detector on every frame of every video (resized to ``size``), or with
+    ``mesh_tracks`` (a FaceMesh-driven model only) turn the videos' FaceMesh tracks into
+    keypoints; unreadable videos are skipped with a warning. ValueError when none can be read
+    or when ``mesh_tracks`` is asked of a model that is not FaceMesh-driven."""
+    if mesh_tracks and not isinstance(kp_detector, FaceMeshDetector):
+        raise ValueError("--mesh-tracks needs a FaceMesh-driven model "
+                         "(model_params.mesh_keypoints in its config)")
     sequences: list[np.ndarray] = []
     names: list[str] = []
     skipped: list[str] = []
     for path in tqdm(videos, desc="extract", unit="video", disable=not progress,
                      dynamic_ncols=True):
         try:
-            frames = read_video(path, size=size)
+            if mesh_tracks:
+                sequences.append(mesh_tracks_kp6(kp_detector, path, size))
+            else:
+                frames = read_video(path, size=size)
+                sequences.append(detect_kp6(kp_detector, frames_to_tensor(frames, device), batch))
         except ValueError as exc:
             log.warning("skipping %s", exc)
             skipped.append(path.name)
             continue
-        sequences.append(detect_kp6(kp_detector, frames_to_tensor(frames, device), batch))
         names.append(path.name)
     if not sequences:
         raise ValueError(f"none of the {len(videos)} videos could be read")
@@ -191,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="N",
                         help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--mesh-tracks", action="store_true",
+                        help="FaceMesh-driven models: read each video's FaceMesh tracks (made "
+                             "by kpvid-data facemesh) instead of running FaceMesh on its frames "
+                             "again; much faster, and the tracks follow the face from frame to "
+                             "frame where the model's detector finds it afresh in each")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -220,7 +253,7 @@ def extract_main(argv: list[str] | None = None) -> int:
         sequences = extract_keypoints(kp_detector, videos, frame_size(config),
                                       checkpoint_id=model_id(args.checkpoint), split=split,
                                       batch=args.batch, device=args.device,
-                                      progress=not args.quiet)
+                                      mesh_tracks=args.mesh_tracks, progress=not args.quiet)
         save_keypoints(args.out, sequences, force=args.force)
     except (ConfigError, CheckpointError, ValueError, FileExistsError,
             NotADirectoryError) as exc:
