@@ -37,7 +37,7 @@ from kpvid.demo.streaming import build_parser as demo_parser
 from kpvid.demo.streaming import run_demo
 from kpvid.models import (
     SHIPPED_CHECKPOINT,
-    KPDetector,
+    Detector,
     OcclusionAwareGenerator,
     Synthesizer,
     build_networks,
@@ -49,6 +49,7 @@ from kpvid.models import (
 from kpvid.models.predictors import DEFAULT_PREDICTOR, LEARNED_PREDICTORS, PREDICTORS
 from kpvid.training.arguments import device as device_type
 from kpvid.training.arguments import positive_int
+from kpvid.training.synthetic import generate_video
 
 from .predictor_step import cpu_name, time_steps
 from .report import write_report
@@ -102,7 +103,7 @@ class EndToEnd:
 
 
 def load_model(name: str, device: torch.device
-               ) -> tuple[KPDetector, OcclusionAwareGenerator, int]:
+               ) -> tuple[Detector, OcclusionAwareGenerator, int]:
     """The networks of a benchmark model (eval mode, on ``device``) and their frame size."""
     if name == "shipped":
         kp_detector, generator, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT,
@@ -131,15 +132,18 @@ def timed_calls(calls: dict[str, Callable[[], object]], rounds: int, device: tor
 
 
 @torch.inference_mode()
-def time_detector(name: str, kp_detector: KPDetector, size: int, frames: int,
+def time_detector(name: str, kp_detector: Detector, size: int, frames: int,
                   device: torch.device) -> DetectorTiming:
-    image = torch.rand(1, 3, size, size, device=device)
+    """Per-frame time on a real-photo face (Grace Hopper's, animated): a FaceMesh-driven detector
+    does different work on a frame without a face."""
+    frame = generate_video("photos", seed=0, size=size, frames=2, face="grace_hopper")[0]
+    image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(255).to(device)
     ms = timed_calls({"detector": lambda: kp_detector(image)}, frames, device)["detector"]
     return DetectorTiming(name, size, ms, 1e3 / ms)
 
 
 @torch.inference_mode()
-def time_synthesis(name: str, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
+def time_synthesis(name: str, kp_detector: Detector, generator: OcclusionAwareGenerator,
                    size: int, batches: list[int], frames: int, device: torch.device
                    ) -> list[SynthesisTiming]:
     """Each method at each batch size: ``batch`` streams, each with its own source, one driving

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the keypoint predictors for a shipped FOMM checkpoint (MODEL: kpvid-heads-64, the
-# default, or kpvid-faces-64) and ship the seed-0 weights: keypoint sequences of the model's
+# default, kpvid-mesh-64 or kpvid-faces-64) and ship the seed-0 weights: keypoint sequences of the model's
 # training videos, then SEEDS initialisations (seeds 0..) of each learned kind (vrnn, rnn, vae),
 # JOBS runs at a time on one CPU thread each. About 50 minutes on 2 CPU cores with 10 seeds.
 # The other initialisations stay in $RUNS for scripts/eval-predictors.sh (the papers report 10
@@ -19,16 +19,21 @@ case "$MODEL" in
         DATA=(data/faces-64)
         [ -d data/faces-64 ] || kpvid-data synth --domain faces --videos 2000 --seed 0 \
             --out data/faces-64 --size 64 ;;
-    kpvid-heads-64)  # its training data (scripts/make-heads-checkpoint.sh)
+    kpvid-heads-64|kpvid-mesh-64)  # their training data (scripts/make-heads-checkpoint.sh)
         DATA=(data/photos-64 data/faces-1200)
         [ -d data/photos-64 ] || kpvid-data synth --domain photos --videos 1600 --seed 0 \
             --test-fraction 0.0625 --out data/photos-64 --size 64 --workers 2
         [ -d data/faces-1200 ] || kpvid-data synth --domain faces --videos 1200 --seed 0 \
-            --out data/faces-1200 --size 64 --workers 2 ;;
-    *) echo "MODEL must be kpvid-heads-64 or kpvid-faces-64" >&2; exit 2 ;;
+            --out data/faces-1200 --size 64 --workers 2
+        if [ "$MODEL" = kpvid-mesh-64 ]; then  # keypoints from the FaceMesh tracks
+            kpvid-data facemesh data/photos-64 --workers 2
+            kpvid-data facemesh data/faces-1200 --workers 2
+            EXTRACT=(--mesh-tracks)
+        fi ;;
+    *) echo "MODEL must be kpvid-heads-64, kpvid-mesh-64 or kpvid-faces-64" >&2; exit 2 ;;
 esac
 [ -f "$KP" ] || kpvid-extract --checkpoint "models/weights/$MODEL.pth.tar" --data "${DATA[@]}" \
-    --split train --out "$KP" --threads 2
+    --split train --out "$KP" --threads 2 ${EXTRACT[@]+"${EXTRACT[@]}"}
 mkdir -p "$RUNS" models/weights/predictors
 
 train_one() {  # kind seed: one initialisation, skipped when already done
