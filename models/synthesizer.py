@@ -29,9 +29,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import DownBlock2d, KeypointDict, ResBlock2d, SameBlock2d, UpBlock2d
+from .checkpoint import Detector
 from .fast_conv import FastConv2d, is_fast_convertible
 from .generator import OcclusionAwareGenerator
-from .keypoint_detector import KPDetector
 
 # Row t: the taps of a 3x3 kernel (columns) summed into tap t of the equivalent 4x4 kernel of a
 # stride-2, padding-1 transposed convolution, along one axis. Nearest x2 upsampling then the 3x3
@@ -123,7 +123,7 @@ class Synthesizer:
     networks' layout (``value`` B x K x 2, optional ``jacobian`` B x K x 2 x 2).
     """
 
-    def __init__(self, kp_detector: KPDetector, generator: OcclusionAwareGenerator,
+    def __init__(self, kp_detector: Detector, generator: OcclusionAwareGenerator,
                  optimize: bool = True, fast_conv: bool = True) -> None:
         self.kp_detector = kp_detector.eval()
         self.generator = optimize_for_inference(generator, fast_conv) if optimize \
