@@ -119,7 +119,7 @@ def test_tracks_training_and_a_checkpoint_that_drives_from_facemesh(photos, mesh
     from kpvid.training.train_fomm import TrainOptions, train
 
     summary = write_mesh_tracks(photos, progress=False, overwrite=True)
-    assert summary["videos"] == 3 and summary["faces_found"] > 0.5
+    assert summary["videos"] == 3 and summary["kept"] == 0 and summary["faces_found"] > 0.5
     with np.load(mesh_path(photos / "train" / "photos_00001")) as data:
         assert data["points"].shape == (4, 468, 2)
 

@@ -98,8 +98,12 @@ def data_main(argv: list[str] | None = None) -> int:
                                         overwrite=args.overwrite)
         except (FaceMeshUnavailable, OSError, ValueError) as exc:
             parser.error(f"{args.data}: {exc}")
-        log.info("tracked %d videos of %s; a face in %.1f %% of their frames",
-                 summary["videos"], args.data, 100 * summary["faces_found"])
+        if summary["videos"]:
+            log.info("tracked %d videos of %s; a face in %.1f %% of their frames",
+                     summary["videos"], args.data, 100 * summary["faces_found"])
+        if summary["kept"]:
+            log.info("kept the tracks %d videos of %s already had (--overwrite tracks them "
+                     "again)", summary["kept"], args.data)
         return 0
     if args.command == "fit-photos":
         from kpvid.models.facemesh import FaceMeshUnavailable

@@ -94,8 +94,8 @@ def write_mesh_tracks(data: str | Path, workers: int = 1, progress: bool = True,
                       overwrite: bool = False) -> dict[str, float]:
     """Track every video of a data set (``data/train`` and ``data/test``, or the videos right
     under ``data``) and write its ``facemesh.npz``; videos that have one are kept unless
-    ``overwrite``. Returns ``{"videos": n, "faces_found": share of frames}``. Unreadable
-    videos are logged and skipped."""
+    ``overwrite``. Returns ``{"videos": n tracked now, "faces_found": their share of frames
+    with a face, "kept": n that had tracks}``. Unreadable videos are logged and skipped."""
     root = Path(data)
     folders = [root / s for s in ("train", "test") if (root / s).is_dir()] or [root]
     videos = [v for folder in folders for v in list_videos(folder)]
@@ -110,7 +110,8 @@ def write_mesh_tracks(data: str | Path, workers: int = 1, progress: bool = True,
                            disable=not progress):
             if result is not None:
                 found.append(result[1])
-    return {"videos": len(found), "faces_found": float(np.mean(found)) if found else 0.0}
+    return {"videos": len(found), "faces_found": float(np.mean(found)) if found else 0.0,
+            "kept": len(videos) - len(todo)}
 
 
 def _safe_track(video: Path) -> tuple[Path, float] | None:
