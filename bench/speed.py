@@ -49,7 +49,7 @@ from kpvid.models import (
 from kpvid.models.predictors import DEFAULT_PREDICTOR, LEARNED_PREDICTORS, PREDICTORS
 from kpvid.training.arguments import device as device_type
 from kpvid.training.arguments import positive_int
-from kpvid.training.synthetic import generate_video
+from kpvid.training.speed import face_frames
 
 from .predictor_step import cpu_name, time_steps
 from .report import write_report
@@ -136,8 +136,7 @@ def time_detector(name: str, kp_detector: Detector, size: int, frames: int,
                   device: torch.device) -> DetectorTiming:
     """Per-frame time on a real-photo face (Grace Hopper's, animated): a FaceMesh-driven detector
     does different work on a frame without a face."""
-    frame = generate_video("photos", seed=0, size=size, frames=2, face="grace_hopper")[0]
-    image = torch.from_numpy(frame).permute(2, 0, 1)[None].float().div(255).to(device)
+    image = face_frames(size, 1).to(device)
     ms = timed_calls({"detector": lambda: kp_detector(image)}, frames, device)["detector"]
     return DetectorTiming(name, size, ms, 1e3 / ms)
 

@@ -276,7 +276,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     speed = sub.add_parser(
         "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
         description="Time keypoint detection and synthesis of one frame at a time (batch 1, "
-                    "source features computed once) on random frames; prints a table.")
+                    "source features computed once) on a real-photo talking head; prints a table.")
     add_checkpoint_arguments(speed)
     speed.add_argument("--frames", type=positive_int, default=200,
                        help="frames to time after 20 warm-up frames (default: 200)")
