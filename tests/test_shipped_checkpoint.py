@@ -1,10 +1,19 @@
-"""The shipped checkpoint loads by default and rebuilds an unseen synthetic clip well."""
+"""The shipped checkpoints load and rebuild unseen synthetic clips well."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
+from kpvid.models import (
+    SHIPPED_CHECKPOINT,
+    FaceMeshDetector,
+    frame_size,
+    load_checkpoint_with_config,
+)
+from kpvid.models.checkpoint import WEIGHTS_DIR
+from kpvid.models.facemesh import facemesh_available
+from kpvid.models.predictors import LEARNED_PREDICTORS, predictor_factory
 from kpvid.training.evaluate import score_video
 from kpvid.training.synthetic import generate_video
 
@@ -37,3 +46,25 @@ def test_shipped_checkpoint_follows_a_held_out_photograph():
         gains.append(scores.psnr_gain_frozen)
         assert scores.kp_spread > 8 and scores.kp_motion > 0.5
     assert sum(gains) / len(gains) > 1.3
+
+
+@pytest.mark.skipif(not facemesh_available(), reason="MediaPipe not installed")
+def test_the_facemesh_driven_checkpoint_follows_a_held_out_photograph():
+    """kpvid-mesh-64: FaceMesh's landmarks drive it. On the same clips it beats the frozen
+    frame, its mouth keypoints open with the face's (the inner lips part) and its predictors
+    are shipped for it."""
+    path = WEIGHTS_DIR / "kpvid-mesh-64.pth.tar"
+    assert path.stat().st_size < 30 * 1024 * 1024
+    kp_detector, generator, config = load_checkpoint_with_config(path)
+    assert isinstance(kp_detector, FaceMeshDetector)
+    gains = []
+    for seed in (11, 12, 13):
+        clip = generate_video("photos", seed=seed, size=frame_size(config), frames=24,
+                              split="test", face="grace_hopper")
+        frames = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 255
+        scores, _, kp = score_video(kp_detector, generator, "grace_hopper", frames)
+        gains.append(scores.psnr_gain_frozen)
+        assert scores.kp_spread > 8 and scores.kp_motion > 0.5
+    assert sum(gains) / len(gains) > 1.0
+    for kind in LEARNED_PREDICTORS:
+        predictor_factory(kind, num_kp=10, model_id="kpvid-mesh-64")()
