@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from kpvid.models import frame_size, load_checkpoint_with_config
-from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS, predictor_factory
+from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES, predictor_factory
 from kpvid.protocol import CODEC_NAMES, encode_source_image
 from kpvid.sender.adaptation import PX_PER_UNIT
 from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=[Schedule(1, 0), Schedule(DEFAULT_OBSERVE, DEFAULT_PREDICT),
                                  Schedule(1, 3)],
                         help="schedules as M:N, observe M predict N (default: 1:0 1:1 1:3)")
-    parser.add_argument("--predictor", choices=sorted(PREDICTORS), default=DEFAULT_PREDICTOR,
+    parser.add_argument("--predictor", choices=PREDICTOR_NAMES, default=DEFAULT_PREDICTOR,
                         help="the edge's predictor for skipped frames (default: %(default)s)")
     parser.add_argument("--fps", type=float, default=30.0,
                         help="the streams' frame rate for kbps (default: 30)")

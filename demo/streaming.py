@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
-from kpvid.models.predictors import DEFAULT_PREDICTOR, LEARNED_PREDICTORS, PREDICTORS
+from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES
 from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.sources import SYNTHETIC_LENGTH, SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predict", type=int, default=1,
                         help="frames the edge predicts, per group (default: 1)")
     parser.add_argument("--predictor", default=DEFAULT_PREDICTOR,
-                        choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
+                        choices=PREDICTOR_NAMES,
                         help=f"the edge's predictor (default: {DEFAULT_PREDICTOR})")
     parser.add_argument("--port", type=int, default=0,
                         help="the receiver's HTTPS port (default: a free one)")

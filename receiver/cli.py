@@ -29,7 +29,7 @@ from kpvid.models import (
 from kpvid.models.predictors import (
     DEFAULT_PREDICTOR,
     LEARNED_PREDICTORS,
-    PREDICTORS,
+    PREDICTOR_NAMES,
     predictor_factory,
 )
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
                         help="FOMM checkpoint (default: the shipped kpvid-heads-64); senders "
                              "must use the same one")
-    parser.add_argument("--predictor", choices=sorted([*PREDICTORS, *LEARNED_PREDICTORS]),
+    parser.add_argument("--predictor", choices=PREDICTOR_NAMES,
                         default=DEFAULT_PREDICTOR,
                         help="what fills the keypoint sets the sender skipped or lost: a "
                              "learned vrnn, rnn or vae, or constant-velocity or hold-last "

@@ -153,7 +153,7 @@ def test_train_command_reports_bad_config(tmp_path, tiny_data, tiny_config, capl
     assert "has no train_params" in caplog.text
 
 
-def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
+def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys, caplog):
     config = _write_config(tiny_config, tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     checkpoint = train(TrainOptions(config=str(config), data=[str(tiny_data)], out=str(run),
@@ -204,6 +204,11 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys):
     assert streamed["mean"]["kp_bytes_per_frame"] == pytest.approx(np.mean(per_frame))
     assert 4 < streamed["mean"]["kp_bytes_per_frame"] < 30  # 4 of 8 frames sent, a few bytes
     assert streamed["mean"]["psnr"] != report["mean"]["psnr"]
+    # a learned predictor is the one shipped for this checkpoint's model: none for this one
+    code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
+                      "--json", str(out_json), "--predict", "1", "--predictor", "vrnn",
+                      "--no-face-metrics", "--quiet"])
+    assert code == 2 and "vrnn-latest.pt" in caplog.text
 
 
 def test_export_and_speed(tmp_path, tiny_config, tiny_data, capsys):

@@ -15,6 +15,7 @@ from kpvid.models import (
     export_checkpoint,
     frame_size,
     load_checkpoint_with_config,
+    model_id,
 )
 
 from .arguments import add_checkpoint_arguments, device, nonnegative_int, positive_int
@@ -219,7 +220,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 
         return predict_main(argv[1:])
     from kpvid.models.facemesh import FaceMeshUnavailable
-    from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTORS
+    from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES
     from kpvid.protocol import CODEC_NAMES
     from kpvid.training.evaluate import (
         StreamSettings,
@@ -267,7 +268,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                      help="keypoint codec the sent sets go through; kp_bytes_per_frame counts "
                           "its Keypoints messages, predicted frames as zero (default: none, the "
                           "detector's float keypoints and no byte count)")
-    rec.add_argument("--predictor", choices=sorted(PREDICTORS), default=DEFAULT_PREDICTOR,
+    rec.add_argument("--predictor", choices=PREDICTOR_NAMES, default=DEFAULT_PREDICTOR,
                      help="predictor for the frames not sent (default: %(default)s)")
     rec.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=None,
                      help="FaceMesh landmark error and mouth correlation (default: on when "
@@ -302,8 +303,9 @@ def eval_main(argv: list[str] | None = None) -> int:
                                              save_videos=args.save_videos,
                                              save_strips=args.save_strips, device=args.device,
                                              progress=not args.quiet,
-                                             stream=StreamSettings(args.observe, args.predict,
-                                                                   args.codec, args.predictor),
+                                             stream=StreamSettings(
+                                                 args.observe, args.predict, args.codec,
+                                                 args.predictor, model_id(args.checkpoint)),
                                              face_metrics=face_metrics)
             print(format_table(report))
             result = report.to_json()

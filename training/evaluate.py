@@ -46,14 +46,18 @@ class StreamSettings:
     predict: int = 0
     codec: str = UNCODED
     predictor: str = DEFAULT_PREDICTOR
+    model_id: str | None = None  # whose shipped predictors to load (None: the default model's)
 
     @property
     def schedule(self) -> Schedule:
         return Schedule(self.observe, self.predict)
 
     def predictor_factory(self) -> Callable[[], Predictor]:
-        """Makes the predictor (none is needed, or loaded, when every frame is sent)."""
-        return predictor_factory(self.predictor) if self.predict else HoldLast
+        """Makes the predictor (none is needed, or loaded, when every frame is sent); a learned
+        one is the one shipped for ``model_id``, and refused if made for another model."""
+        if not self.predict:
+            return HoldLast
+        return predictor_factory(self.predictor, model_id=self.model_id)
 
 
 @dataclass
