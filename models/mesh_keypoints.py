@@ -69,6 +69,20 @@ class MeshKeypoints(nn.Module):
         return {"value": landmarks[:, self.anchors], "jacobian": jacobian}
 
 
+def hold_last(landmarks: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """T x L x 2 landmarks, NaN in the frames without a face -> each such frame gets the last
+    landmarks found before it (before any: ``start``, L x 2), as an edge keeps the last
+    keypoints it got."""
+    out = landmarks.clone()
+    last = start
+    for i, frame in enumerate(out):
+        if torch.isfinite(frame).all():
+            last = frame
+        else:
+            out[i] = last
+    return out
+
+
 class FaceMeshDetector(nn.Module):
     """A FaceMesh-driven model's keypoint detector, called as a ``KPDetector`` is: B x 3 x H x W
     frames in [0, 1] -> {"value", "jacobian"}. MediaPipe FaceMesh finds the face afresh in every
@@ -92,15 +106,16 @@ class FaceMeshDetector(nn.Module):
         images = (frames.detach().clamp(0, 1) * 255).round().byte()
         images = images.permute(0, 2, 3, 1).cpu().numpy()
         scale = torch.tensor([2 / (width - 1), 2 / (height - 1)])
-        out = []
-        for image in images:
-            points = self._mesh.locate(image)
-            if points is not None:
-                self._last = torch.from_numpy(points) * scale - 1
-            else:
-                self.missed += 1
-            out.append(self.keypoints.reference.cpu() if self._last is None else self._last)
-        return torch.stack(out).to(frames.device)
+        missing = torch.full((self.keypoints.reference.shape[0], 2), float("nan"))
+        found = [self._mesh.locate(image) for image in images]
+        self.missed += sum(points is None for points in found)
+        points = torch.stack([missing if p is None else torch.from_numpy(p) * scale - 1
+                              for p in found])
+        start = self.keypoints.reference.cpu() if self._last is None else self._last
+        out = hold_last(points, start)
+        if any(p is not None for p in found):
+            self._last = out[-1]
+        return out.to(frames.device)
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.keypoints(self.landmarks(frames))

@@ -2,9 +2,9 @@
 # Train the keypoint predictors for a shipped FOMM checkpoint (MODEL: kpvid-heads-64, the
 # default, kpvid-mesh-64 or kpvid-faces-64) and ship the best of each kind: keypoint sequences
 # of the model's training videos, then SEEDS initialisations (seeds 0..) of each learned kind
-# (vrnn, rnn, vae), JOBS runs at a time on one CPU thread each. About 50 minutes on 2 CPU cores with 10 seeds.
-# The other initialisations stay in $RUNS for scripts/eval-predictors.sh (the papers report 10
-# for M1, 5 for M2).
+# (vrnn, rnn, vae), JOBS runs at a time on one CPU thread each. About 50 minutes on 2 CPU cores
+# with 10 seeds. The other initialisations stay in $RUNS for scripts/eval-predictors.sh (the
+# papers report 10 for M1, 5 for M2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-kpvid-heads-64}

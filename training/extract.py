@@ -33,6 +33,7 @@ from kpvid.models import (
     load_checkpoint_with_config,
     model_id,
 )
+from kpvid.models.mesh_keypoints import hold_last
 
 from .arguments import add_checkpoint_arguments, positive_int
 from .dataset import list_videos, read_mesh_tracks, read_video
@@ -94,15 +95,9 @@ def mesh_tracks_kp6(detector: FaceMeshDetector, video: Path, size: int) -> np.nd
     """Keypoint sets ``(T, K, 6)`` of a video from its FaceMesh tracks, as ``detector`` would
     give on its frames resized to ``size``: a frame without a face keeps the last landmarks
     found (before any: the reference face). VideoReadError when the tracks are missing."""
-    points = read_mesh_tracks(video, size)
-    landmarks = torch.from_numpy(points * (2 / (size - 1)) - 1).float()
-    last = detector.keypoints.reference.cpu()
-    for i, found in enumerate(np.isfinite(points).all(axis=(1, 2))):
-        if found:
-            last = landmarks[i]
-        else:
-            landmarks[i] = last
-    return kp6_from_dict(detector.keypoints(landmarks))
+    landmarks = torch.from_numpy(read_mesh_tracks(video, size) * (2 / (size - 1)) - 1).float()
+    held = hold_last(landmarks, detector.keypoints.reference.cpu())
+    return kp6_from_dict(detector.keypoints(held))
 
 
 def extract_keypoints(kp_detector: Detector, videos: list[Path], size: int, *,
