@@ -20,6 +20,9 @@ Detector = KPDetector | FaceMeshDetector  # what turns frames into keypoints
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-64.pth.tar"
+# configs of the official first-order-model releases, recognised in a checkpoint that carries
+# none by the shapes of its weights (official files hold state dicts only)
+OFFICIAL_CONFIGS = ("vox-256",)
 
 
 class CheckpointError(ValueError):
@@ -104,7 +107,8 @@ def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Pa
                     ) -> tuple[Detector, OcclusionAwareGenerator]:
     """Load ``(kp_detector, generator)`` in eval mode from an official ``.pth.tar`` or a kpvid
     checkpoint. Without ``config_path`` the config is the one embedded in a kpvid checkpoint, or
-    a ``<name>.yaml`` beside it; official vox-256 files need ``config_path='vox-256'``."""
+    a ``<name>.yaml`` beside it, or the official config its weights fit (official vox-256
+    files, which carry none: :func:`recognise_config`)."""
     kp_detector, generator, _ = load_checkpoint_with_config(path, config_path, device)
     return kp_detector, generator
 
@@ -134,10 +138,7 @@ def load_checkpoint_with_config(path: str | Path = SHIPPED_CHECKPOINT,
         config = load_config_dict(checkpoint["config"], source=str(path))
     else:
         beside = Path(str(path).removesuffix(".tar").removesuffix(".pth") + ".yaml")
-        if not beside.exists():
-            raise CheckpointError(f"{path} carries no config: pass config_path "
-                                  "(for official vox-256 weights: config_path='vox-256')")
-        config = load_config(beside)
+        config = load_config(beside) if beside.exists() else recognise_config(checkpoint, path)
     kp_detector, generator = build_networks(config)
     load_state_strict(kp_detector, checkpoint["kp_detector"], "kp_detector")
     load_state_strict(generator, checkpoint["generator"], "generator")
@@ -149,6 +150,21 @@ def load_checkpoint_with_config(path: str | Path = SHIPPED_CHECKPOINT,
             raise CheckpointError(f"{path} takes its keypoints from MediaPipe FaceMesh: "
                                   f"{exc}") from None
     return kp_detector.to(device).eval(), generator.to(device).eval(), config
+
+
+def recognise_config(checkpoint: dict, path: str | Path) -> dict:
+    """The official config (:data:`OFFICIAL_CONFIGS`) whose networks have exactly the shapes of
+    a checkpoint's weights; CheckpointError when none does."""
+    for name in OFFICIAL_CONFIGS:
+        config = load_config(name)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            kp_detector, generator = build_networks(config)
+        if not describe_mismatch(kp_detector, checkpoint["kp_detector"]) \
+                and not describe_mismatch(generator, checkpoint["generator"]):
+            log.info("%s carries no config; its weights fit the official %s config", path, name)
+            return config
+    raise CheckpointError(f"{path} carries no config and its weights fit none of the official "
+                          f"configs ({', '.join(OFFICIAL_CONFIGS)}): pass --config FILE.yaml")
 
 
 def load_config_dict(config: dict, source: str) -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_file
-from .predictors import Predictor, check_kp6, position_error
+from .predictors import Predictor, check_kp6, position_error, train_predictor_hint
 from .rnn_predictor import KeypointRNN
 from .sequence_model import KeypointSequenceModel
 from .vae_predictor import KeypointVAE
@@ -324,7 +324,8 @@ def read_predictor_checkpoint(path: str | Path, num_kp: int | None = None,
         else:
             raise CheckpointError(f"predictor {path} was trained on keypoints of model "
                                   f"{stored_id!r}, but the keypoint model is {model_id!r} "
-                                  "(its normalisation and dynamics would not fit)")
+                                  "(its normalisation and dynamics would not fit): "
+                                  + train_predictor_hint(data.get("kind", "vrnn"), model_id))
     try:
         network = build_network(data["kind"], **data["hparams"])
         network.load_state_dict(data["state_dict"])

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .checkpoint import SHIPPED_CHECKPOINT, WEIGHTS_DIR
+from .checkpoint import SHIPPED_CHECKPOINT, WEIGHTS_DIR, CheckpointError
 
 
 def to_kp6(value: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
@@ -235,8 +235,19 @@ def shipped_predictor(kind: str, model_id: str | None = None) -> Path:
     """Where the shipped weights of a learned predictor kind for a shipped FOMM model are
     (:data:`SHIPPED_PREDICTORS_DIR`, ``<kind>-<model>.pt``, e.g. ``vrnn-heads-64.pt`` for
     ``kpvid-heads-64``; default: the shipped default checkpoint's)."""
-    model = model_id or SHIPPED_CHECKPOINT.name.removesuffix(".pth.tar")
-    return SHIPPED_PREDICTORS_DIR / f"{kind}-{model.removeprefix('kpvid-')}.pt"
+    return SHIPPED_PREDICTORS_DIR / f"{kind}-{_model(model_id).removeprefix('kpvid-')}.pt"
+
+
+def _model(model_id: str | None) -> str:
+    return model_id or SHIPPED_CHECKPOINT.name.removesuffix(".pth.tar")
+
+
+def train_predictor_hint(kind: str, model_id: str) -> str:
+    """What a user with no fitting learned predictor for a model can do."""
+    return (f"train one on that model's keypoints (kpvid-extract --checkpoint {model_id}.pth.tar "
+            f"--data DIR --out kp.npz, then kpvid-train predictor --kind {kind} --data kp.npz "
+            "--out RUN) and pass --predictor-checkpoint RUN/predictor.pt, or use "
+            "--predictor constant-velocity")
 
 
 def predictor_factory(name: str, checkpoint: str | Path | None = None, *,
@@ -255,7 +266,12 @@ of gaps the forecast got wrong (:mod:`kpvid.models.learned_predictor`)."""
     if name in LEARNED_PREDICTORS:
         from .learned_predictor import LearnedPredictor, read_predictor_checkpoint
 
-        checkpoint = shipped_predictor(name, model_id) if checkpoint is None else checkpoint
+        if checkpoint is None:
+            checkpoint = shipped_predictor(name, model_id)
+            if not checkpoint.is_file():
+                raise CheckpointError(f"no {name} predictor is shipped for model "
+                                      f"{_model(model_id)!r}: "
+                                      + train_predictor_hint(name, _model(model_id)))
         loaded = read_predictor_checkpoint(checkpoint, num_kp=num_kp, model_id=model_id)
         if loaded.kind != name:
             raise ValueError(f"{checkpoint} holds a {loaded.kind!r} predictor, not {name!r}")

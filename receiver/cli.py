@@ -22,6 +22,7 @@ from aiortc import RTCIceServer
 from kpvid.models import (
     SHIPPED_CHECKPOINT,
     CheckpointError,
+    ConfigError,
     frame_size,
     load_checkpoint_with_config,
     model_id,
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
                         help="FOMM checkpoint (default: the shipped kpvid-heads-64); senders "
                              "must use the same one")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="FOMM config for a --checkpoint that carries none; official "
+                             "vox-256 weights are recognised without it (default: the "
+                             "checkpoint's own)")
     parser.add_argument("--predictor", choices=PREDICTOR_NAMES,
                         default=DEFAULT_PREDICTOR,
                         help="what fills the keypoint sets the sender skipped or lost: a "
@@ -174,7 +179,12 @@ def pick_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> to
 
 async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
                 view_token: str, cert: Path, key: Path) -> int:
-    kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, device=device)
+    try:
+        kp_detector, generator, config = load_checkpoint_with_config(
+            args.checkpoint, args.config, device=device)
+    except (CheckpointError, ConfigError) as exc:
+        log.error("--checkpoint %s: %s", args.checkpoint, exc)
+        return 2
     model = ModelInfo(model_id=model_id(args.checkpoint), frame_size=frame_size(config),
                       num_kp=int(config["model_params"]["common_params"]["num_kp"]))
     try:

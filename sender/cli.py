@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError
+from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError, ConfigError
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.training.synthetic import DOMAINS
 
@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     coding.add_argument("--checkpoint", metavar="FILE", type=Path, default=SHIPPED_CHECKPOINT,
                         help="FOMM checkpoint whose keypoint detector to run (default: the "
                              "shipped kpvid-heads-64); must match the edge's model")
+    coding.add_argument("--config", metavar="NAME|FILE",
+                        help="FOMM config for a --checkpoint that carries none; official "
+                             "vox-256 weights are recognised without it (default: the "
+                             "checkpoint's own)")
     coding.add_argument("--device", default="cpu",
                         help="torch device for the detector: cpu, cuda or cuda:N (default cpu)")
     coding.add_argument("--threads", type=_arg_type(_int_at_least(1)), default=1,
@@ -322,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        extractor = KeypointExtractor.from_checkpoint(args.checkpoint, args.device)
-    except (CheckpointError, OSError, RuntimeError) as exc:
+        extractor = KeypointExtractor.from_checkpoint(args.checkpoint, args.device, args.config)
+    except (CheckpointError, ConfigError, OSError, RuntimeError) as exc:
         parser.error(f"--checkpoint {args.checkpoint}: {exc}")
     try:
         source, default_name = _open_source(args, extractor.frame_size)

@@ -29,9 +29,12 @@ class KeypointExtractor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path = SHIPPED_CHECKPOINT,
-                        device: str | torch.device = "cpu") -> KeypointExtractor:
-        """Load a checkpoint's detector; ``model_id`` is the file name without ``.pth.tar``."""
-        kp_detector, _, config = load_checkpoint_with_config(path, device=device)
+                        device: str | torch.device = "cpu",
+                        config: str | Path | None = None) -> KeypointExtractor:
+        """Load a checkpoint's detector (``config``: for a checkpoint that carries none, see
+        :func:`~kpvid.models.load_checkpoint`); ``model_id`` is the file name without
+        ``.pth.tar``."""
+        kp_detector, _, config = load_checkpoint_with_config(path, config, device=device)
         return cls(kp_detector, device, model_id=model_id(path), frame_size=frame_size(config))
 
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,10 @@ import av
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from kpvid.demo.streaming import free_port
+from kpvid.models import build_networks
 from kpvid.models.learned_predictor import Normalisation, build_network, save_predictor
 from kpvid.receiver.cli import build_parser as receiver_parser
 from kpvid.receiver.cli import main as receiver_main
@@ -65,6 +67,25 @@ def test_a_predictor_for_another_model_is_refused_naming_both(tmp_path, caplog, 
                           "--predictor-checkpoint", str(checkpoint)])
     assert code == 2
     assert words in caplog.text
+
+
+def test_a_checkpoint_that_does_not_load_is_one_clear_line(tmp_path, caplog, tiny_config):
+    kp_detector, generator = build_networks(tiny_config)
+    checkpoint = tmp_path / "tiny.pth.tar"
+    torch.save({"kp_detector": kp_detector.state_dict(), "generator": generator.state_dict()},
+               checkpoint)
+    argv = ["--cpu", "--state-dir", str(tmp_path), "--port", str(free_port()), "--token", "t",
+            "--checkpoint", str(checkpoint)]
+    assert receiver_main(argv) == 2
+    assert "carries no config" in caplog.text and "Traceback" not in caplog.text
+    # with its config it loads, and the default learned predictor, shipped only for the
+    # shipped models, is refused with what to do instead
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config))
+    caplog.clear()
+    assert receiver_main([*argv, "--config", str(config)]) == 2
+    assert "no vrnn predictor is shipped for model 'tiny'" in caplog.text
+    assert "kpvid-train predictor" in caplog.text and "constant-velocity" in caplog.text
 
 
 def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):

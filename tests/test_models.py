@@ -20,7 +20,7 @@ from kpvid.models import (
     load_config,
     normalize_kp,
 )
-from kpvid.models.checkpoint import load_state_strict
+from kpvid.models.checkpoint import load_state_strict, recognise_config
 from kpvid.models.relative_motion import convex_hull_area
 
 OFFICIAL_NAMES = Path(__file__).parent / "data" / "fomm-vox256-state-dict.json"
@@ -112,6 +112,21 @@ def test_mismatched_checkpoint_lists_missing_unexpected_and_misshaped(tmp_path, 
     assert "missing keys (1): final.bias" in message
     assert "unexpected keys (1): extra.weight" in message
     assert "final.weight: checkpoint (3, 5, 7, 7) != model (3, 4, 7, 7)" in message
+
+
+def test_official_vox256_weights_are_recognised_without_a_config(tmp_path, tiny_config):
+    official = json.loads(OFFICIAL_NAMES.read_text())
+    # the official release holds state dicts only; shapes are all recognition looks at
+    state = {name: {k: torch.empty(shape, device="meta") for k, shape in keys.items()}
+             for name, keys in official.items() if name != "about"}
+    config = recognise_config(state, "vox-cpk.pth.tar")
+    assert config == load_config("vox-256")
+    with pytest.raises(CheckpointError, match="fit none of the official configs"):
+        recognise_config(_official_layout(tiny_config), "tiny.pth.tar")
+    path = tmp_path / "tiny.pth.tar"
+    torch.save(_official_layout(tiny_config), path)
+    with pytest.raises(CheckpointError, match="carries no config"):
+        load_checkpoint(path)
 
 
 def test_unreadable_or_foreign_checkpoints_raise_clearly(tmp_path):

@@ -41,6 +41,7 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint`` (default: the shipped FOMM checkpoint) and ``--config``."""
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT, metavar="FILE",
                         help="FOMM checkpoint (default: the shipped one)")
-    parser.add_argument("--config", default=None,
-                        help="config for a checkpoint that carries none (official vox-256 "
-                             "files: vox-256)")
+    parser.add_argument("--config", default=None, metavar="NAME|FILE",
+                        help="FOMM config for a --checkpoint that carries none; official "
+                             "vox-256 weights are recognised without it (default: the "
+                             "checkpoint's own)")
