@@ -39,7 +39,10 @@ _OPTIONAL: dict[str, set[str]] = {
                        "augmentation_params"},
     "train_params": {"num_epochs", "num_repeats", "epoch_milestones", "lr_generator",
                      "lr_discriminator", "lr_kp_detector", "batch_size", "scales",
-                     "checkpoint_freq", "transform_params", "loss_weights", "num_workers"},
+                     "checkpoint_freq", "transform_params", "loss_weights", "num_workers",
+                     # kpvid: modules never trained; steps in which a grown model trains only
+                     # its new blocks (kpvid-train fomm --grow)
+                     "frozen", "grow_warmup_steps"},
     "train_params.transform_params": {"sigma_affine", "sigma_tps", "points_tps"},
     "train_params.loss_weights": {"generator_gan", "discriminator_gan", "feature_matching",
                                   "perceptual", "reconstruction", "ssim", "equivariance_value",

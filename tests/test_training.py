@@ -208,7 +208,7 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys, 
     code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
                       "--json", str(out_json), "--predict", "1", "--predictor", "vrnn",
                       "--no-face-metrics", "--quiet"])
-    assert code == 2 and "vrnn-latest.pt" in caplog.text
+    assert code == 2 and "no vrnn predictor is shipped for model 'latest'" in caplog.text
 
 
 def test_export_and_speed(tmp_path, tiny_config, tiny_data, capsys):

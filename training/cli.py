@@ -158,6 +158,11 @@ def train_main(argv: list[str] | None = None) -> int:
                       help="start from this checkpoint's keypoint detector and generator weights "
                            "(a new run: fresh optimizers, epoch 0), e.g. a model trained on "
                            "other data")
+    fomm.add_argument("--grow", type=Path, default=None, metavar="CHECKPOINT",
+                      help="start a model for larger frames from this smaller one: its keypoint "
+                           "detector, dense motion and generator core carried over, the "
+                           "generator's outer blocks new (a new run, like --init; "
+                           "kpvid.training.grow says what goes where)")
     fomm.add_argument("--vgg", type=Path, default=None,
                       help="torchvision-layout VGG19 state dict: use the perceptual loss instead "
                            "of the default multi-scale L1")
@@ -175,6 +180,10 @@ def train_main(argv: list[str] | None = None) -> int:
                       help="steps between metrics.jsonl records (default: 25)")
     fomm.add_argument("--image-every", type=int, default=500,
                       help="steps between PNG grids in images/, 0 for none (default: 500)")
+    fomm.add_argument("--save-every", type=float, default=10.0, metavar="MINUTES",
+                      help="also write the resumable checkpoints/latest.pth.tar this often "
+                           "within an epoch (default: 10; it is always written at the end of "
+                           "each epoch and on Ctrl-C or SIGTERM)")
     fomm.add_argument("--no-progress", action="store_true", help="no progress bar")
     export = sub.add_parser(
         "export", help="strip a training checkpoint down to what inference needs",
@@ -194,14 +203,19 @@ def train_main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.init and args.resume:
-        parser.error("--init and --resume exclude each other (--resume continues a run)")
+    if sum(bool(a) for a in (args.init, args.grow, args.resume)) > 1:
+        parser.error("--init, --grow and --resume exclude each other (--resume continues a "
+                     "run, the others start one)")
+    if not args.save_every > 0:
+        parser.error("--save-every must be a positive number of minutes")
     opts = TrainOptions(config=args.config, data=[str(d) for d in args.data], out=str(args.out),
                         resume=str(args.resume) if args.resume else None,
                         init=str(args.init) if args.init else None,
+                        grow=str(args.grow) if args.grow else None,
                         vgg=str(args.vgg) if args.vgg else None, device=args.device,
                         max_steps=args.max_steps, seed=args.seed, workers=args.workers,
                         log_every=args.log_every, image_every=args.image_every,
+                        save_every_s=args.save_every * 60,
                         progress=not args.no_progress)
     try:
         train(opts)

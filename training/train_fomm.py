@@ -4,7 +4,9 @@ Each step takes a (source, driving) pair of frames from one video, detects keypo
 rebuilds the driving frame from the source and is scored by a multi-scale pyramid loss (L1, or
 VGG19 perceptual with a user-supplied weight file), optionally 1 - SSIM (kpvid's ``ssim``
 weight), keypoint/jacobian equivariance under random affine + TPS warps, and optionally LSGAN +
-feature matching. Checkpoints use the official layout.
+feature matching. Checkpoints use the official layout. kpvid's ``train_params.frozen`` lists
+modules that never train, and ``--grow`` starts a model for larger frames from a smaller one
+(:mod:`kpvid.training.grow`), training only its new blocks for ``grow_warmup_steps`` steps.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from kpvid.models.checkpoint import load_state_strict, read_checkpoint
 from kpvid.models.mesh_keypoints import MeshKeypoints
 
 from .dataset import DatasetRepeater, FramesDataset
+from .grow import grow_into
 from .losses import (
     ImagePyramide,
     Transform,
@@ -57,6 +61,7 @@ class TrainOptions:
     out: str
     resume: str | None = None
     init: str | None = None
+    grow: str | None = None
     vgg: str | None = None
     device: str = "cpu"
     max_steps: int | None = None
@@ -64,7 +69,48 @@ class TrainOptions:
     workers: int = 0
     log_every: int = 25
     image_every: int = 500
+    save_every_s: float = 600.0
     progress: bool = True
+
+
+class Freezer:
+    """Which weights train: never those of the config's ``frozen`` modules (kept in eval mode,
+    so their batch norms use their running statistics, as at inference), and while a grown
+    model warms up (``step < warmup_steps``) none of those ``carried`` over from the small
+    model (whose batch norms are held too)."""
+
+    def __init__(self, roots: dict[str, nn.Module], frozen: Sequence[str],
+                 carried: Sequence[str], warmup_steps: int) -> None:
+        self.frozen = []
+        for name in frozen:
+            root, _, rest = name.partition(".")
+            if root not in roots:
+                raise ValueError(f"train_params.frozen: {name!r} is not in "
+                                 f"{' or '.join(roots)}")
+            try:
+                self.frozen.append(roots[root].get_submodule(rest) if rest else roots[root])
+            except AttributeError:
+                raise ValueError(f"train_params.frozen: no module {name!r}") from None
+        carried_set = set(carried)
+        self.carried = [p for root, module in roots.items()
+                        for name, p in module.named_parameters()
+                        if f"{root}.{name}" in carried_set]
+        self.carried_norms = [m for root, module in roots.items()
+                              for name, m in module.named_modules()
+                              if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                              and f"{root}.{name}.weight" in carried_set]
+        self.warmup_steps = warmup_steps if carried else 0
+        for module in self.frozen:
+            module.requires_grad_(False)
+
+    def apply(self, step: int) -> None:
+        """Set what trains at ``step``; call after ``train()`` on the whole model."""
+        warming = step < self.warmup_steps
+        frozen = {id(p) for m in self.frozen for p in m.parameters()}
+        for p in self.carried:
+            p.requires_grad_(not warming and id(p) not in frozen)
+        for module in self.frozen + (self.carried_norms if warming else []):
+            module.eval()
 
 
 class GeneratorFullModel(nn.Module):
@@ -134,17 +180,20 @@ class GeneratorFullModel(nn.Module):
                         total = total + weight * torch.abs(r - f).mean()
                 losses["feature_matching"] = total
 
-        if weights.get("keypoint_landmarks", 0) != 0 and landmarks is not None:
+        # the keypoint detector's own losses, unless it is frozen (they would train nothing)
+        detector_trains = any(p.requires_grad for p in self.kp_extractor.parameters())
+        if weights.get("keypoint_landmarks", 0) != 0 and landmarks is not None \
+                and detector_trains:
             losses["keypoint_landmarks"] = weights["keypoint_landmarks"] * (
                 keypoint_landmark_error(kp_source["value"], landmarks[:, 0])
                 + keypoint_landmark_error(kp_driving["value"], landmarks[:, 1]))
 
-        if weights.get("keypoint_separation", 0) != 0:
+        if weights.get("keypoint_separation", 0) != 0 and detector_trains:
             losses["keypoint_separation"] = weights["keypoint_separation"] * keypoint_separation(
                 torch.cat([kp_source["value"], kp_driving["value"]]))
 
         equivariance = weights["equivariance_value"] != 0 or weights["equivariance_jacobian"] != 0
-        if equivariance and not isinstance(self.kp_extractor, MeshKeypoints):
+        if equivariance and detector_trains:
             transform = Transform(driving.shape[0], device=driving.device,
                                   **self.train_params["transform_params"])
             transformed_kp = self.kp_extractor(transform.transform_frame(driving))
@@ -242,6 +291,9 @@ def train(opts: TrainOptions) -> Path:
 
     out = Path(opts.out)
     start_epoch, step = 0, 0
+    carried: tuple[str, ...] = ()
+    if opts.grow:  # weights only: a model for larger frames from a smaller one
+        carried = grow_into(kp_detector, generator, read_checkpoint(opts.grow)).carried
     if opts.init:  # weights only: a curriculum from another run (another data set, say)
         ckpt = read_checkpoint(opts.init)
         if mesh_driven:  # the other model's detector has no place here, its generator does
@@ -261,10 +313,14 @@ def train(opts: TrainOptions) -> Path:
                           ("optimizer_discriminator", opt_disc)):
             if name in ckpt:
                 opt.load_state_dict(ckpt[name])
-        start_epoch = int(ckpt.get("epoch", -1)) + 1
-        step = int(ckpt.get("step", start_epoch * len(loader)))
+        step = int(ckpt.get("step", (int(ckpt.get("epoch", -1)) + 1) * len(loader)))
+        start_epoch = step // len(loader)  # a checkpoint from mid-epoch finishes that epoch
+        carried = tuple(ckpt.get("grown_carried", ()))
         log.info("resumed from %s at epoch %d, step %d", opts.resume, start_epoch, step)
 
+    freezer = Freezer({"kp_detector": kp_detector, "generator": generator},
+                      train_params.get("frozen", []), carried,
+                      int(train_params.get("grow_warmup_steps", 0)))
     milestones = train_params["epoch_milestones"]
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones, gamma=0.1,
                                                        last_epoch=start_epoch - 1)
@@ -289,7 +345,11 @@ def train(opts: TrainOptions) -> Path:
     metrics_file = open(out / "metrics.jsonl", "a") if is_main else None  # noqa: SIM115
     bar = tqdm(total=total_steps, initial=step, disable=not (opts.progress and is_main),
                desc="fomm", dynamic_ncols=True)
-    started = time.time()
+    def save(epoch_done: int, checkpoint_freq: int) -> Path:
+        return _save(out, config, kp_detector, generator, discriminator if use_gan else None,
+                     (opt_gen, opt_kp, opt_disc), epoch_done, step, checkpoint_freq, carried)
+
+    started = last_saved = time.time()
     last_ckpt = out / "checkpoints" / "latest.pth.tar"
     epoch = start_epoch
     previous_handler = _interrupt_on_sigterm()
@@ -297,10 +357,11 @@ def train(opts: TrainOptions) -> Path:
         while step < total_steps:
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            full.train()
             for batch in loader:
-                if step >= total_steps:
+                if step >= total_steps or step >= (epoch + 1) * len(loader):
                     break
+                full.train()
+                freezer.apply(step)
                 # channels-last: about 30% faster convolutions on a CPU, same numbers
                 source = batch["source"].to(device, memory_format=torch.channels_last)
                 driving = batch["driving"].to(device, memory_format=torch.channels_last)
@@ -334,18 +395,21 @@ def train(opts: TrainOptions) -> Path:
                                          generated["kp_source"]["value"],
                                          generated["kp_driving"]["value"])
                     save_png(out / "images" / f"step_{step:07d}.png", grid)
+                if is_main and time.time() - last_saved >= opts.save_every_s:
+                    last_ckpt, last_saved = save(epoch - 1, 0), time.time()
+            if step < (epoch + 1) * len(loader):  # stopped by max_steps within the epoch
+                if is_main:
+                    last_ckpt = save(epoch - 1, 0)
+                break
             for scheduler in schedulers:
                 scheduler.step()
             if is_main:
-                last_ckpt = _save(out, config, kp_detector, generator, discriminator,
-                                  (opt_gen, opt_kp, opt_disc), epoch, step,
-                                  train_params["checkpoint_freq"])
+                last_ckpt, last_saved = save(epoch, train_params["checkpoint_freq"]), time.time()
             epoch += 1
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: saving the checkpoint", step)
         if is_main:
-            last_ckpt = _save(out, config, kp_detector, generator, discriminator,
-                              (opt_gen, opt_kp, opt_disc), epoch - 1, step, 0)
+            last_ckpt = save(epoch - 1, 0)
         raise
     finally:
         if previous_handler is not None:
@@ -375,22 +439,26 @@ def _interrupt_on_sigterm():
 
 
 def _save(out: Path, config: dict, kp_detector: nn.Module, generator: nn.Module,
-          discriminator: nn.Module, optimizers: tuple, epoch: int, step: int,
-          checkpoint_freq: int) -> Path:
-    """Write ``checkpoints/latest.pth.tar`` (official layout + config and step) and, every
-    ``checkpoint_freq`` epochs, an ``<epoch>-checkpoint.pth.tar`` copy as the official code does."""
+          discriminator: nn.Module | None, optimizers: tuple, epoch: int, step: int,
+          checkpoint_freq: int, carried: Sequence[str] = ()) -> Path:
+    """Write ``checkpoints/latest.pth.tar`` (official layout + config and step, the
+    discriminator only when it trains; ``epoch`` is the last one finished, ``grown_carried``
+    what a grown model took from the small one) and, every ``checkpoint_freq`` epochs, an
+    ``<epoch>-checkpoint.pth.tar`` copy as the official code does."""
     opt_gen, opt_kp, opt_disc = optimizers
     state = {
         "kp_detector": kp_detector.state_dict(),
         "generator": generator.state_dict(),
-        "discriminator": _unwrap(discriminator).state_dict(),
         "optimizer_generator": opt_gen.state_dict(),
         "optimizer_kp_detector": opt_kp.state_dict(),
-        "optimizer_discriminator": opt_disc.state_dict(),
         "epoch": epoch,
         "step": step,
         "config": config,
+        "grown_carried": list(carried),
     }
+    if discriminator is not None:
+        state["discriminator"] = _unwrap(discriminator).state_dict()
+        state["optimizer_discriminator"] = opt_disc.state_dict()
     folder = out / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     latest = folder / "latest.pth.tar"
