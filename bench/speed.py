@@ -12,8 +12,10 @@
   frame) and with the default schedule (every other frame predicted at the edge): latency from
   capture to frame out, frame rate and the CPU of each process.
 
-``shipped`` is the shipped default checkpoint (kpvid-heads-64, 64x64); ``vox-256`` the official
-vox-256 configuration at 256x256 with random weights (the same weights for every method).
+``shipped`` is the shipped default checkpoint (kpvid-heads-64, 64x64); ``heads-256`` kpvid's
+256x256 model (its shipped checkpoint, or its configuration with random weights before one is
+shipped); ``vox-256`` the official vox-256 configuration at 256x256 with random weights (the same
+weights for every method).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from kpvid.demo.streaming import build_parser as demo_parser
 from kpvid.demo.streaming import run_demo
 from kpvid.models import (
     SHIPPED_CHECKPOINT,
+    WEIGHTS_DIR,
     Detector,
     OcclusionAwareGenerator,
     Synthesizer,
@@ -56,7 +59,9 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
-MODELS = ("shipped", "vox-256")
+# benchmark name -> the checkpoint in models/weights/ (used when shipped) or config it names
+MODELS = {"shipped": model_id(SHIPPED_CHECKPOINT), "heads-256": "kpvid-heads-256",
+          "vox-256": "vox-256"}
 METHODS = ("plain", "cached", "folded", "synthesizer")
 METHOD_NOTES = {
     "plain": "generator(source, kp_driving, kp_source), the source encoded every call",
@@ -104,12 +109,13 @@ class EndToEnd:
 
 def load_model(name: str, device: torch.device
                ) -> tuple[Detector, OcclusionAwareGenerator, int]:
-    """The networks of a benchmark model (eval mode, on ``device``) and their frame size."""
-    if name == "shipped":
-        kp_detector, generator, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT,
-                                                                     device=device)
+    """The networks of a benchmark model (eval mode, on ``device``) and their frame size: its
+    shipped checkpoint, else its config's networks with random weights."""
+    checkpoint = WEIGHTS_DIR / f"{MODELS[name]}.pth.tar"
+    if checkpoint.is_file():
+        kp_detector, generator, config = load_checkpoint_with_config(checkpoint, device=device)
         return kp_detector, generator, frame_size(config)
-    config = load_config(name)
+    config = load_config(MODELS[name])
     torch.manual_seed(0)
     kp_detector, generator = build_networks(config)
     return kp_detector.to(device).eval(), generator.to(device).eval(), frame_size(config)
@@ -186,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpvid-bench speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=[*MODELS, "all"], default="all",
-                        help="networks to time: the shipped 64x64 checkpoint, the vox-256 "
-                             "configuration at 256x256 (random weights), or both (default: all)")
+                        help="networks to time: the shipped 64x64 checkpoint, kpvid's 256x256 "
+                             "model, the official vox-256 configuration at 256x256 (random "
+                             "weights), or all three (default: all)")
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 2, 4, 8],
                         help="synthesis batch sizes: streams rendered in one call "
                              "(default: 1 2 4 8)")

@@ -2,6 +2,7 @@
 
 from .checkpoint import (
     SHIPPED_CHECKPOINT,
+    WEIGHTS_DIR,
     CheckpointError,
     Detector,
     build_networks,
@@ -23,6 +24,7 @@ from .synthesizer import PreparedSource, Synthesizer, optimize_for_inference
 
 __all__ = [
     "SHIPPED_CHECKPOINT",
+    "WEIGHTS_DIR",
     "CheckpointError",
     "ConfigError",
     "DenseMotionNetwork",

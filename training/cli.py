@@ -222,6 +222,10 @@ def train_main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the checkpoint is saved
+        log.warning("stopped; continue with --resume %s", args.out / "checkpoints" /
+                    "latest.pth.tar")
+        return 130
     return 0
 
 
