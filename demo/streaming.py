@@ -34,7 +34,13 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from kpvid.models import SHIPPED_CHECKPOINT, frame_size, load_checkpoint_with_config
+from kpvid.models import (
+    SHIPPED_CHECKPOINT,
+    CheckpointError,
+    ConfigError,
+    frame_size,
+    load_checkpoint_with_config,
+)
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES
 from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.sources import SYNTHETIC_LENGTH, SyntheticSource
@@ -245,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor", default=DEFAULT_PREDICTOR,
                         choices=PREDICTOR_NAMES,
                         help=f"the edge's predictor (default: {DEFAULT_PREDICTOR})")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT, metavar="FILE",
+                        help="the FOMM checkpoint both ends run (default: the shipped "
+                             f"{SHIPPED_CHECKPOINT.name.removesuffix('.pth.tar')}); the clip "
+                             "is made at its frame size")
     parser.add_argument("--port", type=int, default=0,
                         help="the receiver's HTTPS port (default: a free one)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
@@ -259,6 +269,10 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     Raises SystemExit when a process fails."""
     if args.frames < 2 or args.fps <= 0:
         raise SystemExit("kpvid-demo: --frames must be >= 2 and --fps > 0")
+    try:
+        _, _, config = load_checkpoint_with_config(args.checkpoint)
+    except (CheckpointError, ConfigError) as exc:
+        raise SystemExit(f"kpvid-demo: --checkpoint {args.checkpoint}: {exc}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     recordings = args.out / "recordings"
     for old in recordings.glob(f"{STREAM}-*.mp4"):
@@ -271,7 +285,8 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
         # small machine, and the edge then falls behind real time (measured on 2 cores: 3 runs
         # in 3 kept up with 1 thread, 1 in 3 with 2)
         local = start_receiver(args.out, logs[0], threads=1, port=args.port, extra_args=[
-            "--record", str(recordings), "--predictor", args.predictor])
+            "--record", str(recordings), "--predictor", args.predictor,
+            "--checkpoint", str(args.checkpoint)])
         receiver, edge, cert = local.process, local.edge, local.cert
         if not quiet:
             print(f"viewer (while it runs): https://localhost:{local.port}/?token={edge.token}")
@@ -282,7 +297,8 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
              *(["--face", args.face] if args.domain == "photos" else []),
              "--seed", str(args.seed), "--fps", str(args.fps), "--frames", str(args.frames),
              "--observe", str(args.observe), "--predict", str(args.predict),
-             "--to", f"localhost:{local.port}", "--ca", str(cert), "--stream", STREAM],
+             "--to", f"localhost:{local.port}", "--ca", str(cert), "--stream", STREAM,
+             "--checkpoint", str(args.checkpoint)],
             env=local.sender_env, stdout=logs[1], stderr=subprocess.STDOUT)
         meters = CpuMeter(sender.pid), CpuMeter(receiver.pid)
         snapshot: dict | None = None
@@ -321,7 +337,6 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
 
     recording = max(recordings.glob(f"{STREAM}-*.mp4"), key=lambda p: p.stat().st_mtime)
     indices, received = read_recording(recording, args.fps)
-    _, _, config = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
     source = SyntheticSource(args.domain, seed=args.seed, size=frame_size(config), fps=args.fps,
                              length=max(min(args.frames, SYNTHETIC_LENGTH), 2),
                              face=args.face if args.domain == "photos" else None)

@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from kpvid.demo.streaming import free_port
+from kpvid.demo.streaming import build_parser as demo_parser
+from kpvid.demo.streaming import free_port, run_demo
 from kpvid.models import build_networks
 from kpvid.models.learned_predictor import Normalisation, build_network, save_predictor
 from kpvid.receiver.cli import build_parser as receiver_parser
@@ -86,6 +87,14 @@ def test_a_checkpoint_that_does_not_load_is_one_clear_line(tmp_path, caplog, tin
     assert receiver_main([*argv, "--config", str(config)]) == 2
     assert "no vrnn predictor is shipped for model 'tiny'" in caplog.text
     assert "kpvid-train predictor" in caplog.text and "constant-velocity" in caplog.text
+
+
+def test_the_demo_refuses_a_checkpoint_that_does_not_load_before_starting_anything(tmp_path):
+    args = demo_parser().parse_args(["--checkpoint", str(tmp_path / "none.pth.tar"),
+                                     "--out", str(tmp_path / "demo")])
+    with pytest.raises(SystemExit, match="--checkpoint .*none.pth.tar: checkpoint not found"):
+        run_demo(args, quiet=True)
+    assert not (tmp_path / "demo" / "receiver.log").exists()
 
 
 def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):
