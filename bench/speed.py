@@ -40,6 +40,8 @@ from kpvid.demo.streaming import run_demo
 from kpvid.models import (
     SHIPPED_CHECKPOINT,
     WEIGHTS_DIR,
+    CheckpointError,
+    ConfigError,
     Detector,
     OcclusionAwareGenerator,
     Synthesizer,
@@ -195,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="networks to time: the shipped 64x64 checkpoint, kpvid's 256x256 "
                              "model, the official vox-256 configuration at 256x256 (random "
                              "weights), or all three (default: all)")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="time this FOMM checkpoint instead of --model (official vox-256 "
+                             "weights are recognised; --config for others)")
+    parser.add_argument("--config", metavar="NAME|FILE",
+                        help="FOMM config for a --checkpoint that carries none")
     parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 2, 4, 8],
                         help="synthesis batch sizes: streams rendered in one call "
                              "(default: 1 2 4 8)")
@@ -295,8 +302,18 @@ def main(argv: list[str] | None = None) -> int:
                "load_average": [os.getloadavg()[0]]}
 
     detectors, synthesis = [], []
-    for name in MODELS if args.model == "all" else [args.model]:
-        kp_detector, generator, size = load_model(name, device)
+    if args.checkpoint is not None:
+        try:
+            kp_detector, generator, config = load_checkpoint_with_config(
+                args.checkpoint, args.config, device)
+        except (CheckpointError, ConfigError) as exc:
+            log.error("--checkpoint %s: %s", args.checkpoint, exc)
+            return 2
+        models = [(model_id(args.checkpoint), (kp_detector, generator, frame_size(config)))]
+    else:
+        models = [(name, load_model(name, device))
+                  for name in (MODELS if args.model == "all" else [args.model])]
+    for name, (kp_detector, generator, size) in models:
         log.info("timing %s at %dx%d", name, size, size)
         detectors.append(time_detector(name, kp_detector, size, args.frames, device))
         synthesis += time_synthesis(name, kp_detector, generator, size, args.batches,

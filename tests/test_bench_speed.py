@@ -57,3 +57,14 @@ def test_end_to_end_runs_the_demo_without_and_with_prediction(tmp_path, monkeypa
     end_to_end = json.loads(out.read_text())["end_to_end"]
     assert [(e["predict"], e["latency_p50_ms"]) for e in end_to_end] == [(0, 40.0), (1, 41.0)]
     assert all(e["sender_cpu_percent"] > 0 and e["fps_out"] > 0 for e in end_to_end)
+
+
+def test_a_given_checkpoint_is_timed_at_its_frame_size(tmp_path, tiny_checkpoint, caplog):
+    out = tmp_path / "speed.json"
+    assert cli.main(["speed", "--quick", "--checkpoint", str(tiny_checkpoint),
+                     "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(d["model"], d["frame_size"]) for d in result["detector"]] == [("tiny-model", 32)]
+    assert {r["frame_size"] for r in result["synthesis"]} == {32}
+    assert cli.main(["speed", "--quick", "--checkpoint", str(tmp_path / "none.pth.tar")]) == 2
+    assert "checkpoint not found" in caplog.text
