@@ -183,6 +183,7 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys, 
         assert report["mean"]["landmark_missed"] == sum(v["landmark_missed"]
                                                         for v in report["videos"])
     assert report["schedule"] == {"observe": 1, "predict": 0}
+    assert report["scored_size"] == 32
     assert len(report["videos"]) == 2 and report["videos"][0]["frames"] == 8
     strips = sorted((tmp_path / "strips").glob("*.png"))
     assert len(strips) == 2 and cv2.imread(str(strips[0])).shape[0] == 3 * 32  # three rows
@@ -204,6 +205,17 @@ def test_eval_reconstruct_writes_json(tmp_path, tiny_config, tiny_data, capsys, 
     assert streamed["mean"]["kp_bytes_per_frame"] == pytest.approx(np.mean(per_frame))
     assert 4 < streamed["mean"]["kp_bytes_per_frame"] < 30  # 4 of 8 frames sent, a few bytes
     assert streamed["mean"]["psnr"] != report["mean"]["psnr"]
+    # scored at twice the model's size: the output upscaled, the strips at that size
+    code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
+                      "--json", str(out_json), "--output-size", "64", "--no-face-metrics",
+                      "--save-strips", str(tmp_path / "strips64"), "--quiet"])
+    assert code == 0
+    upscaled = json.loads(out_json.read_text())
+    assert upscaled["scored_size"] == 64
+    assert upscaled["mean"]["akd"] == pytest.approx(report["mean"]["akd"])  # at the model's size
+    assert upscaled["mean"]["psnr"] != report["mean"]["psnr"]
+    strip = cv2.imread(str(sorted((tmp_path / "strips64").glob("*.png"))[0]))
+    assert strip.shape[0] == 3 * 64
     # a learned predictor is the one shipped for this checkpoint's model: none for this one
     code = eval_main(["reconstruct", "--checkpoint", str(checkpoint), "--data", str(tiny_data),
                       "--json", str(out_json), "--predict", "1", "--predictor", "vrnn",

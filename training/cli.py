@@ -291,6 +291,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     rec.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=None,
                      help="FaceMesh landmark error and mouth correlation (default: on when "
                           "MediaPipe FaceMesh is installed); --face-metrics fails without it")
+    rec.add_argument("--output-size", type=positive_int, default=None, metavar="N",
+                     help="score at N x N: the model sees the frames at its own size and its "
+                          "output is upscaled (bicubic) to N, so models of different sizes "
+                          "are compared on the same frames (default: the model's size)")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     speed = sub.add_parser(
         "speed", help="ms per frame of keypoint detection + synthesis on this CPU",
@@ -324,7 +328,8 @@ def eval_main(argv: list[str] | None = None) -> int:
                                              stream=StreamSettings(
                                                  args.observe, args.predict, args.codec,
                                                  args.predictor, model_id(args.checkpoint)),
-                                             face_metrics=face_metrics)
+                                             face_metrics=face_metrics,
+                                             output_size=args.output_size)
             print(format_table(report))
             result = report.to_json()
     except (ConfigError, CheckpointError, ValueError, FaceMeshUnavailable) as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from kpvid.models import KPDetector, OcclusionAwareGenerator
@@ -94,10 +95,11 @@ class Report:
     stream: StreamSettings = field(default_factory=StreamSettings)
     videos: list[VideoScores] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    scored_size: int | None = None  # the frame size the scores were taken at
 
     def to_json(self) -> dict:
-        return {"mean": self.mean, "schedule": {"observe": self.stream.observe,
-                                                "predict": self.stream.predict},
+        return {"mean": self.mean, "scored_size": self.scored_size,
+                "schedule": {"observe": self.stream.observe, "predict": self.stream.predict},
                 "codec": self.stream.codec,
                 "predictor": self.stream.predictor if self.stream.predict else None,
                 "videos": [asdict(v) for v in self.videos], "skipped": self.skipped}
@@ -131,24 +133,32 @@ def reconstruct_video(kp_detector: KPDetector, generator: OcclusionAwareGenerato
 @torch.inference_mode()
 def score_video(kp_detector: KPDetector, generator: OcclusionAwareGenerator, name: str,
                 frames: torch.Tensor, stream: StreamSettings = StreamSettings(),
-                new_predictor: Callable[[], Predictor] | None = None
+                new_predictor: Callable[[], Predictor] | None = None,
+                truth: torch.Tensor | None = None
                 ) -> tuple[VideoScores, torch.Tensor, np.ndarray]:
     """Scores of one video plus its rebuilt frames and detected keypoint positions (T, K, 2);
-    the FaceMesh scores are left None."""
+    the FaceMesh scores are left None. ``truth``: the same frames at another size, to score
+    against (the rebuilt frames are upscaled to it, bicubic, and returned at that size);
+    default: ``frames``, at the model's size."""
     rebuilt, kp6, sent = reconstruct_video(kp_detector, generator, frames, stream,
                                            new_predictor)
     detected = torch.from_numpy(kp6[..., :2]).to(frames.device)
     kp_rebuilt = torch.cat([kp_detector(rebuilt[i:i + 16])["value"]
                             for i in range(0, rebuilt.shape[0], 16)])
+    akd = metrics.keypoint_distance(detected, kp_rebuilt, frames.shape[-1]).mean()
+    if truth is not None:
+        rebuilt = F.interpolate(rebuilt, size=truth.shape[2:], mode="bicubic",
+                                align_corners=False).clamp(0, 1)
+    truth = frames if truth is None else truth
     scores = VideoScores(
         name=name, frames=int(frames.shape[0]),
-        l1=float(metrics.l1(rebuilt, frames).mean()),
-        psnr=float(metrics.psnr(rebuilt, frames).mean()),
-        ssim=float(metrics.ssim(rebuilt, frames).mean()),
-        akd=float(metrics.keypoint_distance(detected, kp_rebuilt, frames.shape[-1]).mean()),
+        l1=float(metrics.l1(rebuilt, truth).mean()),
+        psnr=float(metrics.psnr(rebuilt, truth).mean()),
+        ssim=float(metrics.ssim(rebuilt, truth).mean()),
+        akd=float(akd),
         kp_bytes_per_frame=(None if stream.codec == UNCODED
                             else float(sent.message_bytes.mean())),
-        psnr_gain_frozen=psnr_gain_frozen(frames.permute(0, 2, 3, 1).cpu().numpy(),
+        psnr_gain_frozen=psnr_gain_frozen(truth.permute(0, 2, 3, 1).cpu().numpy(),
                                           rebuilt.permute(0, 2, 3, 1).cpu().numpy()),
         **keypoint_placement(kp6[..., :2], frames.shape[-1]),
     )
@@ -200,10 +210,13 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
                             save_strips: str | Path | None = None,
                             device: str | torch.device = "cpu", progress: bool = True,
                             stream: StreamSettings = StreamSettings(),
-                            face_metrics: bool = False) -> Report:
+                            face_metrics: bool = False, output_size: int | None = None
+                            ) -> Report:
     """Reconstruct every test video under ``data`` (``data/test`` if it exists), its frames
     resized to ``size`` (the model's training frame size), its keypoints sent as ``stream``
     says; ``face_metrics``: also score them with FaceMesh (it must be installed).
+    ``output_size``: score at that size instead, the output upscaled to it (a model of another
+    size measured on the same frames).
     ``save_videos``: side-by-side mp4s (keypoints on the input | output); ``save_strips``: PNG
     pictures of input, keypoints and output at a few time points."""
     root, videos = list_test_videos(data, max_videos)
@@ -215,13 +228,17 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
         for path in tqdm(videos, desc="reconstruct", disable=not progress, dynamic_ncols=True):
             try:
                 array = read_video(path, size=size)
+                shown = array if output_size in (None, size) else read_video(path, output_size)
             except ValueError as exc:
                 log.warning("skipping %s", exc)
                 report.skipped.append(path.name)
                 continue
-            frames = torch.from_numpy(array).permute(0, 3, 1, 2).float().div(255).to(device)
+            frames = to_tensor(array, device)
             scores, rebuilt, kp = score_video(kp_detector, generator, path.stem, frames, stream,
-                                              new_predictor)
+                                              new_predictor,
+                                              None if shown is array else to_tensor(shown, device))
+            array = shown
+            report.scored_size = array.shape[1]
             if faces:
                 tracks = _tracks_at(path, array.shape[1])
                 face = faces.score(array, to_uint8(rebuilt), kp,
@@ -236,7 +253,7 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
             report.videos.append(scores)
             if save_videos or save_strips:
                 driving = np.stack([draw_keypoints(image, points)
-                                    for image, points in zip(to_uint8(frames), kp)])
+                                    for image, points in zip(array, kp)])
             if save_videos:
                 write_side_by_side(Path(save_videos) / f"{path.stem}.mp4",
                                    [driving, to_uint8(rebuilt)])
@@ -260,6 +277,11 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
     report.mean["psnr_gain_frozen"] = float(np.mean(gains)) if gains else None
     report.mean.update(mean_face_scores(face_scores if faces else None))
     return report
+
+
+def to_tensor(frames: np.ndarray, device: str | torch.device) -> torch.Tensor:
+    """T x H x W x 3 uint8 -> T x 3 x H x W float in [0, 1] on ``device``."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255).to(device)
 
 
 def _tracks_at(video: Path, size: int) -> tuple[np.ndarray, np.ndarray] | None:
