@@ -12,10 +12,11 @@ NAME=${MODEL#kpvid-}
 RUNS=${RUNS:-runs/predictors-$NAME}
 OUT=${OUT:-docs/prediction}
 DOMAIN=$([ "$MODEL" = kpvid-faces-64 ] && echo faces || echo photos)
-DATA=data/$DOMAIN-64-seed1
+SIZE=${NAME##*-}  # the model's frame size: kpvid-heads-256 -> 256
+DATA=data/$DOMAIN-$SIZE-seed1
 
 [ -d "$DATA" ] || kpvid-data synth --domain "$DOMAIN" --videos 100 --seed 1 \
-    --test-fraction 0.5 --out "$DATA" --size 64
+    --test-fraction 0.5 --out "$DATA" --size "$SIZE"
 inits() {  # kind: its predictor files, seed order, comma-separated
     ls "$RUNS/$1"-s*/predictor.pt | sort -V | paste -sd, -
 }
