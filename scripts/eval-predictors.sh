@@ -20,13 +20,18 @@ DATA=data/$DOMAIN-$SIZE-seed1
 inits() {  # kind: its predictor files, seed order, comma-separated
     ls "$RUNS/$1"-s*/predictor.pt | sort -V | paste -sd, -
 }
+# every kind trained in $RUNS (vrnn, rnn, vae, and variants trained by hand into $RUNS/NAME-sSEED,
+# such as vrnn-fixed-std), each with its initialisations
+learned=()
+for kind in $(ls -d "$RUNS"/*-s*/ | sed -E 's#.*/([^/]+)-s[0-9]+/$#\1#' | sort -u); do
+    learned+=("$kind=$(inits "$kind")")
+done
 mkdir -p "$OUT"
 pids=()
 for mode in reconstruction transfer; do
     kpvid-eval predict --checkpoint "models/weights/$MODEL.pth.tar" --data "$DATA" \
         --protocol m1 m2 --mode "$mode" \
-        --predictors "vrnn=$(inits vrnn)" "rnn=$(inits rnn)" "vae=$(inits vae)" \
-        constant-velocity hold-last \
+        --predictors "${learned[@]}" constant-velocity hold-last \
         --json "$OUT/$mode.json" --markdown "$OUT/$mode.md" --plots "$OUT" \
         --threads 1 --quiet > "$RUNS/eval-$mode.log" 2>&1 &
     pids+=($!)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kpvid.models import build_networks, load_config
+from kpvid.training.synthetic import write_dataset
 
 torch.set_num_threads(2)
 
@@ -33,6 +34,15 @@ def _normal_scheduling():
         pytest.fail(f"the test changed this thread's scheduling policy from {before[0]} "
                     f"(priority {before[1].sched_priority}) to {after[0]} (priority "
                     f"{after[1].sched_priority}); put back")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Six cartoon clips of 8 frames at 32x32 (4 train, 2 test), made once per test module."""
+    out = tmp_path_factory.mktemp("faces")
+    write_dataset("faces", out, videos=6, seed=0, size=32, frames=8, test_fraction=0.34,
+                  progress=False)
+    return out
 
 
 @pytest.fixture()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,16 +10,7 @@ import yaml
 
 from kpvid.models import CheckpointError, build_networks
 from kpvid.training.grow import grow_into
-from kpvid.training.synthetic import write_dataset
 from kpvid.training.train_fomm import TrainOptions, train
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("faces")
-    write_dataset("faces", out, videos=6, seed=0, size=32, frames=8, test_fraction=0.34,
-                  progress=False)
-    return out
 
 
 def grown_config(small: dict) -> dict:

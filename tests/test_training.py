@@ -18,16 +18,8 @@ from kpvid.models.facemesh import facemesh_available
 from kpvid.training import face_metrics, metrics
 from kpvid.training.cli import eval_main, train_main
 from kpvid.training.losses import Transform, Vgg19, equivariance_losses
-from kpvid.training.synthetic import generate_video, write_dataset
+from kpvid.training.synthetic import generate_video
 from kpvid.training.train_fomm import GeneratorFullModel, TrainOptions, train
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("faces")
-    write_dataset("faces", out, videos=6, seed=0, size=32, frames=8, test_fraction=0.34,
-                  progress=False)
-    return out
 
 
 def _write_config(config: dict, path: Path) -> Path:
