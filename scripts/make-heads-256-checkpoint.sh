@@ -18,7 +18,7 @@ SHIPPED=models/weights/kpvid-heads-256.pth.tar
 
 [ -d data/photos-256 ] || kpvid-data synth --domain photos --videos 800 --seed 0 \
     --test-fraction 0.0625 --out data/photos-256 --size 256 --workers 2
-[ -d data/faces-256 ] || kpvid-data synth --domain faces --videos 600 --seed 0 \
+[ -d data/faces-256 ] || kpvid-data synth --domain faces --videos 300 --seed 0 \
     --out data/faces-256 --size 256 --workers 2
 if [ -f "$RUN/checkpoints/latest.pth.tar" ]; then
     start=(--resume "$RUN/checkpoints/latest.pth.tar")
