@@ -345,6 +345,7 @@ def train(opts: TrainOptions) -> Path:
     metrics_file = open(out / "metrics.jsonl", "a") if is_main else None  # noqa: SIM115
     bar = tqdm(total=total_steps, initial=step, disable=not (opts.progress and is_main),
                desc="fomm", dynamic_ncols=True)
+
     def save(epoch_done: int, checkpoint_freq: int) -> Path:
         return _save(out, config, kp_detector, generator, discriminator if use_gan else None,
                      (opt_gen, opt_kp, opt_disc), epoch_done, step, checkpoint_freq, carried)
