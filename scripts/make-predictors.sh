@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the keypoint predictors for a shipped FOMM checkpoint (MODEL: kpvid-heads-64, the
-# default, kpvid-mesh-64 or kpvid-faces-64) and ship the best of each kind: keypoint sequences
+# default, kpvid-heads-256, kpvid-mesh-64 or kpvid-faces-64) and ship the best of each kind: keypoint sequences
 # of the model's training videos, then SEEDS initialisations (seeds 0..) of each learned kind
 # (vrnn, rnn, vae), JOBS runs at a time on one CPU thread each. About 50 minutes on 2 CPU cores
 # with 10 seeds. The other initialisations stay in $RUNS for scripts/eval-predictors.sh (the
@@ -30,7 +30,14 @@ case "$MODEL" in
             kpvid-data facemesh data/faces-1200 --workers 2
             EXTRACT=(--mesh-tracks)
         fi ;;
-    *) echo "MODEL must be kpvid-heads-64, kpvid-mesh-64 or kpvid-faces-64" >&2; exit 2 ;;
+    kpvid-heads-256)  # its training data (scripts/make-heads-256-checkpoint.sh)
+        DATA=(data/photos-256 data/faces-256)
+        [ -d data/photos-256 ] || kpvid-data synth --domain photos --videos 800 --seed 0 \
+            --test-fraction 0.0625 --out data/photos-256 --size 256 --workers 2
+        [ -d data/faces-256 ] || kpvid-data synth --domain faces --videos 300 --seed 0 \
+            --out data/faces-256 --size 256 --workers 2 ;;
+    *) echo "MODEL must be kpvid-heads-64, kpvid-heads-256, kpvid-mesh-64 or kpvid-faces-64" >&2
+       exit 2 ;;
 esac
 [ -f "$KP" ] || kpvid-extract --checkpoint "models/weights/$MODEL.pth.tar" --data "${DATA[@]}" \
     --split train --out "$KP" --threads 2 ${EXTRACT[@]+"${EXTRACT[@]}"}
