@@ -227,7 +227,7 @@ def rollout(predictor: Predictor, kp6: np.ndarray, observed: np.ndarray) -> np.n
 
 LEARNED_PREDICTORS = ("vrnn", "rnn", "vae")
 PREDICTOR_NAMES = tuple(sorted([*PREDICTORS, *LEARNED_PREDICTORS]))  # what --predictor takes
-DEFAULT_PREDICTOR = "vrnn"  # the receiver's: the best on the results in docs/prediction.md
+DEFAULT_PREDICTOR = "vrnn"  # the receiver's; docs/prediction.md has how it compares
 SHIPPED_PREDICTORS_DIR = WEIGHTS_DIR / "predictors"
 
 

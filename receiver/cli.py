@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_PREDICTOR,
                         help="what fills the keypoint sets the sender skipped or lost: a "
                              "learned vrnn, rnn or vae, or constant-velocity or hold-last "
-                             f"(default: {DEFAULT_PREDICTOR}, the best on docs/prediction.md)")
+                             f"(default: {DEFAULT_PREDICTOR}; docs/prediction.md compares them)")
     parser.add_argument("--predictor-checkpoint", type=Path, metavar="FILE",
                         help="weights of a learned --predictor (default: the shipped ones, "
                              "trained on the shipped --checkpoint's keypoints)")

@@ -67,3 +67,19 @@ def test_the_facemesh_driven_checkpoint_follows_a_held_out_photograph():
     assert _mean_gain_on_grace_hopper(*model) > 1.0
     for kind in LEARNED_PREDICTORS:
         predictor_factory(kind, num_kp=10, model_id="kpvid-mesh-64")()
+
+
+def test_the_256_checkpoint_in_training_loads_and_keeps_the_64_detector():
+    """kpvid-heads-256 (not the default yet): a resumable training checkpoint under 30 MB whose
+    keypoint detector is kpvid-heads-64's, unchanged (frozen in its training), so a sender's
+    keypoints are the same at either size; on held-out photographs it beats the frozen frame."""
+    path = WEIGHTS_DIR / "kpvid-heads-256.pth.tar"
+    assert path.stat().st_size < 30 * 1024 * 1024
+    kp_detector, generator, config = load_checkpoint_with_config(path)
+    assert frame_size(config) == 256
+    small, _, _ = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
+    for name, value in small.state_dict().items():
+        if name != "down.weight":  # each size's own anti-aliasing blur
+            assert torch.equal(kp_detector.state_dict()[name], value), name
+    # 1.33 dB on these clips at step 871 (+2.52 dB over 50 clips: MANIFEST.md)
+    assert _mean_gain_on_grace_hopper(kp_detector, generator, config) > 0.8
