@@ -56,6 +56,11 @@ _OPTIONAL: dict[str, set[str]] = {
 }
 
 
+# the --config flag's help, the same in every command that loads a checkpoint
+CONFIG_FLAG_HELP = ("FOMM config for a --checkpoint that carries none; official vox-256 weights "
+                    "are recognised without it (default: the checkpoint's own)")
+
+
 class ConfigError(ValueError):
     """A config file is unreadable, or has an unknown or missing key."""
 

@@ -27,6 +27,7 @@ from kpvid.models import (
     load_checkpoint_with_config,
     model_id,
 )
+from kpvid.models.config import CONFIG_FLAG_HELP
 from kpvid.models.predictors import (
     DEFAULT_PREDICTOR,
     LEARNED_PREDICTORS,
@@ -109,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FOMM checkpoint (default: the shipped kpvid-heads-64); senders "
                              "must use the same one")
     parser.add_argument("--config", metavar="NAME|FILE",
-                        help="FOMM config for a --checkpoint that carries none; official "
-                             "vox-256 weights are recognised without it (default: the "
-                             "checkpoint's own)")
+                        help=CONFIG_FLAG_HELP)
     parser.add_argument("--predictor", choices=PREDICTOR_NAMES,
                         default=DEFAULT_PREDICTOR,
                         help="what fills the keypoint sets the sender skipped or lost: a "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError, ConfigError
+from kpvid.models.config import CONFIG_FLAG_HELP
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.training.synthetic import DOMAINS
 
@@ -209,9 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="FOMM checkpoint whose keypoint detector to run (default: the "
                              "shipped kpvid-heads-64); must match the edge's model")
     coding.add_argument("--config", metavar="NAME|FILE",
-                        help="FOMM config for a --checkpoint that carries none; official "
-                             "vox-256 weights are recognised without it (default: the "
-                             "checkpoint's own)")
+                        help=CONFIG_FLAG_HELP)
     coding.add_argument("--device", default="cpu",
                         help="torch device for the detector: cpu, cuda or cuda:N (default cpu)")
     coding.add_argument("--threads", type=_arg_type(_int_at_least(1)), default=1,

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from kpvid.models import SHIPPED_CHECKPOINT
+from kpvid.models.config import CONFIG_FLAG_HELP
 
 
 def positive_int(text: str) -> int:
@@ -42,6 +43,4 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT, metavar="FILE",
                         help="FOMM checkpoint (default: the shipped one)")
     parser.add_argument("--config", default=None, metavar="NAME|FILE",
-                        help="FOMM config for a --checkpoint that carries none; official "
-                             "vox-256 weights are recognised without it (default: the "
-                             "checkpoint's own)")
+                        help=CONFIG_FLAG_HELP)

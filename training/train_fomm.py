@@ -92,9 +92,10 @@ class Freezer:
             except AttributeError:
                 raise ValueError(f"train_params.frozen: no module {name!r}") from None
         carried_set = set(carried)
-        self.carried = [p for root, module in roots.items()
+        frozen_params = {id(p) for m in self.frozen for p in m.parameters()}
+        self.carried = [p for root, module in roots.items()  # those the warm-up holds
                         for name, p in module.named_parameters()
-                        if f"{root}.{name}" in carried_set]
+                        if f"{root}.{name}" in carried_set and id(p) not in frozen_params]
         self.carried_norms = [m for root, module in roots.items()
                               for name, m in module.named_modules()
                               if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -106,9 +107,8 @@ class Freezer:
     def apply(self, step: int) -> None:
         """Set what trains at ``step``; call after ``train()`` on the whole model."""
         warming = step < self.warmup_steps
-        frozen = {id(p) for m in self.frozen for p in m.parameters()}
         for p in self.carried:
-            p.requires_grad_(not warming and id(p) not in frozen)
+            p.requires_grad_(not warming)
         for module in self.frozen + (self.carried_norms if warming else []):
             module.eval()
 
