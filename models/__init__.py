@@ -16,7 +16,7 @@ from .checkpoint import (
 from .config import ConfigError, load_config, validate_config
 from .dense_motion import DenseMotionNetwork
 from .discriminator import MultiScaleDiscriminator
-from .generator import OcclusionAwareGenerator
+from .generator import OcclusionAwareGenerator, SourceFeatures, repeat_features
 from .keypoint_detector import KPDetector
 from .mesh_keypoints import FaceMeshDetector, MeshKeypoints
 from .relative_motion import normalize_kp
@@ -35,6 +35,7 @@ __all__ = [
     "MultiScaleDiscriminator",
     "OcclusionAwareGenerator",
     "PreparedSource",
+    "SourceFeatures",
     "Synthesizer",
     "build_networks",
     "export_checkpoint",
@@ -46,5 +47,6 @@ __all__ = [
     "normalize_kp",
     "optimize_for_inference",
     "read_checkpoint",
+    "repeat_features",
     "validate_config",
 ]

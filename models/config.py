@@ -33,6 +33,8 @@ _OPTIONAL: dict[str, set[str]] = {
     "model_params": {"mesh_keypoints"},
     "model_params.mesh_keypoints": {"neighbours"},
     "model_params.kp_detector_params": {"single_jacobian_map", "pad"},
+    # kpvid: the decoder also reads the warped encoder features of every scale (generator.py)
+    "model_params.generator_params": {"skip_connections"},
     "model_params.generator_params.dense_motion_params": {"kp_variance"},
     "model_params.discriminator_params": {"sn", "use_kp", "kp_variance"},
     "dataset_params": {"root_dir", "frame_shape", "id_sampling", "pairs_list",

@@ -1,4 +1,12 @@
-"""FOMM occlusion-aware generator: warps source features by the dense motion and decodes."""
+"""FOMM occlusion-aware generator: warps source features by the dense motion and decodes.
+
+With ``skip_connections`` (a kpvid extension; the official generator has none) the encoder's
+output at every scale, not only the deepest, is warped and masked by the occlusion map, and the
+decoder adds it to its own output at that scale, as the Thin-Plate Spline Motion Model's decoder
+does: the source's fine detail reaches the output frame without passing through the bottleneck.
+It adds no weights, and matters most where the bottleneck is small next to the frame (a
+256x256 frame warped at 32x32).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,15 @@ from torch import nn
 
 from .blocks import ALIGN_CORNERS, DownBlock2d, KeypointDict, ResBlock2d, SameBlock2d, UpBlock2d
 from .dense_motion import DenseMotionNetwork
+
+# The encoder's outputs for one source: without skip connections the deepest alone; with them
+# every scale, finest first (``first``, then each down block), the deepest last.
+SourceFeatures = tuple[torch.Tensor, ...]
+
+
+def repeat_features(features: SourceFeatures, n: int) -> SourceFeatures:
+    """One source's features (batch of one) as a batch of ``n``, without copying."""
+    return tuple(f.expand(n, *f.shape[1:]) for f in features)
 
 
 def deform_input(inp: torch.Tensor, deformation: torch.Tensor) -> torch.Tensor:
@@ -26,7 +43,7 @@ class OcclusionAwareGenerator(nn.Module):
     def __init__(self, num_channels: int, num_kp: int, block_expansion: int, max_features: int,
                  num_down_blocks: int, num_bottleneck_blocks: int,
                  estimate_occlusion_map: bool = False, dense_motion_params: dict | None = None,
-                 estimate_jacobian: bool = False):
+                 estimate_jacobian: bool = False, skip_connections: bool = False):
         super().__init__()
         if dense_motion_params is not None:
             self.dense_motion_network = DenseMotionNetwork(
@@ -60,15 +77,18 @@ class OcclusionAwareGenerator(nn.Module):
         self.final = nn.Conv2d(block_expansion, num_channels, kernel_size=(7, 7), padding=(3, 3))
         self.estimate_occlusion_map = estimate_occlusion_map
         self.num_channels = num_channels
+        self.skip_connections = skip_connections  # up block i's output has the channels and
+        # the size of the encoder's scale num_down_blocks - 1 - i, so the sum needs no weights
 
-    def encode_source(self, source_image: torch.Tensor) -> torch.Tensor:
-        """Source features before warping; they depend on the source image only."""
-        out = self.first(source_image)
+    def encode_source(self, source_image: torch.Tensor) -> SourceFeatures:
+        """Source features before warping (see :data:`SourceFeatures`); they depend on the
+        source image only."""
+        scales = [self.first(source_image)]
         for down_block in self.down_blocks:
-            out = down_block(out)
-        return out
+            scales.append(down_block(scales[-1]))
+        return tuple(scales) if self.skip_connections else (scales[-1],)
 
-    def decode(self, source_features: torch.Tensor, source_image: torch.Tensor,
+    def decode(self, source_features: SourceFeatures, source_image: torch.Tensor,
                kp_driving: KeypointDict, kp_source: KeypointDict) -> dict[str, torch.Tensor]:
         """Everything that changes per driving frame, given precomputed source features."""
         out = source_features
@@ -85,24 +105,31 @@ class OcclusionAwareGenerator(nn.Module):
         output_dict["prediction"] = self.decode_features(out)
         return output_dict
 
-    def warp_features(self, source_features: torch.Tensor,
-                      dense_motion: dict[str, torch.Tensor]) -> torch.Tensor:
+    def warp_features(self, source_features: SourceFeatures,
+                      dense_motion: dict[str, torch.Tensor]) -> SourceFeatures:
         """Source features warped by the dense motion's deformation, times its occlusion map
         when it has one."""
-        out = deform_input(source_features, dense_motion["deformation"])
         occlusion_map = dense_motion.get("occlusion_map")
-        if occlusion_map is not None:
-            if out.shape[2:] != occlusion_map.shape[2:]:
-                occlusion_map = F.interpolate(occlusion_map, size=out.shape[2:], mode="bilinear")
-            out = out * occlusion_map
-        return out
+        warped = []
+        for features in source_features:
+            out = deform_input(features, dense_motion["deformation"])
+            if occlusion_map is not None:
+                occlusion = occlusion_map if out.shape[2:] == occlusion_map.shape[2:] \
+                    else F.interpolate(occlusion_map, size=out.shape[2:], mode="bilinear")
+                out = out * occlusion
+            warped.append(out)
+        return tuple(warped)
 
-    def decode_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Bottleneck, up blocks and final convolution: (warped) features to the frame
-        (B x C x H x W in [0, 1])."""
-        out = self.bottleneck(features)
-        for up_block in self.up_blocks:
+    def decode_features(self, features: SourceFeatures) -> torch.Tensor:
+        """Bottleneck, up blocks (each output plus the warped features of its scale, with skip
+        connections) and final convolution: warped features to the frame (B x C x H x W in
+        [0, 1])."""
+        out = self.bottleneck(features[-1])
+        skips = features[-2::-1]  # the scales the up blocks produce, coarsest first
+        for i, up_block in enumerate(self.up_blocks):
             out = up_block(out)
+            if i < len(skips):
+                out = out + skips[i]
         return torch.sigmoid(self.final(out))
 
     def forward(self, source_image: torch.Tensor, kp_driving: KeypointDict,

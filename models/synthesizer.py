@@ -31,7 +31,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from .blocks import DownBlock2d, KeypointDict, ResBlock2d, SameBlock2d, UpBlock2d
 from .checkpoint import Detector
 from .fast_conv import FastConv2d, is_fast_convertible
-from .generator import OcclusionAwareGenerator
+from .generator import OcclusionAwareGenerator, SourceFeatures
 
 # Row t: the taps of a 3x3 kernel (columns) summed into tap t of the equivalent 4x4 kernel of a
 # stride-2, padding-1 transposed convolution, along one axis. Nearest x2 upsampling then the 3x3
@@ -104,7 +104,7 @@ class PreparedSource:
 
     image: torch.Tensor  # 1 x C x H x W in [0, 1]
     kp: KeypointDict  # the source keypoints: value 1 x K x 2, jacobian 1 x K x 2 x 2
-    features: torch.Tensor  # generator encoder output
+    features: SourceFeatures  # generator encoder output
     motion_image: torch.Tensor | None  # the source at the dense motion's resolution
     heatmap: torch.Tensor | None  # gaussians of the source keypoints at that resolution
 
@@ -175,7 +175,8 @@ class Synthesizer:
         def batch(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
             return tensors[0] if len(tensors) == 1 else torch.cat(tensors)  # type: ignore[arg-type]
 
-        out = batch([source.features for source in sources])
+        out = tuple(batch([source.features[i] for source in sources])
+                    for i in range(len(sources[0].features)))
         dense_motion = self.generator.dense_motion_network
         if dense_motion is not None:
             kp_source = {key: batch([source.kp[key] for source in sources])

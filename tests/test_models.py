@@ -51,6 +51,27 @@ def test_generator_prediction_shape_range_and_extras(tiny_config):
     assert out["deformed"].shape == (2, 3, 32, 32)
 
 
+def test_skip_connections_bring_every_scale_past_the_bottleneck(tiny_config):
+    params = tiny_config["model_params"]["generator_params"]
+    params.update(num_down_blocks=2, skip_connections=True)
+    kp_detector, generator = (network.eval() for network in build_networks(tiny_config))
+    source = torch.rand(1, 3, 32, 32)
+    features = generator.encode_source(source)
+    assert [tuple(f.shape[1:]) for f in features] == [(4, 32, 32), (8, 16, 16), (16, 8, 8)]
+    with torch.no_grad():
+        kp = kp_detector(source)
+        warped = generator.warp_features(features, generator.dense_motion_network(
+            source_image=source, kp_driving=kp, kp_source=kp))
+        frame = generator.decode_features(warped)
+        # the full-size features reach the frame without going through the bottleneck
+        moved = generator.decode_features((warped[0] + 1, *warped[1:]))
+    assert frame.shape == (1, 3, 32, 32)
+    assert (moved - frame).abs().max() > 1e-3
+    params["skip_connections"] = False
+    _, plain = build_networks(tiny_config)
+    assert [tuple(f.shape[1:]) for f in plain.eval().encode_source(source)] == [(16, 8, 8)]
+
+
 def test_identity_motion_gives_identity_deformation(tiny_config):
     _, generator = build_networks(tiny_config)
     dense = generator.dense_motion_network.eval()

@@ -65,7 +65,9 @@ def driving_keypoints(kp_detector, drivers: torch.Tensor) -> dict[str, torch.Ten
 
 
 @pytest.mark.parametrize("optimize", [True, False])
-def test_render_many_matches_the_plain_generator(tiny_config, optimize):
+@pytest.mark.parametrize("skip_connections", [False, True])
+def test_render_many_matches_the_plain_generator(tiny_config, optimize, skip_connections):
+    tiny_config["model_params"]["generator_params"]["skip_connections"] = skip_connections
     kp_detector, generator = tiny_networks(tiny_config)
     sources, drivers = smooth_images(3, 32, seed=2), smooth_images(3, 32, seed=3)
     expected = plain_frames(kp_detector, generator, sources, drivers)

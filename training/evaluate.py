@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kpvid.models import KPDetector, OcclusionAwareGenerator
+from kpvid.models import KPDetector, OcclusionAwareGenerator, repeat_features
 from kpvid.models.predictors import (
     DEFAULT_PREDICTOR,
     HoldLast,
@@ -124,7 +124,7 @@ def reconstruct_video(kp_detector: KPDetector, generator: OcclusionAwareGenerato
         kp_driving = kp_dict_from_kp6(sent.kp6[start:start + batch_size], frames.device)
         n = kp_driving["value"].shape[0]
         expand = {k: v.expand(n, *v.shape[1:]) for k, v in kp_source.items()}
-        out = generator.decode(source_features.expand(n, -1, -1, -1),
+        out = generator.decode(repeat_features(source_features, n),
                                source.expand(n, -1, -1, -1), kp_driving, expand)
         outputs.append(out["prediction"])
     return torch.cat(outputs), kp6, sent

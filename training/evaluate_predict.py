@@ -42,6 +42,7 @@ from kpvid.models import (
     load_checkpoint_with_config,
     model_id,
     normalize_kp,
+    repeat_features,
 )
 from kpvid.models.facemesh import FaceMeshUnavailable
 from kpvid.models.predictors import PREDICTORS, Predictor, make_predictor, rollout
@@ -215,7 +216,7 @@ class Renderer:
                                           use_relative_jacobian=True)
             n = kp_driving["value"].shape[0]
             kp_source = {k: v.expand(n, *v.shape[1:]) for k, v in self.kp_source.items()}
-            result = self.generator.decode(self.features.expand(n, -1, -1, -1),
+            result = self.generator.decode(repeat_features(self.features, n),
                                            self.source.expand(n, -1, -1, -1), kp_driving,
                                            kp_source)
             out.append(result["prediction"])
