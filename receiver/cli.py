@@ -23,6 +23,8 @@ from kpvid.models import (
     SHIPPED_CHECKPOINT,
     CheckpointError,
     ConfigError,
+    Detector,
+    OcclusionAwareGenerator,
     frame_size,
     load_checkpoint_with_config,
     model_id,
@@ -34,6 +36,7 @@ from kpvid.models.predictors import (
     PREDICTOR_NAMES,
     predictor_factory,
 )
+from kpvid.models.synthesizer import HALF_TOLERANCE, half_precision_error
 
 from .edge import (
     MAX_PENDING_PER_ADDRESS,
@@ -107,10 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the self-signed certificate is kept "
                              "(default: ~/.cache/kpvid)")
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED_CHECKPOINT,
-                        help="FOMM checkpoint (default: the shipped kpvid-heads-64); senders "
-                             "must use the same one")
+                        help="FOMM checkpoint (default: the shipped "
+                             f"{model_id(SHIPPED_CHECKPOINT)}); senders must use the same one")
     parser.add_argument("--config", metavar="NAME|FILE",
                         help=CONFIG_FLAG_HELP)
+    parser.add_argument("--precision", choices=("auto", "float32", "float16"), default="auto",
+                        help="the synthesis arithmetic; auto: float16 on a GPU when its frames "
+                             "stay within two 8-bit levels of float32's (checked at start), "
+                             "else float32 (default: auto)")
     parser.add_argument("--predictor", choices=PREDICTOR_NAMES,
                         default=DEFAULT_PREDICTOR,
                         help="what fills the keypoint sets the sender skipped or lost: a "
@@ -176,6 +183,21 @@ def pick_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> to
     return torch.device(f"cuda:{args.gpu}")
 
 
+def choose_half(precision: str, device: torch.device, kp_detector: Detector,
+                generator: OcclusionAwareGenerator, size: int) -> bool:
+    """Whether to synthesise in float16: as ``--precision`` says, or for ``auto`` on a GPU
+    when :func:`~kpvid.models.synthesizer.half_precision_error` is within tolerance."""
+    if precision != "auto":
+        return precision == "float16"
+    if device.type != "cuda":
+        return False
+    error = half_precision_error(kp_detector, generator, size)
+    half = error <= HALF_TOLERANCE
+    log.info("float16 frames differ from float32 by up to %.4f (tolerance %.4f): %s", error,
+             HALF_TOLERANCE, "synthesising in float16" if half else "staying in float32")
+    return half
+
+
 async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
                 view_token: str, cert: Path, key: Path) -> int:
     try:
@@ -192,8 +214,9 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
     except (CheckpointError, ValueError) as exc:
         log.error("--predictor %s: %s", args.predictor, exc)
         return 2
+    half = choose_half(args.precision, device, kp_detector, generator, model.frame_size)
     engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch,
-                             new_predictor=new_predictor)
+                             new_predictor=new_predictor, half=half)
 
     def ice(urls: list[str]) -> list[RTCIceServer]:
         return [RTCIceServer(urls=url, username=args.ice_username,
@@ -221,7 +244,7 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
 
     shown_host = socket.gethostname() if args.host == "0.0.0.0" else args.host
     print(f"kpvid edge: model {model.model_id} ({model.frame_size}px, {model.num_kp} keypoints) "
-          f"on {device}, predictor {args.predictor}", flush=True)
+          f"on {device}{' in float16' if half else ''}, predictor {args.predictor}", flush=True)
     print(f"listening on https://{args.host}:{args.port}  "
           f"(certificate {certificate_fingerprint(cert)})", flush=True)
     print(f"viewer: https://{shown_host}:{args.port}/?token={view_token}", flush=True)

@@ -131,16 +131,19 @@ class SynthesisEngine:
     and ``render`` must be awaited on a running loop.
     A failure in the model fails only the futures of the jobs involved (a failed batch is
     retried one job at a time to find them); the worker keeps running. ``new_predictor`` makes
-    each stream's keypoint predictor (see :func:`kpvid.models.predictors.predictor_factory`).
+    each stream's keypoint predictor (see :func:`kpvid.models.predictors.predictor_factory`);
+    ``half`` renders in float16 (see :class:`~kpvid.models.Synthesizer`).
     """
 
     def __init__(self, kp_detector: Detector, generator: OcclusionAwareGenerator,
                  device: torch.device | str, max_batch: int = 8,
-                 new_predictor: Callable[[], Predictor] = ConstantVelocity) -> None:
+                 new_predictor: Callable[[], Predictor] = ConstantVelocity,
+                 half: bool = False) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)
-        self.synthesizer = Synthesizer(kp_detector.to(self.device), generator.to(self.device))
+        self.synthesizer = Synthesizer(kp_detector.to(self.device), generator.to(self.device),
+                                       half=half)
         self.max_batch = max_batch
         self.new_predictor = new_predictor
         self.predictor_name = new_predictor().name

@@ -17,7 +17,8 @@ from kpvid.models import (
 )
 from kpvid.models.blocks import UpBlock2d
 from kpvid.models.fast_conv import FastConv2d, is_fast_convertible
-from kpvid.models.synthesizer import TransposedUpBlock2d
+from kpvid.models.synthesizer import HALF_TOLERANCE, TransposedUpBlock2d, half_precision_error
+from kpvid.receiver.cli import choose_half
 
 TOLERANCE = 1e-4
 
@@ -139,3 +140,25 @@ def test_shipped_checkpoint_matches_the_plain_generator():
     prepared = [synthesizer.prepare(source[None]) for source in sources]
     frames = synthesizer.render_many(prepared, driving_keypoints(kp_detector, drivers))
     assert (frames - expected).abs().max() < TOLERANCE
+
+
+def test_half_precision_frames_stay_within_tolerance(tiny_config):
+    kp_detector, generator = tiny_networks(tiny_config)
+    sources, drivers = smooth_images(2, 32, seed=6), smooth_images(2, 32, seed=7)
+    expected = plain_frames(kp_detector, generator, sources, drivers)
+    synthesizer = Synthesizer(kp_detector, generator, half=True)
+    frames = synthesizer.render_many([synthesizer.prepare(s[None]) for s in sources],
+                                     driving_keypoints(kp_detector, drivers))
+    assert frames.dtype == torch.float32
+    error = (frames - expected).abs().max()
+    assert 0 < error < HALF_TOLERANCE  # float16 arithmetic, and close to float32's
+    measured = half_precision_error(kp_detector, generator, size=32)
+    assert 0 < measured < HALF_TOLERANCE
+
+
+def test_edge_precision_choice(tiny_config):
+    kp_detector, generator = tiny_networks(tiny_config)
+    cpu = torch.device("cpu")
+    assert choose_half("float16", cpu, kp_detector, generator, 32)
+    assert not choose_half("float32", cpu, kp_detector, generator, 32)
+    assert not choose_half("auto", cpu, kp_detector, generator, 32)  # float16 only on a GPU
