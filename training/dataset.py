@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,14 @@ def read_video(path: str | Path, size: int | None = None) -> np.ndarray:
     resized to size x size (cv2.INTER_AREA). Raises VideoReadError naming the path and the reason
     when the video is missing, empty, corrupt or unreadable.
     """
+    return read_video_sizes(path, (size,))[0]
+
+
+def read_video_sizes(path: str | Path, sizes: Sequence[int | None]) -> list[np.ndarray]:
+    """:func:`read_video` at each of ``sizes`` (``None``: as stored), decoding the video once."""
     path = Path(path)
-    if size is not None and size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
+    if any(size is not None and size <= 0 for size in sizes):
+        raise ValueError(f"sizes must be positive, got {list(sizes)}")
     if not path.exists():
         raise VideoReadError(path, "path does not exist")
     suffix = path.suffix.lower()
@@ -108,11 +113,14 @@ def read_video(path: str | Path, size: int | None = None) -> np.ndarray:
         raise VideoReadError(path, f"unsupported file type {suffix!r}")
     if not frames:
         raise VideoReadError(path, "video has no frames")
-    if size is not None:
-        frames = [_resize(frame, size, size) for frame in frames]
-    if len({frame.shape for frame in frames}) > 1:
-        raise VideoReadError(path, "frames have different sizes (pass `size` to resize them)")
-    return np.stack(frames)
+    videos = []
+    for size in sizes:
+        resized = frames if size is None else [_resize(frame, size, size) for frame in frames]
+        if len({frame.shape for frame in resized}) > 1:
+            raise VideoReadError(path, "frames have different sizes (pass `size` to resize "
+                                       "them)")
+        videos.append(np.stack(resized))
+    return videos
 
 
 def list_videos(root: str | Path) -> list[Path]:

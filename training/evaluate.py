@@ -28,7 +28,7 @@ from kpvid.models.predictors import (
 from kpvid.sender.schedule import Schedule
 
 from . import metrics
-from .dataset import list_test_videos, read_video, tracks_path
+from .dataset import list_test_videos, read_video, read_video_sizes, tracks_path
 from .extract import detect_kp6, kp_dict_from_kp6
 from .face_metrics import FaceScorer, mean_face_scores, psnr_gain_frozen
 from .transmission import UNCODED, TransmittedClip, transmit
@@ -227,8 +227,10 @@ def evaluate_reconstruction(kp_detector: KPDetector, generator: OcclusionAwareGe
     try:
         for path in tqdm(videos, desc="reconstruct", disable=not progress, dynamic_ncols=True):
             try:
-                array = read_video(path, size=size)
-                shown = array if output_size in (None, size) else read_video(path, output_size)
+                if output_size in (None, size):
+                    array = shown = read_video(path, size=size)
+                else:
+                    array, shown = read_video_sizes(path, (size, output_size))
             except ValueError as exc:
                 log.warning("skipping %s", exc)
                 report.skipped.append(path.name)
