@@ -7,15 +7,15 @@
   work cached only), with the copy but without its fast convolutions, and as the receiver runs
   it; the methods take turns call by call, so a machine busy with other work slows them alike;
 * predictor step cost (:mod:`kpvid.bench.predictor_step`);
-* end to end (:mod:`kpvid.demo.streaming`): a real receiver and sender on this machine, one
-  torch thread each, shipped model on the CPU, without prediction (the sender detects every
-  frame) and with the default schedule (every other frame predicted at the edge): latency from
-  capture to frame out, frame rate and the CPU of each process.
+* end to end (:mod:`kpvid.demo.streaming`): a real receiver and sender on this machine as
+  ``kpvid-demo`` runs them (its frame rate and torch threads), shipped model on the CPU,
+  without prediction (the sender detects every frame) and with the default schedule (every
+  other frame predicted at the edge): latency from capture to frame out, frame rate and the
+  CPU of each process.
 
-``shipped`` is the shipped default checkpoint (kpvid-heads-64, 64x64); ``heads-256`` kpvid's
-256x256 model (its shipped checkpoint, or its configuration with random weights before one is
-shipped); ``vox-256`` the official vox-256 configuration at 256x256 with random weights (the same
-weights for every method).
+``shipped`` is the shipped default checkpoint (kpvid-heads-256, 256x256); ``heads-64`` the
+64x64 model it was grown from; ``vox-256`` the official vox-256 configuration at 256x256 with
+random weights (the same weights for every method).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
+from kpvid.demo.streaming import DEMO_FPS, EDGE_THREADS, run_demo
 from kpvid.demo.streaming import build_parser as demo_parser
-from kpvid.demo.streaming import run_demo
 from kpvid.models import (
     SHIPPED_CHECKPOINT,
     WEIGHTS_DIR,
@@ -62,7 +62,7 @@ from .report import write_report
 log = logging.getLogger(__name__)
 
 # benchmark name -> the checkpoint in models/weights/ (used when shipped) or config it names
-MODELS = {"shipped": model_id(SHIPPED_CHECKPOINT), "heads-256": "kpvid-heads-256",
+MODELS = {"shipped": model_id(SHIPPED_CHECKPOINT), "heads-64": "kpvid-heads-64",
           "vox-256": "vox-256"}
 METHODS = ("plain", "cached", "folded", "synthesizer")
 METHOD_NOTES = {
@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kpvid-bench speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=[*MODELS, "all"], default="all",
-                        help="networks to time: the shipped 64x64 checkpoint, kpvid's 256x256 "
-                             "model, the official vox-256 configuration at 256x256 (random "
-                             "weights), or all three (default: all)")
+                        help="networks to time: the shipped checkpoint "
+                             f"({MODELS['shipped']}), the 64x64 kpvid-heads-64, the official "
+                             "vox-256 configuration at 256x256 (random weights), or all three "
+                             "(default: all)")
     parser.add_argument("--checkpoint", type=Path, metavar="FILE",
                         help="time this FOMM checkpoint instead of --model (official vox-256 "
                              "weights are recognised; --config for others)")
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor-frames", type=positive_int, default=200,
                         help="timed predictor steps per measurement (default: 200)")
     parser.add_argument("--e2e-frames", type=positive_int, default=150,
-                        help="frames each end-to-end run streams at 30 fps (default: 150, 5 s)")
+                        help="frames each end-to-end run streams at kpvid-demo's frame rate "
+                             f"(default: 150, {150 / DEMO_FPS:g} s)")
     parser.add_argument("--skip-e2e", action="store_true",
                         help="skip the end-to-end runs (they start a receiver and a sender)")
     parser.add_argument("--quick", action="store_true",
@@ -273,7 +275,8 @@ def format_markdown(results: dict) -> str:
                       f"{p['ms_per_stream']:.4f}"] for p in results["predictor"]])
     if results["end_to_end"]:
         lines += ["**End to end**: `kpvid-demo`, receiver and sender on this machine, shipped "
-                  "model, 1 torch thread each; CPU in % of one core", ""]
+                  f"model, {DEMO_FPS:g} fps, {EDGE_THREADS} torch threads at the edge and 1 "
+                  "at the sender; CPU in % of one core", ""]
         lines += _table(["schedule", "frames out", "dropped", "fps out", "latency p50 ms",
                          "latency p99 ms", "sender CPU", "receiver CPU"],
                         [[f"observe {e['observe']} predict {e['predict']}",

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 Detector = KPDetector | FaceMeshDetector  # what turns frames into keypoints
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-64.pth.tar"
+SHIPPED_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-256.pth.tar"
 # configs of the official first-order-model releases, recognised in a checkpoint that carries
 # none by the shapes of its weights (official files hold state dicts only)
 OFFICIAL_CONFIGS = ("vox-256",)
@@ -115,7 +115,7 @@ def load_checkpoint(path: str | Path = SHIPPED_CHECKPOINT, config_path: str | Pa
 
 def model_id(path: str | Path) -> str:
     """The name senders and edges compare to agree on a model: the file name without
-    ``.pth.tar`` / ``.pth`` (``kpvid-heads-64`` for the shipped checkpoint)."""
+    ``.pth.tar`` / ``.pth`` (``kpvid-heads-256`` for the shipped checkpoint)."""
     return Path(path).name.removesuffix(".tar").removesuffix(".pth")
 
 

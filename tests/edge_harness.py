@@ -17,7 +17,8 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from kpvid.demo.streaming import free_port
-from kpvid.models import SHIPPED_CHECKPOINT, load_checkpoint_with_config, model_id
+from kpvid.models import load_checkpoint_with_config, model_id
+from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.predictors import predictor_factory
 from kpvid.protocol import (
     KEYPOINT_CODECS,
@@ -35,14 +36,17 @@ from kpvid.receiver.synthesis import SynthesisEngine
 from kpvid.receiver.tls import ensure_certificate, server_ssl_context
 
 TOKEN = "test-token"
+# the edge and sender tests stream 64x64 clips through the shipped 64x64 model: what they test
+# (transport, playout, faults) does not depend on the frame size, and 64x64 keeps them fast
+EDGE_TEST_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-64.pth.tar"
 _MODEL = None
 
 
 def shipped_model() -> tuple:
-    """(kp_detector, generator, config) of the shipped checkpoint, loaded once per test run."""
+    """(kp_detector, generator, config) of EDGE_TEST_CHECKPOINT, loaded once per test run."""
     global _MODEL
     if _MODEL is None:
-        _MODEL = load_checkpoint_with_config(SHIPPED_CHECKPOINT)
+        _MODEL = load_checkpoint_with_config(EDGE_TEST_CHECKPOINT)
     return _MODEL
 
 
@@ -89,7 +93,7 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
     TOKEN, and offers are not rate limited unless `offers_per_second` is given. Edges made with
     the same `tmp_path` share a certificate."""
     kp_detector, generator, config = shipped_model()
-    model = ModelInfo(model_id=model_id(SHIPPED_CHECKPOINT),
+    model = ModelInfo(model_id=model_id(EDGE_TEST_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
                       num_kp=config["model_params"]["common_params"]["num_kp"])
     engine = SynthesisEngine(kp_detector, generator, "cpu", new_predictor=predictor_factory(
@@ -153,7 +157,7 @@ class RawSender:
         _, _, config = shipped_model()
         fields = dict(stream=name, fps=30.0, observe=1, predict=1, frame_size=frame.shape[0],
                       num_kp=config["model_params"]["common_params"]["num_kp"],
-                      model_id=model_id(SHIPPED_CHECKPOINT), codec="f16",
+                      model_id=model_id(EDGE_TEST_CHECKPOINT), codec="f16",
                       start_time=time.time())
         hello = Hello(**{**fields, **hello_fields})
         self.ctrl.send(encode_message(hello))

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 
-from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.models.predictors import forecast_predictors, make_predictor, predictor_factory
 from kpvid.protocol import Bye, Feedback, encode_message
 from kpvid.receiver.prediction_error import PredictionErrorWindow
@@ -22,6 +21,7 @@ from kpvid.sender.schedule import Schedule, ScheduleTimeline
 from kpvid.sender.sources import SyntheticSource
 from kpvid.training.transmission import FeedbackLoop, transmit
 from tests.edge_harness import (
+    EDGE_TEST_CHECKPOINT,
     TOKEN,
     RawSender,
     detect,
@@ -241,7 +241,7 @@ def test_a_real_sender_adapts_to_motion_and_the_edge_feedback(tmp_path, start, p
                 adapt=AdaptationOptions(pace=pace, max_predict=5,
                                         max_error_ratio=max_error_ratio))
             source = SyntheticSource("faces", seed=3, size=64, fps=30.0, length=frames)
-            extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+            extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
             code = await run_sender(source, extractor, options)
             await wait_for(lambda: len(edge.edge.ended) == 1, 15)
             return code, edge.edge.ended[0]

@@ -22,7 +22,7 @@ def test_quick_run_writes_positive_figures(tmp_path, capsys):
     assert [(r["batch"], r["method"]) for r in rows] == \
         [(b, m) for b in (1, 2) for m in speed.METHODS]
     for row in rows:
-        assert row["frame_size"] == 64
+        assert row["frame_size"] == 256
         assert all(row[key] > 0 for key in ("ms_per_call", "ms_per_frame", "fps", "speedup"))
     assert all(r["speedup"] == 1 for r in rows if r["method"] == "plain")
     assert {p["predictor"] for p in result["predictor"]} == {"vrnn", "constant-velocity"}

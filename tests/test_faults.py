@@ -18,14 +18,20 @@ import aioice.ice
 import av
 
 from kpvid.demo.streaming import free_port
-from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.protocol import Bye, encode_message
 from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
 from kpvid.sender.stats import SenderStats
-from tests.edge_harness import TOKEN, RawSender, running_edge, synthetic_clip, wait_for
+from tests.edge_harness import (
+    EDGE_TEST_CHECKPOINT,
+    TOKEN,
+    RawSender,
+    running_edge,
+    synthetic_clip,
+    wait_for,
+)
 from tests.viewer_peer import ViewerPeer
 
 
@@ -39,7 +45,7 @@ def test_a_sender_reconnects_to_a_restarted_edge_under_the_same_name(tmp_path):
     port = free_port()
 
     async def scenario() -> tuple[int, SenderStats, float]:
-        extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+        extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
         # 30 s of frames: longer than the test
         source = SyntheticSource("faces", seed=5, size=64, fps=30.0, length=900)
         stats, stop = SenderStats(), asyncio.Event()
@@ -101,7 +107,7 @@ class Senders:
 
     def __init__(self, edge, port: int) -> None:
         self.edge, self.port = edge, port
-        self.extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+        self.extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
 
     def start(self, name: str, seed: int) -> tuple[asyncio.Task, asyncio.Event]:
         options = SenderOptions(host="localhost", port=self.port, token=TOKEN,
@@ -297,7 +303,7 @@ def test_sigterm_finalises_every_recording_with_every_frame(tmp_path):
     receiver = subprocess.Popen(
         [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1", "--port",
          str(port), "--token", TOKEN, "--state-dir", str(tmp_path / "tls"), "--record",
-         str(rec), "--threads", "1"],
+         str(rec), "--threads", "1", "--checkpoint", str(EDGE_TEST_CHECKPOINT)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cert = tmp_path / "tls" / CERT_FILE
 
@@ -309,7 +315,7 @@ def test_sigterm_finalises_every_recording_with_every_frame(tmp_path):
             return {s["name"]: s for s in (await response.json())["streams"]}
 
     async def scenario() -> dict:
-        extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+        extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
         deadline = time.monotonic() + 120
         while True:  # the receiver loads torch and the model: up to a minute when loaded
             assert receiver.poll() is None, receiver.stdout.read()
@@ -369,7 +375,7 @@ def test_a_sender_leaves_an_edge_that_falls_silent(tmp_path, monkeypatch):
     monkeypatch.setattr("kpvid.sender.client.EDGE_SILENCE_S", 2.0)
 
     async def scenario() -> tuple[SenderStats, float]:
-        extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+        extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
         source = SyntheticSource("faces", seed=6, size=64, fps=30.0, length=900)
         stats, stop = SenderStats(), asyncio.Event()
         async with running_edge(tmp_path) as edge:

@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from kpvid.demo.streaming import free_port
-from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
 from tests.browser import ViewerBrowser, ViewerPage, viewer_browser
-from tests.edge_harness import TOKEN, running_edge, wait_for
+from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, wait_for
 
 STREAM = "cam"
 RESUME_LIMIT = 2.0  # the promise: a restarted sender's stream plays on within 2 s
@@ -55,7 +54,7 @@ class EdgeLoop:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+        self.extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
         self.edge = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.senders: list[tuple[asyncio.Task, asyncio.Event]] = []

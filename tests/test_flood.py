@@ -21,7 +21,14 @@ import time
 import aiohttp
 
 from kpvid.receiver.edge import MAX_STREAMS, MAX_VIEWERS
-from tests.edge_harness import TOKEN, RawSender, running_edge, synthetic_clip, wait_for
+from tests.edge_harness import (
+    EDGE_TEST_CHECKPOINT,
+    TOKEN,
+    RawSender,
+    running_edge,
+    synthetic_clip,
+    wait_for,
+)
 from tests.flood_client import offer_sdp
 from tests.viewer_peer import ViewerPeer
 
@@ -66,6 +73,7 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
             with sender_log.open("wb") as log:
                 sender = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
+                    "--checkpoint", str(EDGE_TEST_CHECKPOINT),
                     "--seed", "3", "--fps", "30", "--to", f"localhost:{port}",
                     "--ca", str(edge.cert), "--token", TOKEN, "--stream", "cam",
                     stdout=log, stderr=asyncio.subprocess.STDOUT)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from kpvid.training.loss_models import GilbertElliott
-from tests.edge_harness import TOKEN, running_edge, wait_for
+from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, wait_for
 
 FRAMES = 90  # 3 s at 30 fps
 NETEM_FRAMES = 150  # 5 s: netem starts once the stream has, and should cover most of it
@@ -120,6 +120,7 @@ async def play_from_namespace(tmp_path: Path, pair: VethPair, name: str, frames:
         rx_before = pair.rx_packets()
         sender = await asyncio.create_subprocess_exec(
             *pair.in_ns(sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
+                        "--checkpoint", str(EDGE_TEST_CHECKPOINT),
                         "--to", f"{pair.outer_ip}:{port}", "--insecure", "--token", TOKEN,
                         "--stream", name, "--frames", str(frames), "--predict", "0",
                         "--codec", "delta"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kpvid.models import SHIPPED_CHECKPOINT
+from kpvid.models import model_id
 from kpvid.models.predictors import from_kp6, make_predictor, to_kp6
 from kpvid.protocol import (
     KeypointDecoder,
@@ -21,7 +21,7 @@ from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
 from kpvid.training.visualize import to_uint8
-from tests.edge_harness import TOKEN, running_edge, shipped_model, wait_for
+from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, shipped_model, wait_for
 
 
 def expected_frames(source: SyntheticSource, frames: int, observe: int, predict: int,
@@ -37,7 +37,7 @@ def expected_frames(source: SyntheticSource, frames: int, observe: int, predict:
     def tensor(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255)
 
-    predict_gaps = make_predictor(predictor)
+    predict_gaps = make_predictor(predictor, model_id=model_id(EDGE_TEST_CHECKPOINT))
     out = []
     with torch.inference_mode():
         kp_source = kp_detector(tensor(source_image))
@@ -73,7 +73,7 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predicto
                                     ca_file=str(edge.cert), stream="e2e", codec=codec,
                                     observe=observe, predict=predict, max_frames=frames)
             source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)
-            extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+            extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
             code = await run_sender(source, extractor, options)
             await wait_for(lambda: any(s["name"] == "e2e" for s in edge.edge.ended), 10)
             return code, edge.edge.ended[-1], out
@@ -99,7 +99,7 @@ def test_two_streams_play_at_once_and_share_model_calls(tmp_path):
         # two senders and the edge share 2 cores here: a longer playout delay absorbs the jitter
         async with running_edge(tmp_path, playout_delay=0.3) as edge:
             port = int(edge.url.rsplit(":", 1)[1])
-            extractor = KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT)
+            extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
             # A model call of 25 ms whatever its batch: one stream's frames alone would need
             # 50 ms per 33 ms tick pair, so the jobs queue and the engine must batch them.
             synthesizer = edge.edge.engine.synthesizer

@@ -134,7 +134,7 @@ def test_optimized_copy_folds_norms_and_transposes_up_blocks(tiny_config):
 
 def test_shipped_checkpoint_matches_the_plain_generator():
     kp_detector, generator = load_checkpoint(SHIPPED_CHECKPOINT)
-    sources, drivers = smooth_images(2, 64, seed=8), smooth_images(2, 64, seed=9)
+    sources, drivers = smooth_images(2, 256, seed=8), smooth_images(2, 256, seed=9)
     expected = plain_frames(kp_detector, generator, sources, drivers)
     synthesizer = Synthesizer(kp_detector, generator)
     prepared = [synthesizer.prepare(source[None]) for source in sources]

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from kpvid.models import SHIPPED_CHECKPOINT
 from kpvid.receiver.edge import MAX_VIEWERS
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
 from tests.browser import ViewerBrowser, state_condition, viewer_browser
-from tests.edge_harness import TOKEN, running_edge, wait_for
+from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, wait_for
 
 STREAM = "cam1"
 FORM_SHOWN = "() => !document.getElementById('token-form').hidden"
@@ -60,7 +59,7 @@ class LiveEdge:
         source = SyntheticSource("faces", seed=3, size=64, fps=30.0, length=120)
         self.stop = asyncio.Event()
         self.sender = asyncio.create_task(run_sender(
-            source, KeypointExtractor.from_checkpoint(SHIPPED_CHECKPOINT), options,
+            source, KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT), options,
             stop=self.stop))
 
     async def _restart_sender(self) -> None:

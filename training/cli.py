@@ -146,7 +146,7 @@ def train_main(argv: list[str] | None = None) -> int:
                     "Under torchrun it trains on every GPU with DistributedDataParallel.")
     fomm.add_argument("--config", required=True,
                       help="YAML config in the official FOMM schema, or a shipped name "
-                           "(vox-256, kpvid-faces-64, kpvid-heads-64)")
+                           "(vox-256, kpvid-faces-64, kpvid-heads-64, kpvid-heads-256)")
     fomm.add_argument("--data", type=Path, required=True, nargs="+",
                       help="data folder(s) with train/ (and test/) videos; several folders are "
                            "trained on together (e.g. cartoon faces and photo talking heads)")
