@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kpvid.bench.loss import main
+from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.predictors import ConstantVelocity, HoldLast
 from kpvid.sender.schedule import Schedule
 from kpvid.training.loss_models import Bernoulli, GilbertElliott, LossModel, make_loss_model
@@ -172,7 +173,8 @@ def test_loss_benchmark_writes_table_json_and_plot(tmp_path, capsys) -> None:
                   progress=False)
     out = tmp_path / "loss.json"
     argv = ["--data", str(data), "--rates", "0", "0.3", "--predictors", "hold-last",
-            "constant-velocity", "--seed", "3", "--quiet"]
+            "constant-velocity", "--seed", "3", "--quiet",  # the 64x64 model, for speed
+            "--checkpoint", str(WEIGHTS_DIR / "kpvid-heads-64.pth.tar")]
     code = main([*argv, "--json", str(out), "--markdown", str(tmp_path / "loss.md"),
                  "--plots", str(tmp_path)])
     assert code == 0
