@@ -216,10 +216,11 @@ def half_precision_error(kp_detector: Detector, generator: OcclusionAwareGenerat
     image = F.interpolate(coarse, size=(size, size), mode="bicubic").clamp(0, 1).to(device)
     full = Synthesizer(kp_detector, generator)
     half = Synthesizer(kp_detector, generator, half=True)
-    kp = full.prepare(image).kp
+    source = full.prepare(image)
+    kp = source.kp
     moved = kp["value"] + 0.1 * torch.randn(sets, *kp["value"].shape[1:],
                                             generator=generator_rng).to(device)
     driving = {"value": moved, "jacobian": kp["jacobian"].expand(sets, -1, -1, -1)}
-    difference = full.render_many([full.prepare(image)] * sets, driving) \
+    difference = full.render_many([source] * sets, driving) \
         - half.render_many([half.prepare(image)] * sets, driving)
     return float(difference.abs().max())

@@ -12,14 +12,18 @@ MODELS=${MODELS:-kpvid-mesh-64 kpvid-heads-64 kpvid-faces-64}
 OUT=${OUT:-docs/real-faces}
 
 mkdir -p "$OUT"
-picture() {  # strip frame-size name: the PNG strip as $OUT/name.png for 64x64 frames, as
-    # $OUT/name.jpg (quality 90) for larger ones (a 256x256 strip: 1.5 MB as PNG)
-    if [ "$2" -le 64 ]; then
-        cp "$1" "$OUT/$3.png"
-    else
-        python3 -c 'import sys, cv2
-cv2.imwrite(sys.argv[2], cv2.imread(sys.argv[1]), [cv2.IMWRITE_JPEG_QUALITY, 90])' "$1" "$OUT/$3.jpg"
-    fi
+pictures() {  # run frame-size: one clip of each held-out face (grace_hopper, group_2,
+    # group_4) from runs/strips/run, as $OUT/run-clip.png for 64x64 frames, as .jpg (quality 90)
+    # for larger ones (a 256x256 strip: 1.5 MB as PNG)
+    for clip in photos_00003 photos_00001 photos_00000; do
+        if [ "$2" -le 64 ]; then
+            cp "runs/strips/$1/$clip.png" "$OUT/$1-$clip.png"
+        else
+            python3 -c 'import sys, cv2
+cv2.imwrite(sys.argv[2], cv2.imread(sys.argv[1]), [cv2.IMWRITE_JPEG_QUALITY, 90])' \
+                "runs/strips/$1/$clip.png" "$OUT/$1-$clip.jpg"
+        fi
+    done
 }
 for name in $MODELS; do
     model=models/weights/$name.pth.tar
@@ -34,18 +38,13 @@ print(frame_size(read_checkpoint(sys.argv[1])["config"]))' "$model")
         --json "$OUT/$name.photos.json" --save-strips "runs/strips/$name" > "$OUT/$name.photos.txt"
     kpvid-eval reconstruct --checkpoint "$model" --data "data/faces-$size-seed1" --quiet \
         --no-face-metrics --json "$OUT/$name.faces.json" > "$OUT/$name.faces.txt"
-    # the pictures: one clip of each held-out face (grace_hopper, group_2, group_4)
-    for clip in photos_00003 photos_00001 photos_00000; do
-        picture "runs/strips/$name/$clip.png" "$size" "$name-$clip"
-    done
+    pictures "$name" "$size"
     if [ -n "${AT:-}" ] && [ "$AT" != "$size" ]; then
         [ -d "data/photos-$AT-seed1" ] || kpvid-data synth --domain photos --videos 100 \
             --seed 1 --test-fraction 0.5 --out "data/photos-$AT-seed1" --size "$AT"
         kpvid-eval reconstruct --checkpoint "$model" --data "data/photos-$AT-seed1" --quiet \
             --output-size "$AT" --json "$OUT/$name-at-$AT.photos.json" \
             --save-strips "runs/strips/$name-at-$AT" > "$OUT/$name-at-$AT.photos.txt"
-        for clip in photos_00003 photos_00001 photos_00000; do
-            picture "runs/strips/$name-at-$AT/$clip.png" "$AT" "$name-at-$AT-$clip"
-        done
+        pictures "$name-at-$AT" "$AT"
     fi
 done
