@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -217,6 +218,9 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
     half = choose_half(args.precision, device, kp_detector, generator, model.frame_size)
     engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch,
                              new_predictor=new_predictor, half=half)
+    started = time.monotonic()
+    await engine.warm_up(model.frame_size)
+    log.info("model warmed up in %.2f s", time.monotonic() - started)
 
     def ice(urls: list[str]) -> list[RTCIceServer]:
         return [RTCIceServer(urls=url, username=args.ice_username,

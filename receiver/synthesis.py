@@ -201,6 +201,18 @@ class SynthesisEngine:
         self._submit(_FrameJob(stream, loop, future, kp6, advance, draw))
         return await future
 
+    async def warm_up(self, frame_size: int) -> None:
+        """Make a source of a noise image and render one frame of it, so that the one-off costs
+        of the first call (each fast convolution timing its ways, the backends' kernel set-up)
+        are paid before a stream's first frame is due, not by it."""
+        image = np.random.default_rng(0).integers(0, 256, (frame_size, frame_size, 3),
+                                                  dtype=np.uint8)
+        stream = "(warm-up)"  # not a valid stream name (protocol.messages): no sender's
+        try:
+            await self.render(stream, await self.set_source(stream, image))
+        finally:
+            self.drop(stream)
+
     def drop(self, stream: str) -> None:
         """Forget ``stream``'s source and predictor; later renders for it fail. Queued in order
         with renders; a no-op once the engine is closed."""

@@ -302,3 +302,24 @@ def test_play_steps_every_streams_predictor_in_one_batch(networks):
             engine.close()
 
     asyncio.run(main())
+
+
+def test_warm_up_pays_the_first_call_costs_and_leaves_no_stream(networks):
+    from kpvid.models.fast_conv import FastConv2d
+
+    kp_detector, generator = networks
+
+    async def main():
+        engine = SynthesisEngine(kp_detector, generator, "cpu")
+        try:
+            await engine.warm_up(32)
+            # a stream's first source and frame time no convolution: the warm-up did
+            with patch.object(FastConv2d, "_fastest", side_effect=AssertionError("timed")):
+                kp6 = await engine.set_source("a", images(1, seed=6)[0])
+                assert (await engine.render("a", kp6)).shape == (32, 32, 3)
+            with pytest.raises(UnknownStreamError):  # the warm-up's source is gone
+                await engine.render("(warm-up)", kp6)
+        finally:
+            engine.close()
+
+    asyncio.run(main())
