@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
-from kpvid.sender.adaptation import PX_PER_UNIT, AdaptationOptions, ScheduleController
-from kpvid.sender.schedule import Schedule
+from kpvid.protocol.keypoint_set import PX_PER_UNIT
+from kpvid.protocol.schedule import Schedule
+from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.evaluate_predict import Renderer
 from kpvid.training.extract import detect_kp6, frames_to_tensor

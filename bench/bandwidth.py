@@ -33,8 +33,8 @@ from tqdm import tqdm
 from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES, predictor_factory
 from kpvid.protocol import CODEC_NAMES, encode_source_image
-from kpvid.sender.adaptation import PX_PER_UNIT
-from kpvid.sender.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
+from kpvid.protocol.keypoint_set import PX_PER_UNIT
+from kpvid.protocol.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.dataset import list_test_videos, read_video
 from kpvid.training.evaluate_predict import Renderer

@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kpvid.protocol.keypoint_set import check_kp6, position_error
+
 from .checkpoint import CheckpointError, load_file
-from .predictors import Predictor, check_kp6, position_error, train_predictor_hint
+from .predictors import Predictor, train_predictor_hint
 from .rnn_predictor import KeypointRNN
 from .sequence_model import KeypointSequenceModel
 from .vae_predictor import KeypointVAE

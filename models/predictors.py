@@ -5,7 +5,7 @@ set it received and :meth:`Predictor.predict` for every set it has to invent (sc
 sender's observe-M / predict-N pattern, or lost). Prediction is open loop: a predictor's own
 output is its next input, exactly as if it had been observed, and it never sees the ground truth
 of a predicted step. Keypoint sets are ``kp6`` arrays: float32 ``(K, 6)`` rows of
-``[x, y, j00, j01, j10, j11]`` (see :func:`to_kp6`).
+``[x, y, j00, j01, j10, j11]`` (:mod:`kpvid.protocol.keypoint_set`).
 
 Interface for new predictors: subclass :class:`Predictor`, set a class attribute ``name``,
 implement the three methods, and register the class in :data:`PREDICTORS`. The learned
@@ -24,36 +24,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from kpvid.protocol.keypoint_set import check_kp6
+
 from .checkpoint import SHIPPED_CHECKPOINT, WEIGHTS_DIR, CheckpointError
-
-
-def to_kp6(value: np.ndarray, jacobian: np.ndarray) -> np.ndarray:
-    """FOMM keypoints (``value`` (K, 2), ``jacobian`` (K, 2, 2)) -> float32 ``(K, 6)``."""
-    value = np.asarray(value, dtype=np.float32)
-    jacobian = np.asarray(jacobian, dtype=np.float32)
-    if value.ndim != 2 or value.shape[1] != 2 or jacobian.shape != (value.shape[0], 2, 2):
-        raise ValueError(f"expected value (K, 2) and jacobian (K, 2, 2), got {value.shape} and "
-                         f"{jacobian.shape}")
-    return np.concatenate([value, jacobian.reshape(-1, 4)], axis=1)
-
-
-def from_kp6(kp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float32 ``(K, 6)`` -> (``value`` (K, 2), ``jacobian`` (K, 2, 2)), both float32 copies."""
-    kp6 = check_kp6(kp6)
-    return kp6[:, :2].copy(), kp6[:, 2:].reshape(-1, 2, 2).copy()
-
-
-def check_kp6(kp6: np.ndarray) -> np.ndarray:
-    """``kp6`` as a float32 ``(K, 6)`` array; ValueError for any other shape."""
-    kp6 = np.asarray(kp6, dtype=np.float32)
-    if kp6.ndim != 2 or kp6.shape[1] != 6 or kp6.shape[0] == 0:
-        raise ValueError(f"expected a keypoint set of shape (K, 6), got {kp6.shape}")
-    return kp6
-
-
-def position_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean keypoint position distance of two ``(K, 6)`` sets, in keypoint units."""
-    return float(np.linalg.norm(a[:, :2] - b[:, :2], axis=-1).mean())
 
 
 class Predictor(ABC):

@@ -1,6 +1,7 @@
-"""Wire protocol between sender and receiver: versioned messages (msgpack, and a compact
-binary layout for keypoints), keypoint codecs and source image transfer. protocol/README.md
-is the byte-level spec."""
+"""What sender and receiver share: the keypoint set (:mod:`.keypoint_set`) and the observe/predict
+schedule (:mod:`.schedule`), and the wire protocol between them: versioned messages (msgpack, and a
+compact binary layout for keypoints), keypoint codecs and source image transfer.
+protocol/README.md is the byte-level spec."""
 
 from .errors import (
     InvalidField,

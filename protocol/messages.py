@@ -38,7 +38,8 @@ MAX_CHUNKS = 1024
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
 CHUNK_OVERHEAD_BYTES = 32  # the most a SourceImageChunk message adds to its data
 MAX_CHUNK_DATA_BYTES = MAX_MESSAGE_BYTES - CHUNK_OVERHEAD_BYTES
-_STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a stream's name: what viewers ask for
+STREAM_NAME_RULE = "1-64 characters of [A-Za-z0-9_.-]"
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,8 @@ def _group(observe: Any, predict: Any, c: _Checker) -> tuple[int, int]:
 
 def _hello(m: Hello, c: _Checker) -> Hello:
     stream = c.text("stream", m.stream, 64)
-    if not _STREAM_NAME.fullmatch(stream):
-        raise c.invalid("stream", f"{_show(stream)} is not 1-64 characters of [A-Za-z0-9_.-]")
+    if not STREAM_NAME_RE.fullmatch(stream):
+        raise c.invalid("stream", f"{_show(stream)} is not {STREAM_NAME_RULE}")
     observe, predict = _group(m.observe, m.predict, c)
     return Hello(stream=stream,
                  fps=c.number("fps", m.fps, 0.0, MAX_FPS, lo_open=True),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kpvid.models.predictors import position_error
+from kpvid.protocol.keypoint_set import position_error
 
 
 class PredictionErrorWindow:

@@ -40,7 +40,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kpvid.models.predictors import to_kp6
 from kpvid.protocol import (
     Bye,
     Feedback,
@@ -56,6 +55,7 @@ from kpvid.protocol import (
     SourceRequest,
     decode_source_image,
 )
+from kpvid.protocol.keypoint_set import to_kp6
 from kpvid.protocol.keypoint_stream import MAX_PENDING
 
 from .jitter import JitterBuffer, PlayoutClock

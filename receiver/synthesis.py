@@ -32,11 +32,10 @@ from kpvid.models import Detector, OcclusionAwareGenerator, PreparedSource, Synt
 from kpvid.models.predictors import (
     ConstantVelocity,
     Predictor,
-    check_kp6,
     forecast_predictors,
     step_predictors,
-    to_kp6,
 )
+from kpvid.protocol.keypoint_set import check_kp6, to_kp6
 
 log = logging.getLogger(__name__)
 

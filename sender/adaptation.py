@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schedule import Schedule
+from kpvid.protocol.keypoint_set import PX_PER_UNIT
+from kpvid.protocol.schedule import Schedule
 
-PX_PER_UNIT = 128.0  # keypoint coordinates span [-1, 1]: px of a 256 x 256 frame per unit
 DEFAULT_PACE = 3.0
 
 

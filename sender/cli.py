@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 from kpvid.models import SHIPPED_CHECKPOINT, CheckpointError, ConfigError, model_id
 from kpvid.models.config import CONFIG_FLAG_HELP
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
+from kpvid.protocol.messages import STREAM_NAME_RE, STREAM_NAME_RULE
+from kpvid.protocol.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT
 from kpvid.training.synthetic import DOMAINS
 
 from .adaptation import DEFAULT_PACE, AdaptationOptions
 from .client import (
     DEFAULT_CODEC,
     DEFAULT_PORT,
-    STREAM_NAME_RE,
     SenderOptions,
     make_hello,
     parse_ice_server,
@@ -33,7 +34,6 @@ from .client import (
 )
 from .face_crop import CONFIRM_CHECKS, DETECT_INTERVAL_S, SIDE_FACTOR, SIZE_TOLERANCE
 from .keypoints import KeypointExtractor
-from .schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT
 from .sources import (
     AUTO_CROP,
     SYNTHETIC_LENGTH,
@@ -119,7 +119,7 @@ def _ice_server(text: str) -> str:
 
 def _stream_name(text: str) -> str:
     if not STREAM_NAME_RE.fullmatch(text):
-        raise ValueError(f"use 1-64 of A-Z a-z 0-9 _ . -, got {text!r}")
+        raise ValueError(f"use {STREAM_NAME_RULE}, got {text!r}")
     return text
 
 

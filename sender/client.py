@@ -59,17 +59,17 @@ from kpvid.protocol import (
     split_source_image,
     validate_message,
 )
+from kpvid.protocol.messages import STREAM_NAME_RE, STREAM_NAME_RULE
+from kpvid.protocol.schedule import Schedule, ScheduleTimeline
 
 from .adaptation import AdaptationOptions, ScheduleController
 from .keypoints import KeypointExtractor
-from .schedule import Schedule, ScheduleTimeline
 from .sources import FrameSource, SourceError
 from .stats import FeedbackSnapshot, SenderStats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8443
-STREAM_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ICE_SCHEMES = ("stun", "stuns", "turn", "turns")
 KP_BUFFER_LIMIT = 64 * 1024     # bytes queued on "kp" above which keypoint packets are dropped
 BACKOFF_START_S = 0.5
@@ -173,7 +173,7 @@ class SenderOptions:
 
     def __post_init__(self) -> None:
         if not STREAM_NAME_RE.fullmatch(self.stream):
-            raise ValueError(f"stream name must be 1-64 of A-Z a-z 0-9 _ . -, got {self.stream!r}")
+            raise ValueError(f"stream name must be {STREAM_NAME_RULE}, got {self.stream!r}")
         if self.codec not in CODEC_NAMES:
             raise ValueError(f"unknown keypoint codec {self.codec!r}; "
                              f"choose from {', '.join(CODEC_NAMES)}")

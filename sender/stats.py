@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from .adaptation import PX_PER_UNIT
+from kpvid.protocol.keypoint_set import PX_PER_UNIT
 
 if TYPE_CHECKING:
     from .face_crop import FaceCrop

@@ -12,12 +12,13 @@ import pytest
 
 from kpvid.models.predictors import forecast_predictors, make_predictor, predictor_factory
 from kpvid.protocol import Bye, Feedback, encode_message
+from kpvid.protocol.keypoint_set import PX_PER_UNIT
+from kpvid.protocol.schedule import Schedule, ScheduleTimeline
 from kpvid.receiver.prediction_error import PredictionErrorWindow
 from kpvid.receiver.skipped_frames import SkippedFrames
-from kpvid.sender.adaptation import PX_PER_UNIT, AdaptationOptions, ScheduleController
+from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
-from kpvid.sender.schedule import Schedule, ScheduleTimeline
 from kpvid.sender.sources import SyntheticSource
 from kpvid.training.transmission import FeedbackLoop, transmit
 from tests.edge_harness import (

@@ -21,12 +21,12 @@ from kpvid.models.predictors import (
     HoldLast,
     Predictor,
     make_predictor,
-    position_error,
     predictor_factory,
     rollout,
     step_predictors,
 )
 from kpvid.models.sequence_model import gaussian_kl, schedule_mask, standard_normal_kl
+from kpvid.protocol.keypoint_set import position_error
 from kpvid.training.train_predictor import KeypointData, evaluate_network, evaluate_predictor
 
 KINDS = sorted(NETWORKS)

@@ -11,7 +11,7 @@ import pytest
 from kpvid.bench.loss import main
 from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.predictors import ConstantVelocity, HoldLast
-from kpvid.sender.schedule import Schedule
+from kpvid.protocol.schedule import Schedule
 from kpvid.training.loss_models import Bernoulli, GilbertElliott, LossModel, make_loss_model
 from kpvid.training.synthetic import write_dataset
 from kpvid.training.transmission import UNCODED, transmit

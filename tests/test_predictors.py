@@ -10,10 +10,9 @@ from kpvid.models.predictors import (
     ConstantVelocity,
     HoldLast,
     Predictor,
-    from_kp6,
     make_predictor,
-    to_kp6,
 )
+from kpvid.protocol.keypoint_set import from_kp6, to_kp6
 
 
 def kp_set(k: int = 10, seed: int = 0) -> np.ndarray:

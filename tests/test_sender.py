@@ -28,6 +28,7 @@ from kpvid.protocol import (
     decode_message,
     encode_message,
 )
+from kpvid.protocol.schedule import Schedule
 from kpvid.sender import cli, sources
 from kpvid.sender.client import (
     DEFAULT_CODEC,
@@ -40,7 +41,6 @@ from kpvid.sender.client import (
     sanitize_stream_name,
 )
 from kpvid.sender.keypoints import KeypointExtractor
-from kpvid.sender.schedule import Schedule
 from kpvid.sender.sources import (
     CameraSource,
     Crop,

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from kpvid.models import model_id
-from kpvid.models.predictors import from_kp6, make_predictor, to_kp6
+from kpvid.models.predictors import make_predictor
 from kpvid.protocol import (
     KeypointDecoder,
     KeypointEncoder,
     decode_source_image,
     encode_source_image,
 )
+from kpvid.protocol.keypoint_set import from_kp6, to_kp6
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from kpvid.models import build_networks
-from kpvid.models.predictors import ConstantVelocity, step_predictors, to_kp6
+from kpvid.models.predictors import ConstantVelocity, step_predictors
+from kpvid.protocol.keypoint_set import to_kp6
 from kpvid.receiver.synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 
 

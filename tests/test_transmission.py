@@ -8,7 +8,7 @@ import pytest
 from kpvid.models.predictors import ConstantVelocity, HoldLast
 from kpvid.protocol import KEYPOINT_CODECS
 from kpvid.protocol.delta_codec import JACOBIAN_STEP, POSITION_STEP
-from kpvid.sender.schedule import Schedule
+from kpvid.protocol.schedule import Schedule
 from kpvid.training.transmission import UNCODED, transmit
 
 

@@ -25,7 +25,7 @@ from kpvid.models.predictors import (
     Predictor,
     predictor_factory,
 )
-from kpvid.sender.schedule import Schedule
+from kpvid.protocol.schedule import Schedule
 
 from . import metrics
 from .dataset import list_test_videos, read_video, read_video_sizes, tracks_path

@@ -10,11 +10,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from kpvid.models.predictors import Predictor, from_kp6, to_kp6
+from kpvid.models.predictors import Predictor
 from kpvid.protocol import KeypointDecoder, KeypointEncoder, Keypoints, encode_message
+from kpvid.protocol.keypoint_set import from_kp6, to_kp6
+from kpvid.protocol.schedule import Schedule, ScheduleTimeline
 from kpvid.receiver.prediction_error import PredictionErrorWindow
 from kpvid.sender.adaptation import ScheduleController
-from kpvid.sender.schedule import Schedule, ScheduleTimeline
 
 from .loss_models import LossModel
 
