@@ -18,6 +18,7 @@ from .dense_motion import DenseMotionNetwork
 from .discriminator import MultiScaleDiscriminator
 from .generator import OcclusionAwareGenerator, SourceFeatures, repeat_features
 from .keypoint_detector import KPDetector
+from .keypoint_dict import kp6_from_dict, kp_dict_from_kp6
 from .mesh_keypoints import FaceMeshDetector, MeshKeypoints
 from .relative_motion import normalize_kp
 from .synthesizer import PreparedSource, Synthesizer, optimize_for_inference
@@ -39,6 +40,8 @@ __all__ = [
     "Synthesizer",
     "build_networks",
     "export_checkpoint",
+    "kp6_from_dict",
+    "kp_dict_from_kp6",
     "frame_size",
     "load_checkpoint",
     "load_checkpoint_with_config",

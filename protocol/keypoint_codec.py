@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import InvalidField
+from .keypoint_set import from_kp6
 
 MAX_KEYPOINTS = 64
 _NAMES = ("x", "y", "j00", "j01", "j10", "j11")
@@ -79,11 +80,6 @@ def checked_kp6(value: ArrayLike, jacobian: ArrayLike) -> np.ndarray:
     return kp6
 
 
-def _split(kp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    kp6 = kp6.astype(np.float32)
-    return np.ascontiguousarray(kp6[:, :2]), np.ascontiguousarray(kp6[:, 2:]).reshape(-1, 2, 2)
-
-
 def _num_kp_in(payload: bytes, bytes_per_kp: int, codec: str) -> int:
     num_kp, rest = divmod(len(payload), bytes_per_kp)
     if rest or not 1 <= num_kp <= MAX_KEYPOINTS:
@@ -117,7 +113,7 @@ class Float16Codec:
         num_kp = _num_kp_in(payload, 12, self.name)
         kp6 = np.frombuffer(payload, "<f2").astype(np.float32).reshape(num_kp, 6)
         _check_finite(kp6, " in an 'f16' payload")
-        return _split(kp6)
+        return from_kp6(kp6)
 
     def error_bound(self, value: ArrayLike, jacobian: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         # Round to nearest: half a unit in the last place, at most |x| * 2**-11 for normal
@@ -178,7 +174,7 @@ class QuantizedCodec:
             codes = bits[:, start:start + nbits].astype(np.int64) @ weights
             kp6[:, column] = codes * (2 * r / (2**nbits - 1)) - r
             start += nbits
-        return _split(kp6)
+        return from_kp6(kp6)
 
     def error_bound(self, value: ArrayLike, jacobian: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         # Clamping error + half a step + rounding the decoded number to float32.

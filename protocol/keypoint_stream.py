@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike
 from . import delta_codec
 from .errors import InvalidField
 from .keypoint_codec import KEYPOINT_CODECS, checked_kp6
+from .keypoint_set import from_kp6
 
 DELTA = "delta"
 CODEC_NAMES = (*KEYPOINT_CODECS, DELTA)
@@ -124,8 +125,7 @@ class KeypointDecoder:
             q = delta_codec.apply(parsed, reference)
             self._remember(index, q)
             kp6 = delta_codec.dequantise(q)
-            decoded.append(DecodedKeypoints(index, np.ascontiguousarray(kp6[:, :2]),
-                                            kp6[:, 2:].reshape(-1, 2, 2)))
+            decoded.append(DecodedKeypoints(index, *from_kp6(kp6)))
             ready += [(waiting, self._pending.pop(waiting)) for waiting in list(self._pending)
                       if waiting - self._pending[waiting].reference_distance == index]
         return decoded

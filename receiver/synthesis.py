@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpvid.models import Detector, OcclusionAwareGenerator, PreparedSource, Synthesizer
+from kpvid.models import (
+    Detector,
+    OcclusionAwareGenerator,
+    PreparedSource,
+    Synthesizer,
+    kp_dict_from_kp6,
+)
 from kpvid.models.predictors import (
     ConstantVelocity,
     Predictor,
@@ -393,9 +399,7 @@ class SynthesisEngine:
             _deliver(job, PlayedFrame(job.kp6, np.ascontiguousarray(frame), job.forecast))
 
     def _decode(self, ready: list[tuple[_FrameJob, PreparedSource]]) -> np.ndarray:
-        kp6 = torch.from_numpy(np.stack([job.kp6 for job, _ in ready])  # type: ignore[misc]
-                               ).to(self.device)
-        kp_driving = {"value": kp6[..., :2].contiguous(),
-                      "jacobian": kp6[..., 2:].reshape(*kp6.shape[:2], 2, 2)}
+        kp_driving = kp_dict_from_kp6(np.stack([job.kp6 for job, _ in ready]),  # type: ignore[misc]
+                                      self.device)
         frames = self.synthesizer.render_many([source for _, source in ready], kp_driving)
         return tensor_to_uint8(frames)

@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kpvid.models import load_checkpoint_with_config
+from kpvid.models import kp6_from_dict, kp_dict_from_kp6, load_checkpoint_with_config
 from kpvid.training.dataset import read_video
 from kpvid.training.extract import (
     detect_kp6,
     extract_main,
     frames_to_tensor,
-    kp6_from_dict,
-    kp_dict_from_kp6,
     load_keypoints,
 )
 from kpvid.training.synthetic import write_dataset

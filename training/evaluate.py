@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from kpvid.models import KPDetector, OcclusionAwareGenerator, repeat_features
+from kpvid.models import KPDetector, OcclusionAwareGenerator, kp_dict_from_kp6, repeat_features
 from kpvid.models.predictors import (
     DEFAULT_PREDICTOR,
     HoldLast,
@@ -29,7 +29,7 @@ from kpvid.protocol.schedule import Schedule
 
 from . import metrics
 from .dataset import list_test_videos, read_video, read_video_sizes, tracks_path
-from .extract import detect_kp6, kp_dict_from_kp6
+from .extract import detect_kp6
 from .face_metrics import FaceScorer, mean_face_scores, psnr_gain_frozen
 from .transmission import UNCODED, TransmittedClip, transmit
 from .visualize import draw_keypoints, save_png, to_uint8

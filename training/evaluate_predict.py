@@ -39,6 +39,7 @@ from kpvid.models import (
     KPDetector,
     OcclusionAwareGenerator,
     frame_size,
+    kp_dict_from_kp6,
     load_checkpoint_with_config,
     model_id,
     normalize_kp,
@@ -51,7 +52,7 @@ from . import metrics
 from .arguments import add_checkpoint_arguments, positive_int
 from .dataset import list_test_videos, read_video
 from .evaluate import write_json
-from .extract import detect_kp6, frames_to_tensor, kp_dict_from_kp6
+from .extract import detect_kp6, frames_to_tensor
 from .face_metrics import (
     FACE_MEAN_KEYS,
     FaceScorer,

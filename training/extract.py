@@ -30,6 +30,7 @@ from kpvid.models import (
     Detector,
     FaceMeshDetector,
     frame_size,
+    kp6_from_dict,
     load_checkpoint_with_config,
     model_id,
 )
@@ -61,26 +62,6 @@ class KeypointSequences:
 def frames_to_tensor(frames: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """T x H x W x 3 uint8 -> T x 3 x H x W float32 in [0, 1]."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255).to(device)
-
-
-def kp6_from_dict(kp: dict[str, torch.Tensor]) -> np.ndarray:
-    """Detector output (``value`` B x K x 2, optional ``jacobian`` B x K x 2 x 2) -> float32
-    ``(B, K, 6)``; identity jacobians for detectors that estimate none."""
-    value = kp["value"]
-    jacobian = kp.get("jacobian")
-    if jacobian is None:
-        jacobian = torch.eye(2, dtype=value.dtype, device=value.device).expand(
-            *value.shape[:2], 2, 2)
-    flat = torch.cat([value, jacobian.reshape(*value.shape[:2], 4)], dim=-1)
-    return flat.float().cpu().numpy()
-
-
-def kp_dict_from_kp6(kp6: np.ndarray, device: str | torch.device = "cpu"
-                     ) -> dict[str, torch.Tensor]:
-    """float32 ``(B, K, 6)`` -> ``{'value': B x K x 2, 'jacobian': B x K x 2 x 2}`` tensors."""
-    tensor = torch.as_tensor(np.asarray(kp6, dtype=np.float32), device=device)
-    return {"value": tensor[..., :2].contiguous(),
-            "jacobian": tensor[..., 2:].reshape(*tensor.shape[:-1], 2, 2).contiguous()}
 
 
 @torch.inference_mode()
