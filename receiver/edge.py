@@ -18,6 +18,7 @@ from kpvid.protocol import Hello, RateLimitedLog
 from .metrics import ReceiverMetrics
 from .sender_peer import SenderPeer
 from .stream import FrameSink, ModelInfo, SessionOptions, StreamSession
+from .stream_stats import EndReason, StreamEnd, StreamStats
 from .synthesis import SynthesisEngine
 from .video_track import VIDEO_CLOCK_RATE, SynthesizedVideoTrack
 
@@ -132,7 +133,7 @@ class Edge:
         self._drop_log = RateLimitedLog(log)
         self._tasks: set[asyncio.Task] = set()
         self._timers: set[asyncio.Task] = set()
-        self.ended: deque[dict] = deque(maxlen=ENDED_KEPT)
+        self.ended: deque[StreamStats] = deque(maxlen=ENDED_KEPT)
         self.stream_opened: list[Callable[[StreamSession], None]] = []  # called before it plays
 
     def _peer_connection(self) -> RTCPeerConnection:
@@ -178,14 +179,16 @@ class Edge:
             await pc.setRemoteDescription(offer)
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
-            await peer.close("offer failed")
+            await peer.close(StreamEnd(EndReason.NOT_STARTED, "offer failed"))
             raise
         self.metrics.sessions.inc()
 
         async def hello_or_close() -> None:
             if peer in self._senders and peer.session is None:
                 self.metrics.handshakes_timed_out.labels("sender").inc()
-                await peer.close(f"no hello within {self.options.handshake_timeout:g} s")
+                await peer.close(StreamEnd(
+                    EndReason.NOT_STARTED,
+                    f"no hello within {self.options.handshake_timeout:g} s"))
 
         self._after_handshake_timeout(hello_or_close)
         return pc.localDescription
@@ -196,12 +199,12 @@ class Edge:
         if problem is not None:
             log.warning("sender %s refused: %s", peer.remote, problem)
             await peer.say_bye(problem)
-            await peer.close(problem)
+            await peer.close(StreamEnd(EndReason.NOT_STARTED, problem))
             return None
         previous = self.streams.get(hello.stream)
         if previous is not None:
             log.info("stream %s: a new session replaces the live one", hello.stream)
-            await previous.end("replaced by a new session of the same name")
+            await previous.finish(StreamEnd(EndReason.REPLACED))
         session = StreamSession(hello, engine=self.engine, metrics=self.metrics,
                                 send_ctrl=peer.send_ctrl, send_kp=peer.send_kp,
                                 options=self.options.session)
@@ -228,7 +231,7 @@ class Edge:
 
     async def _forget_when_ended(self, session: StreamSession) -> None:
         await session.ended.wait()
-        self.ended.append({**session.snapshot(), "ended": session.end_reason})
+        self.ended.append(session.stats())
         if self.streams.get(session.name) is not session:
             return  # replaced: the new session plays on to the same viewers
         del self.streams[session.name]
@@ -340,17 +343,18 @@ class Edge:
         await pc.close()
 
     # ------------------------------------------------------------------ reporting, shutdown
-    def snapshot(self) -> list[dict]:
-        return [session.snapshot() for session in self.streams.values()]
+    def stats(self) -> list[StreamStats]:
+        """The live streams' figures."""
+        return [session.stats() for session in self.streams.values()]
 
     async def close(self) -> None:
         """Close every peer and finalise every recording."""
         for task in list(self._timers):
             task.cancel()
         for peer in list(self._senders):
-            await peer.close("edge shutting down")
+            await peer.close(StreamEnd(EndReason.EDGE_SHUTDOWN))
         for session in list(self.streams.values()):
-            await session.end("edge shutting down")
+            await session.finish(StreamEnd(EndReason.EDGE_SHUTDOWN))
         for pc in list(self._viewers):
             await self._close_viewer(pc)
         for output in self.outputs.values():

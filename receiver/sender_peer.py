@@ -26,6 +26,7 @@ from kpvid.protocol import (
 )
 
 from .stream import StreamSession
+from .stream_stats import EndReason, StreamEnd
 
 if TYPE_CHECKING:
     from .edge import Edge
@@ -75,7 +76,7 @@ class SenderPeer:
             return
         if self.session is not None and self.session.said_bye:
             return  # the stream plays out its last frames, then closes the peer
-        await self.close(f"connection {self.pc.connectionState}")
+        await self.close(StreamEnd(EndReason.CONNECTION_LOST, self.pc.connectionState))
 
     def send_ctrl(self, message: Message) -> None:
         """Send a message to the sender on the reliable channel, if it is open."""
@@ -121,7 +122,8 @@ class SenderPeer:
         elif isinstance(message, Hello):
             await self._open(message)
         elif isinstance(message, Bye):
-            await self.close(f"bye before hello: {message.reason}")
+            await self.close(StreamEnd(EndReason.NOT_STARTED,
+                                       f"bye before hello: {message.reason}"))
         elif not isinstance(message, Keypoints):  # keypoints may overtake the hello: not an error
             raise ProtocolError(f"{type(message).__name__} before hello")
 
@@ -134,18 +136,19 @@ class SenderPeer:
 
     async def _close_when_ended(self, session: StreamSession) -> None:
         await session.ended.wait()
-        if session.end_reason == "sender finished":
-            await self.say_bye(session.end_reason)
-        await self.close(session.end_reason)
+        assert session.end is not None
+        if session.end.reason is EndReason.SENDER_FINISHED:
+            await self.say_bye(str(session.end))
+        await self.close(session.end)
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: StreamEnd) -> None:
         """End the stream (finalising its recording) and close the connection (idempotent)."""
         if self._closed:
             return
         self._closed = True
         log.info("sender %s: closing (%s)", self.remote, reason)
         if self.session is not None:
-            await self.session.end(reason)
+            await self.session.finish(reason)
         if self._consumer is not asyncio.current_task():
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -245,7 +245,8 @@ async def viewer_page(request: web.Request) -> web.Response:
 
 async def streams(request: web.Request) -> web.Response:
     edge = request.app[EDGE_KEY]
-    return web.json_response({"streams": edge.snapshot(), "ended": list(edge.ended),
+    return web.json_response({"streams": [stats.to_json() for stats in edge.stats()],
+                              "ended": [stats.to_json() for stats in edge.ended],
                               "resuming": edge.resuming(), "edge": edge.instance})
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -63,6 +64,15 @@ from .metrics import ReceiverMetrics
 from .prediction_error import PredictionErrorWindow
 from .recorder import StreamRecorder
 from .skipped_frames import SkippedFrames
+from .stream_stats import (
+    EndReason,
+    FrameCounts,
+    FrameOrigin,
+    IntraRequestCounts,
+    LatencySummary,
+    StreamEnd,
+    StreamStats,
+)
 from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 
 log = logging.getLogger(__name__)
@@ -148,11 +158,9 @@ class StreamSession:
         self.recording_path: Path | None = None
         self.sinks: list[FrameSink] = []  # each frame out goes to every sink (viewers, mp4)
         self.viewers = 0
-        # every tick is observed, predicted or lost (where its keypoints came from), and either
-        # out (rendered) or dropped (the edge ran more than max_lag late and skipped it)
-        self.counts = {"observed": 0, "predicted": 0, "lost": 0, "out": 0, "dropped": 0}
+        self.counts = FrameCounts()
         self.packets = 0
-        self.intra_requests = {"kp": 0, "ctrl": 0}  # IntraRequests sent, per channel
+        self.intra_requests = IntraRequestCounts()
         self.packet_bytes = 0
         self.decoder = KeypointDecoder(hello.codec, hello.num_kp)
         self._capture_times: dict[int, float] = {}  # of payloads not decoded yet
@@ -161,7 +169,7 @@ class StreamSession:
         self.frames_out = RateWindow()
         self.latencies: deque[float] = deque(maxlen=600)
         self.ended = asyncio.Event()
-        self.end_reason = ""
+        self.end: StreamEnd | None = None  # set when it ends
         self._assembler = SourceImageAssembler()
         self._source_ready = asyncio.Event()
         self._first_packet = asyncio.Event()
@@ -205,14 +213,15 @@ class StreamSession:
             raise
         except Exception:
             log.exception("stream %s: %s failed", self.name, what)
-            await self.end(f"{what} failed")
+            await self.finish(StreamEnd(EndReason.FAILED, what))
 
-    async def end(self, reason: str) -> None:
-        """Stop playing, free the stream's resources and finalise its recording (idempotent)."""
+    async def finish(self, end: StreamEnd) -> None:
+        """Stop playing, free the stream's resources and finalise its recording (idempotent:
+        the first end is the one kept)."""
         async with self._lock:
             if self.ended.is_set():
                 return
-            self.end_reason = reason
+            self.end = end
             current = asyncio.current_task()
             for task in self._tasks:
                 if task is not current:
@@ -228,7 +237,7 @@ class StreamSession:
                          self.recorder.frames_written, self.recording_path)
             self.metrics.forget_stream(self.name)
             self.ended.set()
-            log.info("stream %s ended (%s): %s", self.name, reason, self.counts)
+            log.info("stream %s ended (%s): %s", self.name, end, dataclasses.asdict(self.counts))
 
     @property
     def said_bye(self) -> bool:
@@ -248,7 +257,7 @@ class StreamSession:
             if message.last_frame_index is not None:
                 self._last_index = message.last_frame_index
             if self._highest_index < 0:
-                await self.end(f"bye before any keypoints: {message.reason}")
+                await self.finish(StreamEnd(EndReason.BYE_BEFORE_KEYPOINTS, message.reason))
         elif isinstance(message, Hello):
             raise ProtocolError("a second hello on a live stream")
         else:
@@ -290,13 +299,15 @@ class StreamSession:
         request = IntraRequest(f"keypoints of frame {frame_index} wait for a reference that "
                                "has not come")
         options = self.options
-        for channel, send, interval in (
-                ("kp", self._send_kp, options.intra_request_interval),
-                ("ctrl", self._send_ctrl, options.intra_request_ctrl_interval)):
-            if send is not None and now - self._intra_asked_at[channel] >= interval:
-                send(request)
-                self._intra_asked_at[channel] = now
-                self.intra_requests[channel] += 1
+        asked = self._intra_asked_at
+        if self._send_kp is not None and now - asked["kp"] >= options.intra_request_interval:
+            self._send_kp(request)
+            asked["kp"] = now
+            self.intra_requests.kp += 1
+        if now - asked["ctrl"] >= options.intra_request_ctrl_interval:
+            self._send_ctrl(request)
+            asked["ctrl"] = now
+            self.intra_requests.ctrl += 1
 
     async def _on_source_chunk(self, chunk: SourceImageChunk) -> None:
         data = self._assembler.add(chunk)
@@ -335,38 +346,39 @@ class StreamSession:
             capture_time = None
             if entry is not None:
                 kp6, capture_time = entry
-                kind = "observed"
+                origin = FrameOrigin.OBSERVED
             else:
                 kp6 = None
-                kind = "predicted" if self.skipped.skipped(index) else "lost"
+                origin = FrameOrigin.PREDICTED if self.skipped.skipped(index) else FrameOrigin.LOST
                 self.prediction_errors.gap()
-            self.counts[kind] += 1
-            self.metrics.frames.labels(self.name, kind).inc()
+            self.counts.add(origin)
+            self.metrics.frames.labels(self.name, origin.value).inc()
             late = time.monotonic() - self.clock.due(index) > self.options.max_lag
             if late:  # too slow to keep up: the predictor advances, the frame is not rendered
-                self.counts["dropped"] += 1
+                self.counts.dropped += 1
                 self.metrics.frames_dropped.labels(self.name).inc()
             try:
                 played = await self.engine.play(self.name, kp6, draw=not late)
             except (EngineClosedError, UnknownStreamError):
-                await self.end("synthesis stopped")
+                await self.finish(StreamEnd(EndReason.SYNTHESIS_STOPPED))
                 return
             except Exception as error:  # this frame broke a model: skip it
                 self._render_errors.warning("render", "stream %s: frame %d not rendered: %s",
                                             self.name, index, error)
-                self.counts["dropped"] += 1
+                self.counts.dropped += 1
             else:
                 if played.forecast is not None:
                     self.prediction_errors.add(played.forecast, played.kp6)
                 if played.frame is not None:
                     self._emit(index, played.frame, capture_time)
             index += 1
-        await self.end("sender finished" if self._bye else "sender gone (no packets)")
+        await self.finish(StreamEnd(EndReason.SENDER_FINISHED if self._bye
+                                    else EndReason.SENDER_SILENT))
 
     def _emit(self, index: int, frame: np.ndarray, capture_time: float | None) -> None:
         for sink in self.sinks:
             sink(index, frame)
-        self.counts["out"] += 1
+        self.counts.out += 1
         self.frames_out.add()
         if capture_time is not None:
             latency = time.time() - capture_time
@@ -382,35 +394,33 @@ class StreamSession:
             if not self._source_ready.is_set() and now - asked_at > self.options.source_timeout:
                 self._send_ctrl(SourceRequest("no complete source image yet"))
                 asked_at = now
-            self._send_ctrl(Feedback(received=self.packets, lost=self.counts["lost"],
-                                     predicted=self.counts["predicted"],
+            self._send_ctrl(Feedback(received=self.packets, lost=self.counts.lost,
+                                     predicted=self.counts.predicted,
                                      prediction_error=self.prediction_errors.take()))
             if not self._playing and now - self._last_packet > self.options.idle_timeout:
-                await self.end("sender gone before playout started")
+                await self.finish(StreamEnd(EndReason.SENDER_SILENT_BEFORE_PLAYOUT))
                 return
 
     # ------------------------------------------------------------------ reporting
     def _seconds_played(self) -> float:
         """Stream time covered by the frames played so far (at least one frame's worth)."""
-        return max(self.counts["out"], 1) / self.hello.fps
+        return max(self.counts.out, 1) / self.hello.fps
 
-    def snapshot(self) -> dict:
-        """The stream's live figures, as `/api/streams` reports them."""
+    def stats(self) -> StreamStats:
+        """The stream's live figures (and its end, once it has ended)."""
         latencies = np.array(self.latencies) * 1000
         percentile = (lambda q: round(float(np.percentile(latencies, q)), 1)) \
             if len(latencies) else (lambda q: None)
-        return {
-            "name": self.name, "fps": self.hello.fps, "frame_size": self.hello.frame_size,
-            "observe": self.hello.observe, "predict": self.skipped.predict,
-            "codec": self.hello.codec, "predictor": self.engine.predictor_name,
-            "frames": dict(self.counts),
-            "packets": self.packets,
-            "undecodable": self.decoder.undecodable,
-            "intra_requests": dict(self.intra_requests),
-            "kbps": round(self.kp_bytes.rate() * 8 / 1000, 2),
-            "kbps_mean": round(self.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
-            "fps_out": round(self.frames_out.rate(), 2),
-            "latency_ms": {"p50": percentile(50), "p99": percentile(99)},
-            "viewers": self.viewers,
-            "recording": str(self.recording_path) if self.recording_path else None,
-        }
+        return StreamStats(
+            name=self.name, fps=self.hello.fps, frame_size=self.hello.frame_size,
+            observe=self.hello.observe, predict=self.skipped.predict, codec=self.hello.codec,
+            predictor=self.engine.predictor_name, frames=dataclasses.replace(self.counts),
+            packets=self.packets, undecodable=self.decoder.undecodable,
+            intra_requests=dataclasses.replace(self.intra_requests),
+            kbps=round(self.kp_bytes.rate() * 8 / 1000, 2),
+            kbps_mean=round(self.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
+            fps_out=round(self.frames_out.rate(), 2),
+            latency_ms=LatencySummary(p50=percentile(50), p99=percentile(99)),
+            viewers=self.viewers,
+            recording=str(self.recording_path) if self.recording_path else None,
+            ended=self.end)

@@ -214,7 +214,7 @@ def test_the_edge_counts_frames_an_adapted_schedule_skips_as_predicted(tmp_path)
             await wait_for(lambda: len(edge.edge.ended) == 1, 15)
             feedback = [m for m in sender.received if isinstance(m, Feedback)]
             await sender.close()
-            return edge.edge.ended[0], feedback
+            return edge.edge.ended[0].to_json(), feedback
 
     final, feedback = asyncio.run(scenario())
     assert final["frames"]["lost"] == 0, final
@@ -245,7 +245,7 @@ def test_a_real_sender_adapts_to_motion_and_the_edge_feedback(tmp_path, start, p
             extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
             code = await run_sender(source, extractor, options)
             await wait_for(lambda: len(edge.edge.ended) == 1, 15)
-            return code, edge.edge.ended[0]
+            return code, edge.edge.ended[0].to_json()
 
     code, final = asyncio.run(scenario())
     assert code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 
 import av
 import msgpack
@@ -13,6 +14,7 @@ import pytest
 from aiortc import RTCIceServer
 
 from kpvid.protocol import Bye, encode_message
+from kpvid.receiver.stream_stats import EndReason, StreamEnd
 from tests.edge_harness import (
     RawSender,
     detect,
@@ -124,11 +126,11 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
             good.ctrl.send(encode_message(Bye("done", last_frame_index=39)))
             session = edge.edge.streams["good"]
             await asyncio.wait_for(session.ended.wait(), 10)
-            counts = session.counts
+            counts = asdict(session.counts)
             assert (counts["observed"], counts["predicted"], counts["lost"]) == (20, 20, 0)
             # a loaded machine may skip rendering a late frame; none goes missing
             assert counts["out"] + counts["dropped"] == 40 and counts["out"] >= 20, counts
-            assert session.end_reason == "sender finished"
+            assert session.end == StreamEnd(EndReason.SENDER_FINISHED)
             status, metrics = await edge.request("GET", "/metrics")
             for reason in ("MalformedMessage", "UnsupportedVersion", "MessageTooLarge"):
                 assert f'kpvid_bad_messages_total{{reason="{reason}"}}' in metrics
@@ -157,7 +159,7 @@ def stream_with_render(tmp_path, frames: int, wrap) -> dict:
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=frames - 1)))
             await wait_for(lambda: len(edge.edge.ended) == 1, 10)
             await sender.close()
-            return edge.edge.ended[0]
+            return edge.edge.ended[0].to_json()
 
     return asyncio.run(scenario())
 
@@ -188,7 +190,7 @@ def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
         return flaky_play
 
     final = stream_with_render(tmp_path, 20, flaky)
-    assert final["ended"] == "sender finished"
+    assert final["ended"] == EndReason.SENDER_FINISHED.value
     assert final["frames"]["out"] == 19 and final["frames"]["dropped"] == 1
 
 
@@ -234,7 +236,7 @@ def test_a_vanished_sender_is_cleaned_up_and_its_recording_finalised(tmp_path):
     session = run(scenario())
     with av.open(str(session.recording_path)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(frames) == session.counts["out"] > 0
+    assert len(frames) == session.counts.out > 0
     assert np.mean(frames[0]) > 10
 
 
@@ -253,8 +255,8 @@ def test_a_silent_sender_times_out(tmp_path):
             await wait_for(lambda: sender.pc.connectionState == "closed"
                            or any(isinstance(m, Bye) for m in sender.received), 5)
             await sender.close()
-            return edge.edge.ended[0]
+            return edge.edge.ended[0].to_json()
 
     final = asyncio.run(scenario())
-    assert final["ended"] == "sender gone (no packets)"
+    assert final["ended"] == EndReason.SENDER_SILENT.value
     assert final["frames"]["observed"] == 3

@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import aiohttp
 import aioice.ice
@@ -19,6 +20,7 @@ import av
 
 from kpvid.demo.streaming import free_port
 from kpvid.protocol import Bye, encode_message
+from kpvid.receiver.stream_stats import EndReason
 from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
@@ -38,7 +40,7 @@ from tests.viewer_peer import ViewerPeer
 def playing(edge, name: str, frames: int) -> bool:
     """Whether `edge` has a live stream `name` that has put out at least `frames` frames."""
     session = edge.edge.streams.get(name)
-    return session is not None and session.counts["out"] >= frames
+    return session is not None and session.counts.out >= frames
 
 
 def test_a_sender_reconnects_to_a_restarted_edge_under_the_same_name(tmp_path):
@@ -174,8 +176,8 @@ def test_a_restarted_sender_resumes_within_2_s_to_the_same_viewer(tmp_path):
             assert not viewer.ended.is_set() and viewer.pc.connectionState == "connected"
             assert len(edge.edge._viewers) == 1
             assert edge.edge.streams["cam"].viewers == 1
-            assert [e["ended"] for e in edge.edge.ended] == [
-                "sender finished", "replaced by a new session of the same name"]
+            assert [e.ended.reason for e in edge.edge.ended] == [  # type: ignore[union-attr]
+                EndReason.SENDER_FINISHED, EndReason.REPLACED]
             # the viewer's clock never went back
             pts = [p for _, p in viewer.arrivals]
             assert all(b > a for a, b in zip(pts, pts[1:], strict=False))
@@ -257,13 +259,13 @@ def test_a_viewer_leaving_does_not_disturb_the_others(tmp_path, monkeypatch):
                            20)
 
             async def window() -> dict:
-                start, counts = time.monotonic(), dict(session.counts)
+                start, counts = time.monotonic(), asdict(session.counts)
                 await asyncio.sleep(WINDOW)
                 end = time.monotonic()
-                out = session.counts["out"] - counts["out"]
+                out = session.counts.out - counts["out"]
                 return {"edge_fps": out / WINDOW, "viewer_fps": stayer.rate(start, end),
-                        "dropped": session.counts["dropped"] - counts["dropped"],
-                        "lost": session.counts["lost"] - counts["lost"]}
+                        "dropped": session.counts.dropped - counts["dropped"],
+                        "lost": session.counts.lost - counts["lost"]}
 
             before = await window()
             await leaver.close()  # hangs up: its slot is freed at once

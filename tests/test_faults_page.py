@@ -106,7 +106,7 @@ class EdgeLoop:
 
     async def playing(self, frames: int = 10, timeout: float = 30) -> None:
         await wait_for(lambda: self.edge is not None and STREAM in self.edge.edge.streams
-                       and self.edge.edge.streams[STREAM].counts["out"] >= frames, timeout)
+                       and self.edge.edge.streams[STREAM].counts.out >= frames, timeout)
 
     async def close(self) -> None:
         while self.senders:

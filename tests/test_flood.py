@@ -17,6 +17,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import asdict
 
 import aiohttp
 
@@ -79,7 +80,7 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
                     stdout=log, stderr=asyncio.subprocess.STDOUT)
             try:
                 await wait_for(lambda: "cam" in edge.edge.streams
-                               and edge.edge.streams["cam"].counts["out"] >= 10, 60)
+                               and edge.edge.streams["cam"].counts.out >= 10, 60)
                 session = edge.edge.streams["cam"]
                 viewer = ViewerPeer(edge)
                 assert await viewer.connect("cam") == 200
@@ -97,19 +98,19 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
                     return times
 
                 async def window(seconds: float) -> dict:
-                    start, counts = time.monotonic(), dict(session.counts)
+                    start, counts = time.monotonic(), asdict(session.counts)
                     cpu, waited, packets = time.process_time(), cpu_wait(), session.packets
                     health = await probe(start + seconds)
                     end = time.monotonic()
                     waited_end = cpu_wait()
-                    return {"edge_fps": (session.counts["out"] - counts["out"]) / (end - start),
-                            "edge_frames": session.counts["out"] - counts["out"],
+                    return {"edge_fps": (session.counts.out - counts["out"]) / (end - start),
+                            "edge_frames": session.counts.out - counts["out"],
                             "viewer_fps": viewer.rate(start, end),
                             "viewer_gap": viewer.largest_gap(start, end),
-                            "dropped": session.counts["dropped"] - counts["dropped"],
-                            "lost": session.counts["lost"] - counts["lost"],
+                            "dropped": session.counts.dropped - counts["dropped"],
+                            "lost": session.counts.lost - counts["lost"],
                             "packets": session.packets - packets,
-                            "ticks": sum(session.counts[k] - counts[k]
+                            "ticks": sum(getattr(session.counts, k) - counts[k]
                                          for k in ("observed", "predicted", "lost")),
                             "cpu": (time.process_time() - cpu) / (end - start),
                             # the share of the time the event loop waited for a CPU

@@ -60,7 +60,7 @@ def test_loss_jitter_and_duplicates_are_concealed_and_the_playout_never_stalls(t
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=FRAMES - 1)))
             session = edge.edge.streams["impaired"]
             await asyncio.wait_for(session.ended.wait(), 10)
-            snapshot = session.snapshot()
+            snapshot = session.stats().to_json()
             await sender.close()
             return snapshot, requests_seen, encoder.intra_payloads
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from types import SimpleNamespace
 from typing import cast
 
@@ -60,7 +61,7 @@ class Session:
     def asked(self) -> tuple[int, int]:
         """IntraRequests sent so far: (on kp, on ctrl)."""
         assert all(isinstance(m, IntraRequest) for m in self.sent["kp"] + self.sent["ctrl"])
-        assert self.session.intra_requests == {channel: len(messages)
+        assert asdict(self.session.intra_requests) == {channel: len(messages)
                                                for channel, messages in self.sent.items()}
         return len(self.sent["kp"]), len(self.sent["ctrl"])
 

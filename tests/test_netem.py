@@ -18,11 +18,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
+from kpvid.receiver.stream_stats import EndReason, StreamEnd
 from kpvid.training.loss_models import GilbertElliott
 from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, wait_for
 
@@ -102,7 +103,7 @@ def veth() -> Iterator[VethPair]:
 class Played:
     counts: dict[str, int]
     first_index: int
-    end_reason: str
+    end: StreamEnd | None
     packets: int  # keypoint packets the edge got
     rx_packets: int  # packets the edge's end of the veth received meanwhile
     sender_rc: int
@@ -142,8 +143,8 @@ async def play_from_namespace(tmp_path: Path, pair: VethPair, name: str, frames:
         log = stdout.decode(errors="replace")
         assert session is not None, f"the stream never reached the edge:\n{log}"
         assert session.clock.first_index is not None
-        return Played(counts=dict(session.counts), first_index=session.clock.first_index,
-                      end_reason=session.end_reason,
+        return Played(counts=asdict(session.counts), first_index=session.clock.first_index,
+                      end=session.end,
                       packets=session.packets, rx_packets=pair.rx_packets() - rx_before,
                       sender_rc=sender.returncode or 0, sender_log=log)
 
@@ -156,7 +157,7 @@ def test_a_sender_in_a_network_namespace_streams_over_a_veth(tmp_path, veth):
           f"keypoint packets, {played.rx_packets} packets in over the veth")
     counts = played.counts
     assert played.sender_rc == 0, played.sender_log
-    assert played.end_reason == "sender finished"
+    assert played.end == StreamEnd(EndReason.SENDER_FINISHED)
     ticks = FRAMES - played.first_index
     assert counts["out"] + counts["dropped"] == ticks, (counts, ticks)
     assert counts["observed"] + counts["lost"] + counts["predicted"] == ticks, (counts, ticks)
@@ -206,7 +207,7 @@ def test_netem_on_the_veth_is_concealed(tmp_path, veth):
           f"keypoint packets, netem dropped {drops}")
     counts = played.counts
     assert played.sender_rc == 0, played.sender_log
-    assert played.end_reason == "sender finished"
+    assert played.end == StreamEnd(EndReason.SENDER_FINISHED)
     assert drops > 0
     # every tick gave a frame, from the first frame through at least the last one sent (a
     # bye delayed by SCTP's retransmission can let the edge play a little past it)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
@@ -23,6 +23,7 @@ from kpvid.protocol import (
     Keypoints,
     encode_message,
 )
+from kpvid.receiver.stream_stats import EndReason, StreamEnd
 from kpvid.training.loss_models import Bernoulli, GilbertElliott, LossModel
 from tests.edge_harness import (
     EdgeHandle,
@@ -78,7 +79,7 @@ class Run:
     counts: dict[str, int]
     frames: int  # keypoint sets sent
     ticks: int  # the stream clock's ticks: its first frame through the last one sent
-    end_reason: str
+    end: StreamEnd | None
     packets: int  # keypoint packets the edge got
     packets_impaired: int  # ... before the relay stopped impairing (for the bye)
     undecodable: int
@@ -192,12 +193,12 @@ async def stream_through(tmp_path, name: str, forward: Impairment, backward: Imp
             await asyncio.wait_for(session.ended.wait(), 30)
             streamed_s = time.monotonic() - streamed
             assert session.clock.first_index is not None
-            run = Run(counts=dict(session.counts), frames=frames,
-                      ticks=frames - session.clock.first_index, end_reason=session.end_reason,
+            run = Run(counts=asdict(session.counts), frames=frames,
+                      ticks=frames - session.clock.first_index, end=session.end,
                       packets=session.packets, packets_impaired=packets_impaired,
                       undecodable=session.decoder.undecodable,
                       arrived=len(spy.arrived), decoded=len(spy.decoded), breaks=spy.breaks,
-                      requests=dict(session.intra_requests),
+                      requests=asdict(session.intra_requests),
                       kp_requests=sum(isinstance(m, IntraRequest) for m in sender.kp_received),
                       streamed_s=streamed_s, asks=asks, honoured=honoured, source=clip[0],
                       sources=sources, handshake=handshake,
@@ -218,7 +219,7 @@ async def stream_through(tmp_path, name: str, forward: Impairment, backward: Imp
 
 def check_concealed_and_never_stalled(run: Run) -> None:
     counts = run.counts
-    assert run.end_reason == "sender finished", run.end_reason
+    assert run.end == StreamEnd(EndReason.SENDER_FINISHED), run.end
     assert 0 < run.ticks <= run.frames
     # every tick of the stream's clock gave a frame (out) or was skipped to stay live (dropped)
     assert counts["out"] + counts["dropped"] == run.ticks, (counts, run.ticks)

@@ -18,6 +18,7 @@ from kpvid.protocol import (
     encode_source_image,
 )
 from kpvid.protocol.keypoint_set import from_kp6, to_kp6
+from kpvid.receiver.stream_stats import EndReason
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
@@ -76,12 +77,12 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predicto
             source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)
             extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
             code = await run_sender(source, extractor, options)
-            await wait_for(lambda: any(s["name"] == "e2e" for s in edge.edge.ended), 10)
-            return code, edge.edge.ended[-1], out
+            await wait_for(lambda: any(s.name == "e2e" for s in edge.edge.ended), 10)
+            return code, edge.edge.ended[-1].to_json(), out
 
     code, final, out = asyncio.run(scenario())
     assert code == 0
-    assert final["ended"] == "sender finished"
+    assert final["ended"] == EndReason.SENDER_FINISHED.value
     observed = sum(1 for i in range(frames) if i % (observe + predict) < observe)
     assert final["frames"] == {"observed": observed, "predicted": frames - observed, "lost": 0,
                                "out": frames, "dropped": 0}
@@ -121,7 +122,7 @@ def test_two_streams_play_at_once_and_share_model_calls(tmp_path):
             codes = await asyncio.gather(sender("one", 1), sender("two", 2))
             await wait_for(lambda: len(edge.edge.ended) == 2, 10)
             engine = edge.edge.engine
-            return codes, {s["name"]: s for s in edge.edge.ended}, engine.frames / engine.batches
+            return codes, {s.name: s.to_json() for s in edge.edge.ended}, engine.frames / engine.batches
 
     codes, ended, frames_per_call = asyncio.run(scenario())
     assert codes == [0, 0]
