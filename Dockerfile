@@ -20,6 +20,7 @@ COPY models models
 COPY protocol protocol
 COPY receiver receiver
 COPY sender sender
+COPY synthetic synthetic
 COPY training training
 COPY demo demo
 COPY bench bench

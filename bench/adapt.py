@@ -34,6 +34,7 @@ from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_fa
 from kpvid.protocol.keypoint_set import PX_PER_UNIT
 from kpvid.protocol.schedule import Schedule
 from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
+from kpvid.synthetic.faces import ACTIVITIES, generate_faces
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.evaluate_predict import Renderer
 from kpvid.training.extract import detect_kp6, frames_to_tensor
@@ -43,7 +44,6 @@ from kpvid.training.loss_models import (
     GilbertElliott,
     make_loss_model,
 )
-from kpvid.training.synthetic.faces import ACTIVITIES, generate_faces
 from kpvid.training.transmission import FeedbackLoop, transmit
 from kpvid.training.visualize import to_uint8
 

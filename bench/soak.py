@@ -32,7 +32,7 @@ import psutil
 from tqdm import tqdm
 
 from kpvid.bench.report import write_report
-from kpvid.demo.streaming import Edge, start_receiver, stop_process
+from kpvid.receiver.local import EdgeApi, start_receiver, stop_process
 from kpvid.training.arguments import positive_int
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def sample_process(process: psutil.Process) -> ProcessSample | None:
         return None
 
 
-def sample_streams(edge: Edge) -> dict[str, StreamSample]:
+def sample_streams(edge: EdgeApi) -> dict[str, StreamSample]:
     """Every stream the edge lists, live or ended."""
     state = edge.get("/api/streams")
     found: dict[str, StreamSample] = {}
@@ -200,7 +200,7 @@ def sample_streams(edge: Edge) -> dict[str, StreamSample]:
     return found
 
 
-def _wait_for_viewers(edge: Edge, stream: str, count: int) -> None:
+def _wait_for_viewers(edge: EdgeApi, stream: str, count: int) -> None:
     """Until the edge counts ``count`` viewers of ``stream`` (at most VIEWER_TIMEOUT_S)."""
     deadline = time.monotonic() + VIEWER_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -21,10 +21,12 @@ random weights (the same weights for every method).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +37,6 @@ from pathlib import Path
 
 import torch
 
-from kpvid.demo.streaming import DEMO_FPS, EDGE_THREADS, run_demo
-from kpvid.demo.streaming import build_parser as demo_parser
 from kpvid.models import (
     SHIPPED_CHECKPOINT,
     WEIGHTS_DIR,
@@ -107,6 +107,8 @@ class EndToEnd:
     latency_p99_ms: float
     sender_cpu_percent: float | None  # of one core
     receiver_cpu_percent: float | None
+    fps: float  # the demo's stream frame rate
+    edge_threads: int  # the demo receiver's torch threads
 
 
 def load_model(name: str, device: torch.device
@@ -180,14 +182,21 @@ def time_synthesis(name: str, kp_detector: Detector, generator: OcclusionAwareGe
 
 
 def run_end_to_end(predict: int, frames: int) -> EndToEnd:
-    """One kpvid-demo run of ``frames`` frames, predicting ``predict`` frames per group."""
+    """One ``kpvid-demo`` run of ``frames`` frames, predicting ``predict`` frames per group, as
+    a user starts it (its own process); SystemExit if it fails."""
     with tempfile.TemporaryDirectory(prefix="kpvid-speed-") as out:
-        args = demo_parser().parse_args(["--frames", str(frames), "--predict", str(predict),
-                                         "--out", out])
-        summary = run_demo(args, quiet=True)
-    return EndToEnd(args.observe, predict, summary.frames_out, summary.dropped,
-                    summary.fps_out, summary.latency_p50_ms, summary.latency_p99_ms,
-                    summary.sender_cpu_percent, summary.receiver_cpu_percent)
+        summary_file = Path(out) / "summary.json"
+        run = subprocess.run([sys.executable, "-m", "kpvid.demo", "--frames", str(frames),
+                              "--predict", str(predict), "--out", out, "--json",
+                              str(summary_file)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"kpvid-demo failed ({run.returncode}):\n{run.stdout[-2000:]}")
+        summary = json.loads(summary_file.read_text())
+    return EndToEnd(1, predict, summary["frames_out"], summary["dropped"], summary["fps_out"],
+                    summary["latency_p50_ms"], summary["latency_p99_ms"],
+                    summary["sender_cpu_percent"], summary["receiver_cpu_percent"],
+                    summary["fps"], summary["edge_threads"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed predictor steps per measurement (default: 200)")
     parser.add_argument("--e2e-frames", type=positive_int, default=150,
                         help="frames each end-to-end run streams at kpvid-demo's frame rate "
-                             f"(default: 150, {150 / DEMO_FPS:g} s)")
+                             "(default: 150)")
     parser.add_argument("--skip-e2e", action="store_true",
                         help="skip the end-to-end runs (they start a receiver and a sender)")
     parser.add_argument("--quick", action="store_true",
@@ -274,9 +283,10 @@ def format_markdown(results: dict) -> str:
                     [[p["predictor"], str(p["streams"]), f"{p['ms_per_call']:.3f}",
                       f"{p['ms_per_stream']:.4f}"] for p in results["predictor"]])
     if results["end_to_end"]:
+        first = results["end_to_end"][0]
         lines += ["**End to end**: `kpvid-demo`, receiver and sender on this machine, shipped "
-                  f"model, {DEMO_FPS:g} fps, {EDGE_THREADS} torch threads at the edge and 1 "
-                  "at the sender; CPU in % of one core", ""]
+                  f"model, {first['fps']:g} fps, {first['edge_threads']} torch threads at the "
+                  "edge and 1 at the sender; CPU in % of one core", ""]
         lines += _table(["schedule", "frames out", "dropped", "fps out", "latency p50 ms",
                          "latency p99 ms", "sender CPU", "receiver CPU"],
                         [[f"observe {e['observe']} predict {e['predict']}",

@@ -13,20 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import secrets
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
 
 import av
 import numpy as np
@@ -42,7 +34,7 @@ from kpvid.models import (
     load_checkpoint_with_config,
 )
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES
-from kpvid.receiver.tls import CERT_FILE
+from kpvid.receiver.local import LocalReceiver, start_receiver, stop_process
 from kpvid.sender.sources import SYNTHETIC_LENGTH, SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
 from kpvid.training.metrics import psnr, ssim
@@ -50,37 +42,6 @@ from kpvid.training.metrics import psnr, ssim
 log = logging.getLogger(__name__)
 
 STREAM = "demo"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Edge:
-    """How the demo talks to its receiver's HTTPS API."""
-
-    url: str
-    token: str
-    ssl_context: ssl.SSLContext
-
-    def get(self, path: str) -> dict:
-        request = urllib.request.Request(self.url + path,
-                                         headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, context=self.ssl_context, timeout=5) as response:
-            return json.load(response)
-
-    def stream(self, name: str = STREAM) -> tuple[dict | None, bool]:
-        """Stream ``name``'s figures (the demo stream by default), and whether it has ended."""
-        state = self.get("/api/streams")
-        for ended, streams in ((False, state["streams"]), (True, state["ended"])):
-            found = next((s for s in streams if s["name"] == name), None)
-            if found is not None:
-                return found, ended
-        return None, False
 
 
 class CpuMeter:
@@ -104,80 +65,6 @@ class CpuMeter:
         if self.first is None or self.last is None or self.last[0] <= self.first[0]:
             return None
         return 100 * (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
-
-
-def trust_certificate(edge: Edge, cert: Path, receiver: subprocess.Popen,
-                      timeout: float = 30) -> None:
-    """Wait for the receiver to write its self-signed certificate, then make ``edge`` trust it
-    (the system's trust store if it never appears)."""
-    deadline = time.monotonic() + timeout
-    while not cert.exists() and time.monotonic() < deadline and receiver.poll() is None:
-        time.sleep(0.2)
-    edge.ssl_context = ssl.create_default_context(cafile=str(cert)) if cert.exists() \
-        else ssl.create_default_context()
-
-
-def wait_until_up(edge: Edge, receiver: subprocess.Popen, timeout: float = 60) -> None:
-    """Wait until the receiver answers ``/healthz``; SystemExit if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if receiver.poll() is not None:
-            raise SystemExit(f"kpvid-receive exited with {receiver.returncode}")
-        try:
-            edge.get("/healthz")
-            return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.3)
-    raise SystemExit("kpvid-receive did not come up in time")
-
-
-def stop_process(name: str, process: subprocess.Popen, sig: int = signal.SIGTERM,
-                 timeout: float = 20.0) -> None:
-    """Ask ``process`` to stop with ``sig`` and wait; kill it after ``timeout`` seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not stop within %.0f s; killing it", name, timeout)
-        process.kill()
-        process.wait()
-
-
-@dataclass(frozen=True)
-class LocalReceiver:
-    """A ``kpvid-receive`` process on this machine that answers, and how to reach it."""
-
-    process: subprocess.Popen
-    edge: Edge  # its API, trusting its self-signed certificate
-    port: int
-    cert: Path
-    sender_env: dict[str, str]  # the environment for its senders (KPVID_TOKEN set)
-
-
-def start_receiver(out: Path, log_file: IO[str], threads: int,
-                   extra_args: Sequence[str] = (), port: int = 0) -> LocalReceiver:
-    """Start ``kpvid-receive`` on the CPU with a fresh token, its state (certificate) under
-    ``out/tls`` and its output in ``log_file``, and wait until it answers. SystemExit, with the
-    process stopped, if it exits or does not come up."""
-    port = port or free_port()
-    token = secrets.token_urlsafe(12)
-    env = {**os.environ, "KPVID_TOKEN": token}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kpvid.receiver.cli", "--cpu", "--host", "127.0.0.1",
-         "--port", str(port), "--state-dir", str(out / "tls"), "--threads", str(threads),
-         *extra_args],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    cert = out / "tls" / CERT_FILE
-    edge = Edge(f"https://127.0.0.1:{port}", token, ssl.create_default_context())
-    try:
-        trust_certificate(edge, cert, process)
-        wait_until_up(edge, process)
-    except BaseException:
-        stop_process("kpvid-receive", process, signal.SIGINT)
-        raise
-    return LocalReceiver(process, edge, port, cert, env)
 
 
 def read_recording(path: Path, fps: float) -> tuple[list[int], np.ndarray]:
@@ -223,6 +110,12 @@ class DemoSummary:
     scored_frames: int  # frames of the H.264 recording PSNR and SSIM were measured on
     recording: Path
     side_by_side: Path
+    fps: float  # the stream's frame rate
+    edge_threads: int  # torch threads of the receiver
+
+    def to_json(self) -> dict:
+        return {key: str(value) if isinstance(value, Path) else value
+                for key, value in asdict(self).items()}
 
 
 DEMO_FACE = "grace_hopper"
@@ -267,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="recording, side-by-side video and certificate go here "
                              "(default: out/demo)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write the summary's figures here")
     return parser
 
 
@@ -311,7 +206,7 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
         snapshot: dict | None = None
         with tqdm(total=args.frames, desc="frames out", unit="frame", disable=quiet) as bar:
             while True:
-                current, ended = edge.stream()
+                current, ended = edge.stream(STREAM)
                 if current is not None:
                     snapshot = current
                     bar.n = current["frames"]["out"]
@@ -363,12 +258,15 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
         fps_out=snapshot["fps_out"], latency_p50_ms=latency["p50"],
         latency_p99_ms=latency["p99"], sender_cpu_percent=sender_cpu,
         receiver_cpu_percent=receiver_cpu, psnr=mean_psnr, ssim=mean_ssim,
-        scored_frames=len(received), recording=recording, side_by_side=side_by_side)
+        scored_frames=len(received), recording=recording, side_by_side=side_by_side,
+        fps=args.fps, edge_threads=EDGE_THREADS)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     summary = run_demo(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     rows = [
         ("frames out / sent", f"{summary.frames_out} / {summary.frames_sent}  "
                               f"({summary.dropped} dropped)"),

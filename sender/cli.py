@@ -19,7 +19,7 @@ from kpvid.models.config import CONFIG_FLAG_HELP
 from kpvid.protocol import CODEC_NAMES, DEFAULT_INTRA_INTERVAL, IMAGE_FORMATS
 from kpvid.protocol.messages import STREAM_NAME_RE, STREAM_NAME_RULE
 from kpvid.protocol.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT
-from kpvid.training.synthetic import DOMAINS
+from kpvid.synthetic import DOMAINS
 
 from .adaptation import DEFAULT_PACE, AdaptationOptions
 from .client import (

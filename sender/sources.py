@@ -350,14 +350,14 @@ SYNTHETIC_LENGTH = 600  # frames of a synthetic clip by default, played ping-pon
 
 
 class SyntheticSource(FrameSource):
-    """An endless synthetic clip: ``length`` frames of ``kpvid.training.synthetic`` played
+    """An endless synthetic clip: ``length`` frames of ``kpvid.synthetic`` played
     ping-pong. Deterministic for (domain, seed, size, length): :meth:`frame_at` gives the frame
     shown at any step, so a demo can compare what the receiver rebuilt with what was sent.
     """
 
     def __init__(self, domain: str = "faces", seed: int = 0, size: int = 64, fps: float = 30.0,
                  length: int = SYNTHETIC_LENGTH, face: str | None = None):
-        from kpvid.training.synthetic import generate_video
+        from kpvid.synthetic import generate_video
 
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")

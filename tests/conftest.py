@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kpvid.models import build_networks, load_config
-from kpvid.training.synthetic import write_dataset
+from kpvid.synthetic import write_dataset
 
 torch.set_num_threads(2)
 

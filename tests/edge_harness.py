@@ -16,7 +16,6 @@ import numpy as np
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from kpvid.demo.streaming import free_port
 from kpvid.models import load_checkpoint_with_config, model_id
 from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.predictors import predictor_factory
@@ -30,6 +29,7 @@ from kpvid.protocol import (
     split_source_image,
 )
 from kpvid.receiver.edge import HANDSHAKE_TIMEOUT, MAX_STREAMS, MAX_VIEWERS, Edge, EdgeOptions
+from kpvid.receiver.local import free_port
 from kpvid.receiver.server import make_app
 from kpvid.receiver.stream import ModelInfo, SessionOptions
 from kpvid.receiver.synthesis import SynthesisEngine
@@ -197,7 +197,7 @@ async def wait_for(condition, timeout: float, interval: float = 0.05) -> None:
 
 def synthetic_clip(frames: int, seed: int = 7) -> np.ndarray:
     """A short synthetic face clip at the shipped model's size (T x H x W x 3 uint8)."""
-    from kpvid.training.synthetic import generate_video
+    from kpvid.synthetic import generate_video
 
     _, _, config = shipped_model()
     return generate_video("faces", seed=seed, size=config["dataset_params"]["frame_shape"][0],

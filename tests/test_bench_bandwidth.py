@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from kpvid.bench.bandwidth import main, video_wire_overhead_kbps
-from kpvid.training.synthetic import write_dataset
+from kpvid.synthetic import write_dataset
 
 
 def test_bandwidth_benchmark_writes_tables_json_and_plots(tmp_path, capsys):

@@ -18,12 +18,13 @@ import torch
 import yaml
 
 from kpvid.demo.streaming import build_parser as demo_parser
-from kpvid.demo.streaming import free_port, run_demo
+from kpvid.demo.streaming import run_demo
 from kpvid.models import build_networks
 from kpvid.models.learned_predictor import Normalisation, build_network, save_predictor
 from kpvid.receiver.cli import build_parser as receiver_parser
 from kpvid.receiver.cli import main as receiver_main
 from kpvid.receiver.cli import resolve_tokens
+from kpvid.receiver.local import free_port
 from kpvid.receiver.tls import CERT_FILE
 
 

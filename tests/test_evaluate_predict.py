@@ -12,6 +12,7 @@ import torch
 
 from kpvid.models.facemesh import facemesh_available
 from kpvid.models.predictors import HoldLast, Predictor, rollout
+from kpvid.synthetic import write_dataset
 from kpvid.training import evaluate_predict, face_metrics
 from kpvid.training.evaluate_predict import (
     FVD,
@@ -22,7 +23,6 @@ from kpvid.training.evaluate_predict import (
     predict_main,
     summarize,
 )
-from kpvid.training.synthetic import write_dataset
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kpvid.models import kp6_from_dict, kp_dict_from_kp6, load_checkpoint_with_config
+from kpvid.synthetic import write_dataset
 from kpvid.training.dataset import read_video
 from kpvid.training.extract import (
     detect_kp6,
@@ -16,7 +17,6 @@ from kpvid.training.extract import (
     frames_to_tensor,
     load_keypoints,
 )
-from kpvid.training.synthetic import write_dataset
 
 
 @pytest.fixture()

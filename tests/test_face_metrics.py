@@ -192,8 +192,8 @@ def test_scores_against_the_renderers_tracks() -> None:
     """FaceMesh judges only the output: an output whose landmarks sit on the tracks scores 0
     and follows the mouth; one with a frozen mouth follows nothing; the input's finds give the
     floor."""
+    from kpvid.synthetic.photo_heads import TRACKED_LANDMARKS
     from kpvid.training.face_metrics import FaceScores, score_against_tracks
-    from kpvid.training.synthetic.photo_heads import TRACKED_LANDMARKS
 
     rng = np.random.default_rng(0)
     base = np.array([[20, 24], [40, 24], [30, 32], [24, 40], [36, 40], [30, 40], [30, 41],

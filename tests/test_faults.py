@@ -18,8 +18,8 @@ import aiohttp
 import aioice.ice
 import av
 
-from kpvid.demo.streaming import free_port
 from kpvid.protocol import Bye, encode_message
+from kpvid.receiver.local import free_port
 from kpvid.receiver.stream_stats import EndReason
 from kpvid.receiver.tls import CERT_FILE
 from kpvid.sender.client import SenderOptions, run_sender

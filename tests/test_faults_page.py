@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kpvid.demo.streaming import free_port
+from kpvid.receiver.local import free_port
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource

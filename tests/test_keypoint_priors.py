@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from kpvid.models.facemesh import facemesh_available
-from kpvid.training.augmentation import RandomFlip
-from kpvid.training.dataset import FramesDataset, tracks_path
-from kpvid.training.losses import keypoint_landmark_error, keypoint_separation
-from kpvid.training.synthetic import write_dataset
-from kpvid.training.synthetic.photo_heads import (
+from kpvid.synthetic import write_dataset
+from kpvid.synthetic.photo_heads import (
     TRACK_MIRROR,
     TRACKED_LANDMARKS,
     photo_face_tracks,
 )
-from kpvid.training.synthetic.writer import write_tracks
+from kpvid.synthetic.writer import tracks_path, write_tracks
+from kpvid.training.augmentation import RandomFlip
+from kpvid.training.dataset import FramesDataset
+from kpvid.training.losses import keypoint_landmark_error, keypoint_separation
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_tracks_follow_the_rendered_face() -> None:
     import cv2
 
     from kpvid.models.facemesh import FaceMesh
-    from kpvid.training.synthetic import generate_video
+    from kpvid.synthetic import generate_video
 
     with FaceMesh() as mesh:
         for seed in (9, 11):

@@ -12,8 +12,8 @@ from kpvid.bench.loss import main
 from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.predictors import ConstantVelocity, HoldLast
 from kpvid.protocol.schedule import Schedule
+from kpvid.synthetic import write_dataset
 from kpvid.training.loss_models import Bernoulli, GilbertElliott, LossModel, make_loss_model
-from kpvid.training.synthetic import write_dataset
 from kpvid.training.transmission import UNCODED, transmit
 
 

@@ -14,10 +14,10 @@ import yaml
 from kpvid.models import load_checkpoint_with_config
 from kpvid.models.facemesh import facemesh_available
 from kpvid.models.mesh_keypoints import FaceMeshDetector, MeshKeypoints
+from kpvid.synthetic import write_dataset
+from kpvid.synthetic.photo_heads import TRACKED_LANDMARKS
 from kpvid.training.dataset import FramesDataset, VideoReadError, mesh_path
 from kpvid.training.mesh_tracks import facemesh_keypoints, reference_face
-from kpvid.training.synthetic import write_dataset
-from kpvid.training.synthetic.photo_heads import TRACKED_LANDMARKS
 
 needs_facemesh = pytest.mark.skipif(not facemesh_available(), reason="MediaPipe not installed")
 
@@ -113,9 +113,9 @@ def mesh_config(tiny_config) -> dict:
 @needs_facemesh
 def test_tracks_training_and_a_checkpoint_that_drives_from_facemesh(photos, mesh_config,
                                                                      tmp_path) -> None:
+    from kpvid.synthetic import generate_video
+    from kpvid.synthetic.photo_heads import photo_face_tracks
     from kpvid.training.mesh_tracks import write_mesh_tracks
-    from kpvid.training.synthetic import generate_video
-    from kpvid.training.synthetic.photo_heads import photo_face_tracks
     from kpvid.training.train_fomm import TrainOptions, train
 
     summary = write_mesh_tracks(photos, progress=False, overwrite=True)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from kpvid.models.facemesh import NOSE_TIP, facemesh_available, inter_ocular, mouth_opening
-from kpvid.training.synthetic import generate_video, photo_heads, photo_library, write_dataset
-from kpvid.training.synthetic.photo_library import TEST_FACES, Photo, load_faces
+from kpvid.synthetic import generate_video, photo_heads, photo_library, write_dataset
+from kpvid.synthetic.photo_library import TEST_FACES, Photo, load_faces
 
 needs_facemesh = pytest.mark.skipif(not facemesh_available(), reason="FaceMesh not installed")
 

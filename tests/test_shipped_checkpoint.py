@@ -16,8 +16,8 @@ from kpvid.models import (
 from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.facemesh import facemesh_available
 from kpvid.models.predictors import LEARNED_PREDICTORS, predictor_factory
+from kpvid.synthetic import generate_video
 from kpvid.training.evaluate import score_video
-from kpvid.training.synthetic import generate_video
 
 
 def test_shipped_checkpoint_rebuilds_an_unseen_clip():

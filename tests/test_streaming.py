@@ -122,7 +122,8 @@ def test_two_streams_play_at_once_and_share_model_calls(tmp_path):
             codes = await asyncio.gather(sender("one", 1), sender("two", 2))
             await wait_for(lambda: len(edge.edge.ended) == 2, 10)
             engine = edge.edge.engine
-            return codes, {s.name: s.to_json() for s in edge.edge.ended}, engine.frames / engine.batches
+            ended = {s.name: s.to_json() for s in edge.edge.ended}
+            return codes, ended, engine.frames / engine.batches
 
     codes, ended, frames_per_call = asyncio.run(scenario())
     assert codes == [0, 0]

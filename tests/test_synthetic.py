@@ -1,4 +1,4 @@
-"""Tests for kpvid.training.synthetic: clip shapes, determinism, smooth motion, data-set writing."""
+"""Tests for kpvid.synthetic: clip shapes, determinism, smooth motion, data-set writing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kpvid.training.synthetic import DEFAULT_FRAMES, DOMAINS, generate_video, write_dataset
+from kpvid.synthetic import DEFAULT_FRAMES, DOMAINS, generate_video, write_dataset
 
 
 def mean_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,10 +15,10 @@ import yaml
 
 from kpvid.models import build_networks, load_checkpoint
 from kpvid.models.facemesh import facemesh_available
+from kpvid.synthetic import generate_video
 from kpvid.training import face_metrics, metrics
 from kpvid.training.cli import eval_main, train_main
 from kpvid.training.losses import Transform, Vgg19, equivariance_losses
-from kpvid.training.synthetic import generate_video
 from kpvid.training.train_fomm import GeneratorFullModel, TrainOptions, train
 
 

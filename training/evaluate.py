@@ -26,9 +26,10 @@ from kpvid.models.predictors import (
     predictor_factory,
 )
 from kpvid.protocol.schedule import Schedule
+from kpvid.synthetic.writer import tracks_path
 
 from . import metrics
-from .dataset import list_test_videos, read_video, read_video_sizes, tracks_path
+from .dataset import list_test_videos, read_video, read_video_sizes
 from .extract import detect_kp6
 from .face_metrics import FaceScorer, mean_face_scores, psnr_gain_frozen
 from .transmission import UNCODED, TransmittedClip, transmit

@@ -26,10 +26,10 @@ from kpvid.models.facemesh import (
     FaceMesh,
 )
 from kpvid.models.mesh_keypoints import MeshKeypoints
+from kpvid.synthetic.photo_heads import TRACKED_LANDMARKS
+from kpvid.synthetic.photo_library import TEST_FACES, _fits
 
 from .dataset import VideoReadError, list_videos, mesh_path, read_video
-from .synthetic.photo_heads import TRACKED_LANDMARKS
-from .synthetic.photo_library import TEST_FACES, _fits
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from kpvid.models import Detector, OcclusionAwareGenerator, Synthesizer
-
-from .synthetic import generate_video
+from kpvid.synthetic import generate_video
 
 
 @dataclass

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..dataset import tracks_path
 from .arm import generate_arm
 from .faces import generate_faces
 from .photo_heads import TRACK_MIRROR, TRACKED_LANDMARKS, generate_photo_faces, photo_face_tracks
@@ -33,6 +32,14 @@ _GENERATORS: dict[str, Callable[[int, int, int, str, str | None], np.ndarray]] =
     "photos": generate_photo_faces,
     "arm": lambda seed, size, frames, split, face: generate_arm(seed, size, frames),
 }
+
+
+TRACKS_FILE = "landmarks.npz"
+
+
+def tracks_path(video: Path) -> Path:
+    """Where a video's landmark tracks lie: inside a frame folder, or beside a video file."""
+    return video / TRACKS_FILE if video.is_dir() else video.with_suffix("." + TRACKS_FILE)
 
 
 def _check(domain: str, size: int, frames: int | None) -> int:
