@@ -48,8 +48,6 @@ from kpvid.protocol import (
     Feedback,
     Hello,
     IntraRequest,
-    KeypointEncoder,
-    Keypoints,
     ProtocolError,
     RateLimitedLog,
     SourceRequest,
@@ -60,9 +58,10 @@ from kpvid.protocol import (
     validate_message,
 )
 from kpvid.protocol.messages import STREAM_NAME_RE, STREAM_NAME_RULE
-from kpvid.protocol.schedule import Schedule, ScheduleTimeline
+from kpvid.protocol.schedule import Schedule
 
-from .adaptation import AdaptationOptions, ScheduleController
+from .adaptation import AdaptationOptions
+from .frame_pipeline import FramePipeline
 from .keypoints import KeypointExtractor
 from .sources import FrameSource, SourceError
 from .stats import FeedbackSnapshot, SenderStats
@@ -243,9 +242,7 @@ class SenderClient:
         self.extractor = extractor
         self.options = options
         self.hello = make_hello(source, extractor, options, time.time())  # checks early
-        self._encoder = KeypointEncoder(options.codec, options.intra_interval)
-        self.schedules = ScheduleTimeline(options.schedule)
-        self._controller: ScheduleController | None = None
+        self.pipeline = FramePipeline(self.hello, options.intra_interval, options.adapt)
         self._heard_at: float | None = None  # last message from the edge, once it gave feedback
         self.stats = stats if stats is not None else SenderStats()
         if self.stats.face_crop is None:
@@ -417,9 +414,7 @@ class SenderClient:
         elif isinstance(message, Feedback):
             self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
                                                    message.predicted, message.prediction_error)
-            if self._controller is not None:
-                self._controller.on_feedback(message.received, message.lost,
-                                             message.prediction_error)
+            self.pipeline.on_feedback(message.received, message.lost, message.prediction_error)
         elif isinstance(message, Bye):
             log.info("edge said bye: %s", message.reason)
         else:
@@ -445,7 +440,7 @@ class SenderClient:
     def _on_intra_request(self, message: IntraRequest) -> None:
         """Make the next keypoint payload intra (on either channel, or both: once)."""
         log.debug("edge asks for an intra keypoint payload (%s)", message.reason)
-        self._encoder.request_intra()
+        self.pipeline.on_intra_request()
 
     def _capture(self) -> _Captured | None:
         """Read and detect one observed frame (runs on the worker thread)."""
@@ -481,10 +476,8 @@ class SenderClient:
             return
         options = self.options
         self.hello = make_hello(self.source, self.extractor, options, first.capture_time)
-        self._encoder = KeypointEncoder(options.codec, options.intra_interval)  # new receiver
-        self.schedules = ScheduleTimeline(options.schedule)  # the hello's, again
-        self._controller = (None if options.adapt is None
-                            else ScheduleController(options.schedule, options.adapt))
+        # a new edge session: a fresh encoder, the hello's schedule again
+        self.pipeline = FramePipeline(self.hello, options.intra_interval, options.adapt)
         self._heard_at = None  # armed by this edge's first Feedback
         ctrl.send(encode_message(self.hello))
         source_image = encode_source_image(first.rgb, options.source_format,
@@ -508,7 +501,7 @@ class SenderClient:
             if self._source_wanted:
                 self._source_wanted = False
                 self._send_source_image(ctrl, source_image)
-            observed = self.schedules.at(index).is_observed(index)
+            observed = self.pipeline.is_observed(index)
             if index == 0:
                 frame: _Captured | bool = first  # read above, for the source image
             else:
@@ -527,11 +520,11 @@ class SenderClient:
                 return
             self.stats.record_frame(observed)
             if isinstance(frame, _Captured):
-                if (self._controller is not None
-                        and self.schedules.at(index).position(index) == 0):
-                    changed = self._controller.on_group_start(index, frame.value)
-                    if changed is not None:
-                        self._adopt(changed, index)
+                adopted = self.pipeline.adapt(index, frame.value)
+                if adopted is not None:
+                    self.stats.schedule_changes += 1
+                    log.info("schedule: observe %d predict %d from frame %d", adopted.observe,
+                             adopted.predict, index)
                 self._send_keypoints(kp, index, frame)
             self.stats.maybe_report()
 
@@ -539,22 +532,10 @@ class SenderClient:
         if kp.readyState != "open" or kp.bufferedAmount > self.options.kp_buffer_limit:
             self.stats.record_drop()
             return  # before encoding: a delta payload refers to the previous one sent
-        payload = self._encoder.encode(index, captured.value, captured.jacobian)
-        data = encode_message(Keypoints(
-            frame_index=index,
-            capture_offset_ms=self.hello.capture_offset_ms(index, captured.capture_time),
-            skip_after=self.schedules.at(index).skip_after(index), codec=self.options.codec,
-            payload=payload))
+        data = encode_message(self.pipeline.keypoints(index, captured.value, captured.jacobian,
+                                                      captured.capture_time))
         kp.send(data)
         self.stats.record_packet(len(data))
-
-    def _adopt(self, schedule: Schedule, index: int) -> None:
-        """Switch to ``schedule`` from frame ``index`` (a group start); the edge learns it from
-        the keypoints' ``skip_after``."""
-        self.schedules.add(Schedule(schedule.observe, schedule.predict, index))
-        self.stats.schedule_changes += 1
-        log.info("schedule: observe %d predict %d from frame %d", schedule.observe,
-                 schedule.predict, index)
 
     def _send_source_image(self, ctrl: RTCDataChannel, image: bytes) -> None:
         chunks = split_source_image(next(self._image_ids), image, self.options.source_format)

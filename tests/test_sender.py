@@ -457,11 +457,11 @@ def test_client_takes_intra_requests_on_either_channel(tiny_config: dict) -> Non
 
     def intra_payloads_after(deliver: Callable[[], object]) -> int:
         """How many of two payloads coded after `deliver()` ran are intra (the first, or none)."""
-        before = client._encoder.intra_payloads
+        before = client.pipeline.encoder.intra_payloads
         deliver()
         for _ in range(2):
-            client._encoder.encode(next(frames), value, jacobian)
-        return client._encoder.intra_payloads - before
+            client.pipeline.encoder.encode(next(frames), value, jacobian)
+        return client.pipeline.encoder.intra_payloads - before
 
     request = encode_message(IntraRequest("lost frame 3"))
     assert intra_payloads_after(lambda: None) == 1  # the stream's first payload
