@@ -2,26 +2,19 @@
 
 The session is independent of WebRTC: it receives decoded protocol messages from its
 `SenderPeer` and answers through callables, `send_ctrl` (the reliable channel) and `send_kp`
-(the unreliable one, for IntraRequests), so it can be tested on its own.
+(the unreliable one, for IntraRequests), so it can be tested on its own. It puts together:
 
-Per frame index i of the stream, when the playout clock says i is due:
-- the jitter buffer has i's keypoints: they are observed (and fed to the stream's predictor,
-  which lives in the engine);
-- it does not: the predictor fills the gap, open-loop. The gap counts as *predicted* when the
-  sender's schedule skipped i on purpose, as *lost* when the sender sent it and it did not come
-  (each set says how many frames the sender skips after it: `SkippedFrames`).
-Before the predictor observes a set, the edge asks it for its forecast of that frame; the mean
-error goes back to the sender in every ``Feedback``, with the loss counters.
-While the newest ``delta`` payload waits for a lost reference, the edge asks for an intra
-payload with an ``IntraRequest`` on ``kp`` (a lost one holds nothing up), again at the first
-packet `intra_request_interval` after the last request, until a payload decodes; a copy goes on
-``ctrl`` at a slower rate, for senders that read only ``ctrl`` (protocol/README.md,
-IntraRequest).
-Prediction and rendering run in the shared `SynthesisEngine` (batched with other streams) and the
-frame goes to every sink: the stream name's video for its viewers (the edge's `StreamOutput`,
-which outlives the session) and, with `--record`, an mp4. An edge too
-slow for its load skips rendering frames that are already `max_lag` late, so the delay stays
-bounded instead of growing.
+- `KeypointIntake` (keypoint_intake.py): each ``Keypoints`` message decoded, which frames the
+  sender skipped, and when to ask for an intra payload (sent here on the channels it names);
+- `Playout` (playout.py): the jitter buffer and playout clock; at each frame's due time it says
+  whether the frame is observed, predicted or lost, and whether the edge is too late to render
+  it (``max_lag``: an edge too slow for its load skips frames instead of lagging further);
+- the shared `SynthesisEngine`, which steps the stream's predictor (it fills every frame without
+  a set, open loop) and renders, batched with other streams;
+- the feedback to the sender (every ``feedback_interval``: counts and the predictor's error at
+  the sets that arrived, `PredictionErrorWindow`), source-image assembly, and the sinks each
+  frame goes to: the stream name's video for its viewers (the edge's `StreamOutput`, which
+  outlives the session) and, with `--record`, an mp4.
 """
 
 from __future__ import annotations
@@ -46,7 +39,6 @@ from kpvid.protocol import (
     Feedback,
     Hello,
     IntraRequest,
-    KeypointDecoder,
     Keypoints,
     Message,
     ProtocolError,
@@ -56,19 +48,15 @@ from kpvid.protocol import (
     SourceRequest,
     decode_source_image,
 )
-from kpvid.protocol.keypoint_set import to_kp6
-from kpvid.protocol.keypoint_stream import MAX_PENDING
 
-from .jitter import JitterBuffer, PlayoutClock
+from .keypoint_intake import IntraRequestTiming, KeypointIntake
 from .metrics import ReceiverMetrics
+from .playout import Playout
 from .prediction_error import PredictionErrorWindow
 from .recorder import StreamRecorder
-from .skipped_frames import SkippedFrames
 from .stream_stats import (
     EndReason,
     FrameCounts,
-    FrameOrigin,
-    IntraRequestCounts,
     LatencySummary,
     StreamEnd,
     StreamStats,
@@ -152,19 +140,15 @@ class StreamSession:
         self.options = options
         self._send_ctrl = send_ctrl
         self._send_kp = send_kp  # None: IntraRequests go on ctrl only
-        self.clock = PlayoutClock(hello.fps, options.playout_delay)
-        self.jitter: JitterBuffer[tuple[np.ndarray, float]] = JitterBuffer()
+        self.intake = KeypointIntake(hello, IntraRequestTiming(
+            kp_interval=options.intra_request_interval if send_kp is not None else None,
+            ctrl_interval=options.intra_request_ctrl_interval))
+        self.playout = Playout(hello.fps, options.playout_delay, options.max_lag,
+                               self.intake.skipped)
         self.recorder: StreamRecorder | None = None
         self.recording_path: Path | None = None
         self.sinks: list[FrameSink] = []  # each frame out goes to every sink (viewers, mp4)
         self.viewers = 0
-        self.counts = FrameCounts()
-        self.packets = 0
-        self.intra_requests = IntraRequestCounts()
-        self.packet_bytes = 0
-        self.decoder = KeypointDecoder(hello.codec, hello.num_kp)
-        self._capture_times: dict[int, float] = {}  # of payloads not decoded yet
-        self._intra_asked_at = {"kp": -float("inf"), "ctrl": -float("inf")}
         self.kp_bytes = RateWindow()
         self.frames_out = RateWindow()
         self.latencies: deque[float] = deque(maxlen=600)
@@ -177,7 +161,6 @@ class StreamSession:
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
         self._last_packet = time.monotonic()
-        self.skipped = SkippedFrames(hello.observe, hello.predict)
         self.prediction_errors = PredictionErrorWindow()
         self._playing = False
         self._tasks: list[asyncio.Task] = []
@@ -264,50 +247,22 @@ class StreamSession:
             raise ProtocolError(f"{type(message).__name__} is not a sender-to-edge message")
 
     def _on_keypoints(self, message: Keypoints, nbytes: int) -> None:
-        hello = self.hello
-        if message.codec != hello.codec:
-            raise ProtocolError(f"keypoints in codec {message.codec!r}, hello said {hello.codec!r}")
-        self._capture_times[message.frame_index] = hello.capture_time(message)
-        try:
-            decoded = self.decoder.decode(message.frame_index, message.payload)
-        except ProtocolError as exc:
-            del self._capture_times[message.frame_index]
-            raise ProtocolError(f"keypoints of frame {message.frame_index}: {exc}") from None
         now = time.monotonic()
+        intake = self.intake.receive(message, nbytes, now)
         self._last_packet = now
-        self.packets += 1
-        self.packet_bytes += nbytes
         self.kp_bytes.add(nbytes, now)
         self.metrics.keypoint_bytes.labels(self.name).inc(nbytes)
-        self.skipped.add(message.frame_index, message.skip_after)
-        if self.decoder.broken:
-            self._ask_for_intra(message.frame_index, now)
-        for keypoints in decoded:
-            capture_time = self._capture_times.pop(keypoints.frame_index, None)
-            if self.jitter.put(keypoints.frame_index,
-                               (to_kp6(keypoints.value, keypoints.jacobian), capture_time)):
-                self.clock.on_packet(keypoints.frame_index, now)
-                self._highest_index = max(self._highest_index, keypoints.frame_index)
+        if intake.ask_intra_on:
+            request = IntraRequest(f"keypoints of frame {message.frame_index} wait for a "
+                                   "reference that has not come")
+            for channel in intake.ask_intra_on:
+                send = self._send_kp if channel == "kp" else self._send_ctrl
+                assert send is not None  # the intake asks on kp only when there is one
+                send(request)
+        for decoded in intake.decoded:
+            if self.playout.put(decoded, now):
+                self._highest_index = max(self._highest_index, decoded.frame_index)
                 self._first_packet.set()
-        while len(self._capture_times) > 2 * MAX_PENDING:
-            del self._capture_times[min(self._capture_times)]
-
-    def _ask_for_intra(self, frame_index: int, now: float) -> None:
-        """IntraRequests while the newest payload waits for its reference: on kp at most every
-        `intra_request_interval` (fast: never held up behind a lost ctrl message), on ctrl at
-        most every `intra_request_ctrl_interval`."""
-        request = IntraRequest(f"keypoints of frame {frame_index} wait for a reference that "
-                               "has not come")
-        options = self.options
-        asked = self._intra_asked_at
-        if self._send_kp is not None and now - asked["kp"] >= options.intra_request_interval:
-            self._send_kp(request)
-            asked["kp"] = now
-            self.intra_requests.kp += 1
-        if now - asked["ctrl"] >= options.intra_request_ctrl_interval:
-            self._send_ctrl(request)
-            asked["ctrl"] = now
-            self.intra_requests.ctrl += 1
 
     async def _on_source_chunk(self, chunk: SourceImageChunk) -> None:
         data = self._assembler.add(chunk)
@@ -334,31 +289,23 @@ class StreamSession:
     async def _playout(self) -> None:
         await self._source_ready.wait()
         await self._first_packet.wait()
-        self.clock.lock()
-        index = self.clock.first_index
+        clock = self.playout.clock
+        clock.lock()
+        index = clock.first_index
         assert index is not None
         self._playing = True
         while not self._finished(index):
-            wait = self.clock.due(index) - time.monotonic()
+            wait = clock.due(index) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            entry = self.jitter.take(index)
-            capture_time = None
-            if entry is not None:
-                kp6, capture_time = entry
-                origin = FrameOrigin.OBSERVED
-            else:
-                kp6 = None
-                origin = FrameOrigin.PREDICTED if self.skipped.skipped(index) else FrameOrigin.LOST
+            tick = self.playout.tick(index, time.monotonic())
+            if tick.kp6 is None:
                 self.prediction_errors.gap()
-            self.counts.add(origin)
-            self.metrics.frames.labels(self.name, origin.value).inc()
-            late = time.monotonic() - self.clock.due(index) > self.options.max_lag
-            if late:  # too slow to keep up: the predictor advances, the frame is not rendered
-                self.counts.dropped += 1
+            self.metrics.frames.labels(self.name, tick.origin.value).inc()
+            if tick.late:  # too slow to keep up: the predictor advances, the frame is not rendered
                 self.metrics.frames_dropped.labels(self.name).inc()
             try:
-                played = await self.engine.play(self.name, kp6, draw=not late)
+                played = await self.engine.play(self.name, tick.kp6, draw=not tick.late)
             except (EngineClosedError, UnknownStreamError):
                 await self.finish(StreamEnd(EndReason.SYNTHESIS_STOPPED))
                 return
@@ -370,10 +317,20 @@ class StreamSession:
                 if played.forecast is not None:
                     self.prediction_errors.add(played.forecast, played.kp6)
                 if played.frame is not None:
-                    self._emit(index, played.frame, capture_time)
+                    self._emit(index, played.frame, tick.capture_time)
             index += 1
         await self.finish(StreamEnd(EndReason.SENDER_FINISHED if self._bye
                                     else EndReason.SENDER_SILENT))
+
+    @property
+    def counts(self) -> FrameCounts:
+        """Where the frames played so far came from, and how many were rendered."""
+        return self.playout.counts
+
+    @property
+    def packets(self) -> int:
+        """Keypoints messages taken so far."""
+        return self.intake.packets
 
     def _emit(self, index: int, frame: np.ndarray, capture_time: float | None) -> None:
         for sink in self.sinks:
@@ -413,12 +370,12 @@ class StreamSession:
             if len(latencies) else (lambda q: None)
         return StreamStats(
             name=self.name, fps=self.hello.fps, frame_size=self.hello.frame_size,
-            observe=self.hello.observe, predict=self.skipped.predict, codec=self.hello.codec,
+            observe=self.hello.observe, predict=self.intake.skipped.predict, codec=self.hello.codec,
             predictor=self.engine.predictor_name, frames=dataclasses.replace(self.counts),
-            packets=self.packets, undecodable=self.decoder.undecodable,
-            intra_requests=dataclasses.replace(self.intra_requests),
+            packets=self.packets, undecodable=self.intake.decoder.undecodable,
+            intra_requests=dataclasses.replace(self.intake.intra_requests),
             kbps=round(self.kp_bytes.rate() * 8 / 1000, 2),
-            kbps_mean=round(self.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
+            kbps_mean=round(self.intake.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
             fps_out=round(self.frames_out.rate(), 2),
             latency_ms=LatencySummary(p50=percentile(50), p99=percentile(99)),
             viewers=self.viewers,

@@ -61,7 +61,7 @@ class Session:
     def asked(self) -> tuple[int, int]:
         """IntraRequests sent so far: (on kp, on ctrl)."""
         assert all(isinstance(m, IntraRequest) for m in self.sent["kp"] + self.sent["ctrl"])
-        assert asdict(self.session.intra_requests) == {channel: len(messages)
+        assert asdict(self.session.intake.intra_requests) == {channel: len(messages)
                                                for channel, messages in self.sent.items()}
         return len(self.sent["kp"]), len(self.sent["ctrl"])
 
@@ -93,7 +93,7 @@ def test_asked_on_kp_again_after_the_interval_until_a_payload_decodes(monkeypatc
     for i in range(20, 60):
         s.arrive(i, s.payload(i), start + i * 0.035)
     assert s.asked() == (6, 2)  # nothing more once a payload decodes
-    assert s.session.packets == 59 and s.session.decoder.waiting == 0
+    assert s.session.packets == 59 and s.session.intake.decoder.waiting == 0
 
 
 def test_a_straggler_behind_a_decoded_set_asks_for_nothing(monkeypatch, loop):
@@ -107,9 +107,9 @@ def test_a_straggler_behind_a_decoded_set_asks_for_nothing(monkeypatch, loop):
         s.arrive(i, s.payload(i), s.now + 1 / FPS)
         if i == 7:
             s.arrive(5, late, s.now)
-            assert s.session.decoder.waiting == 1  # 5 waits for 4, which may yet come ...
+            assert s.session.intake.decoder.waiting == 1  # 5 waits for 4, which may yet come ...
     assert s.asked() == (0, 0)  # ... but the chain goes on: nothing to ask for
-    assert s.session.decoder.waiting == 0  # given up once 4 is older than every reference
+    assert s.session.intake.decoder.waiting == 0  # given up once 4 is older than every reference
 
 
 def test_the_request_rate_is_bounded_whatever_arrives(monkeypatch, loop):

@@ -142,8 +142,8 @@ async def play_from_namespace(tmp_path: Path, pair: VethPair, name: str, frames:
             stdout, _ = await output
         log = stdout.decode(errors="replace")
         assert session is not None, f"the stream never reached the edge:\n{log}"
-        assert session.clock.first_index is not None
-        return Played(counts=asdict(session.counts), first_index=session.clock.first_index,
+        assert session.playout.clock.first_index is not None
+        return Played(counts=asdict(session.counts), first_index=session.playout.clock.first_index,
                       end=session.end,
                       packets=session.packets, rx_packets=pair.rx_packets() - rx_before,
                       sender_rc=sender.returncode or 0, sender_log=log)

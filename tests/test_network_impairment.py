@@ -163,7 +163,7 @@ async def stream_through(tmp_path, name: str, forward: Impairment, backward: Imp
                 await asyncio.sleep(0.5)  # for the edge's acknowledgement of the last chunk
                 relay.active = True
             session = edge.edge.streams[name]
-            spy = DecoderSpy(session.decoder)
+            spy = DecoderSpy(session.intake.decoder)
             encoder = KeypointEncoder(codec)
             requests_seen = asks = honoured = frames = 0
             start = time.time()
@@ -192,13 +192,13 @@ async def stream_through(tmp_path, name: str, forward: Impairment, backward: Imp
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=frames - 1)))
             await asyncio.wait_for(session.ended.wait(), 30)
             streamed_s = time.monotonic() - streamed
-            assert session.clock.first_index is not None
+            assert session.playout.clock.first_index is not None
             run = Run(counts=asdict(session.counts), frames=frames,
-                      ticks=frames - session.clock.first_index, end=session.end,
+                      ticks=frames - session.playout.clock.first_index, end=session.end,
                       packets=session.packets, packets_impaired=packets_impaired,
-                      undecodable=session.decoder.undecodable,
+                      undecodable=session.intake.decoder.undecodable,
                       arrived=len(spy.arrived), decoded=len(spy.decoded), breaks=spy.breaks,
-                      requests=asdict(session.intra_requests),
+                      requests=asdict(session.intake.intra_requests),
                       kp_requests=sum(isinstance(m, IntraRequest) for m in sender.kp_received),
                       streamed_s=streamed_s, asks=asks, honoured=honoured, source=clip[0],
                       sources=sources, handshake=handshake,
