@@ -33,7 +33,7 @@ from kpvid.models import frame_size, load_checkpoint_with_config
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
 from kpvid.protocol.keypoint_set import PX_PER_UNIT
 from kpvid.protocol.schedule import Schedule
-from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
+from kpvid.sender.adaptation import AdaptationOptions
 from kpvid.synthetic.faces import ACTIVITIES, generate_faces
 from kpvid.training.arguments import add_checkpoint_arguments, positive_int
 from kpvid.training.evaluate_predict import Renderer
@@ -44,7 +44,7 @@ from kpvid.training.loss_models import (
     GilbertElliott,
     make_loss_model,
 )
-from kpvid.training.transmission import FeedbackLoop, transmit
+from kpvid.training.transmission import SimulatedChannel, transmit
 from kpvid.training.visualize import to_uint8
 
 from .loss import loss_rate
@@ -128,12 +128,10 @@ def run(args: argparse.Namespace) -> dict:
                                         [args.seed, clip_number], args.burst_length)
                         if args.loss_rate > 0 else None)
                 start = Schedule(1, 1 if adaptive else int(value))
-                feedback = (FeedbackLoop(ScheduleController(start, AdaptationOptions(
-                    pace=float(value), max_predict=args.max_predict,
-                    loss_high=args.loss_high)))
-                    if adaptive else None)
-                sent = transmit(kp6, start, "delta", new_predictor, loss=loss,
-                                feedback=feedback)
+                adapt = (AdaptationOptions(pace=float(value), max_predict=args.max_predict,
+                                           loss_high=args.loss_high) if adaptive else None)
+                sent = transmit(kp6, start, "delta", new_predictor,
+                                channel=SimulatedChannel(loss), adapt=adapt)
                 psnr, ssim = frame_quality(to_uint8(render(sent.kp6)), clip)
                 total = sums[activity, name]
                 total["bytes"] += int(sent.message_bytes.sum())

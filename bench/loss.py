@@ -35,12 +35,13 @@ from kpvid.protocol import CODEC_NAMES
 from kpvid.protocol.keypoint_set import PX_PER_UNIT
 from kpvid.protocol.keypoint_stream import DEFAULT_INTRA_INTERVAL
 from kpvid.protocol.schedule import DEFAULT_OBSERVE, DEFAULT_PREDICT, Schedule
-from kpvid.training.arguments import add_checkpoint_arguments, positive_int
+from kpvid.receiver.keypoint_intake import IntraRequestTiming
+from kpvid.training.arguments import add_checkpoint_arguments, non_negative, positive_int
 from kpvid.training.dataset import list_test_videos, read_video
 from kpvid.training.evaluate_predict import Renderer
 from kpvid.training.extract import detect_kp6, frames_to_tensor
 from kpvid.training.loss_models import DEFAULT_BURST_LENGTH, LOSS_MODELS, make_loss_model
-from kpvid.training.transmission import UNCODED, TransmittedClip, transmit
+from kpvid.training.transmission import UNCODED, SimulatedChannel, TransmittedClip, transmit
 from kpvid.training.visualize import to_uint8
 
 from .bandwidth import parse_schedule
@@ -54,10 +55,9 @@ DEFAULT_RATES = (0.0, 0.05, 0.1, 0.2, 0.3)
 DEFAULT_PREDICTORS = ("vrnn", "hold-last")
 # The receiver asks for an intra payload at most every 0.1 s on kp, where a request can be
 # lost, and every 0.5 s on ctrl, where it arrives, if late (SessionOptions.
-# intra_request_interval, intra_request_ctrl_interval). The bench's requests are never lost: it
-# models the ctrl rate. At 30 fps and observe 1 predict 1 a packet comes every 1/15 s, so the
-# next request can go with the 8th packet after one.
-DEFAULT_REQUEST_INTERVAL = 8
+# intra_request_interval, intra_request_ctrl_interval). The simulated channel loses no request:
+# the bench models the ctrl rate alone.
+DEFAULT_REQUEST_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,9 @@ def run(args: argparse.Namespace) -> dict:
                             args.rates.index(rate)]
                     loss = make_loss_model(model, rate, seed, args.burst_length)
                 sent = transmit(kp6, args.schedule, args.codec, factories[name],
-                                args.intra_interval, loss, args.request_delay,
-                                args.request_interval)
+                                args.intra_interval, SimulatedChannel(loss, args.delay),
+                                IntraRequestTiming(kp_interval=None,
+                                                   ctrl_interval=args.request_interval))
                 psnr, ssim = frame_quality(to_uint8(render(sent.kp6)), clip)
                 totals[model, rate, name].add(sent, kp6, psnr, ssim)
                 progress.update()
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
                  "schedule": {"observe": args.schedule.observe,
                               "predict": args.schedule.predict},
                  "codec": args.codec, "intra_interval": args.intra_interval,
-                 "burst_length": args.burst_length, "request_delay": args.request_delay,
+                 "burst_length": args.burst_length, "delay": args.delay,
                  "request_interval": args.request_interval, "seed": args.seed},
         "rows": [asdict(r) for r in rows],
     }
@@ -208,8 +209,8 @@ def format_markdown(results: dict) -> str:
     lines = [f"**Rebuilt PSNR (dB) against the loss rate** ({meta['videos']} videos, "
              f"{meta['frames']} frames; schedule {schedule['observe']}:{schedule['predict']}, "
              f"codec `{meta['codec']}`, Gilbert-Elliott mean burst {meta['burst_length']:g} "
-             f"packets, intra request after {meta['request_delay']} packet(s), at most one "
-             f"every {meta['request_interval']} packets)", "",
+             f"packets, {1000 * meta['delay']:g} ms each way, at most one intra request "
+             f"every {meta['request_interval']:g} s)", "",
              "| loss rate | " + " | ".join(_label(m, p) for m, p in series) + " |",
              "|---|" + "---|" * len(series)]
     for rate in rates:
@@ -300,14 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--intra-interval", type=positive_int, default=DEFAULT_INTRA_INTERVAL,
                         help="delta: an intra payload at least every N packets (default: "
                              "%(default)s)")
-    parser.add_argument("--request-delay", type=positive_int, default=1,
-                        help="the edge's IntraRequest makes the N-th packet after the one "
-                             "that waited intra (default: %(default)s, the next one: a round "
-                             "trip shorter than a packet interval, optimistic)")
-    parser.add_argument("--request-interval", type=positive_int,
-                        default=DEFAULT_REQUEST_INTERVAL,
-                        help="at most one IntraRequest every N packets (default: %(default)s, "
-                             "the receiver's 0.5 s at 30 fps and 1:1)")
+    parser.add_argument("--delay", type=non_negative, default=0.0, metavar="SECONDS",
+                        help="the channel's one-way delay, for keypoints and the edge's "
+                             "IntraRequests alike (default: 0: the next packet after a "
+                             "request is intra, optimistic)")
+    parser.add_argument("--request-interval", type=non_negative,
+                        default=DEFAULT_REQUEST_INTERVAL, metavar="SECONDS",
+                        help="at most one IntraRequest this often (default: %(default)g, the "
+                             "receiver's rate on ctrl)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the loss patterns")
     add_output_arguments(parser, "the PSNR-against-loss PNG")
     return parser

@@ -20,7 +20,7 @@ from kpvid.sender.adaptation import AdaptationOptions, ScheduleController
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
-from kpvid.training.transmission import FeedbackLoop, transmit
+from kpvid.training.transmission import transmit
 from tests.edge_harness import (
     EDGE_TEST_CHECKPOINT,
     TOKEN,
@@ -184,9 +184,8 @@ def test_the_edge_tells_skipped_frames_from_lost_ones_by_skip_after():
 def test_transmit_follows_the_controller():
     still = np.repeat(np.random.default_rng(1).normal(0, 0.3, (1, 10, 6)), 240, 0)
     still = still.astype(np.float32)
-    loop = FeedbackLoop(ScheduleController(Schedule(1, 1), AdaptationOptions(max_predict=4)))
     sent = transmit(still, Schedule(1, 1), "delta", lambda: make_predictor("hold-last"),
-                    feedback=loop)
+                    adapt=AdaptationOptions(max_predict=4))
     assert sent.predict is not None
     assert sent.predict[0] == 1 and sent.predict[-1] == 4  # nothing moves: N climbs to the top
     # the schedule changes at group starts: a sent frame begins every group

@@ -12,9 +12,10 @@ from kpvid.bench.loss import main
 from kpvid.models.checkpoint import WEIGHTS_DIR
 from kpvid.models.predictors import ConstantVelocity, HoldLast
 from kpvid.protocol.schedule import Schedule
+from kpvid.receiver.keypoint_intake import IntraRequestTiming
 from kpvid.synthetic import write_dataset
 from kpvid.training.loss_models import Bernoulli, GilbertElliott, LossModel, make_loss_model
-from kpvid.training.transmission import UNCODED, transmit
+from kpvid.training.transmission import UNCODED, SimulatedChannel, transmit
 
 
 class LosePackets(LossModel):
@@ -31,6 +32,11 @@ class LosePackets(LossModel):
         numbers = range(self._next, self._next + packets)
         self._next += packets
         return np.array([n in self.packets for n in numbers], bool)
+
+
+def lose(*packets: int, delay: float = 0.0) -> SimulatedChannel:
+    """A channel that loses the packets with these numbers."""
+    return SimulatedChannel(LosePackets(*packets), delay=delay)
 
 
 def clip(frames: int = 16, num_kp: int = 10) -> np.ndarray:
@@ -89,7 +95,8 @@ def test_no_loss_is_the_lossless_call(codec: str) -> None:
     kp6 = clip()
     plain = transmit(kp6, Schedule(1, 1), codec, ConstantVelocity)
     for loss in (Bernoulli(0.0, 1), GilbertElliott(0.0, seed=1)):
-        sent = transmit(kp6, Schedule(1, 1), codec, ConstantVelocity, loss=loss)
+        sent = transmit(kp6, Schedule(1, 1), codec, ConstantVelocity,
+                        channel=SimulatedChannel(loss))
         np.testing.assert_array_equal(sent.kp6, plain.kp6)
         np.testing.assert_array_equal(sent.message_bytes, plain.message_bytes)
         assert not sent.lost.any() and not sent.concealed.any() and sent.intra_requests == 0
@@ -99,7 +106,7 @@ def test_no_loss_is_the_lossless_call(codec: str) -> None:
 def test_lost_frames_are_flagged_and_concealed() -> None:
     kp6 = clip()
     plain = transmit(kp6, Schedule(1, 1), "q12", HoldLast)
-    sent = transmit(kp6, Schedule(1, 1), "q12", HoldLast, loss=LosePackets(2, 3))
+    sent = transmit(kp6, Schedule(1, 1), "q12", HoldLast, channel=lose(2, 3))
     assert np.flatnonzero(sent.lost).tolist() == [4, 6]  # packets 2 and 3 carry frames 4, 6
     assert (sent.concealed == sent.lost).all()  # stateless codec: nothing undecodable
     assert sent.message_bytes[4] > 0  # a lost packet was still sent
@@ -112,7 +119,7 @@ def test_lost_frames_are_flagged_and_concealed() -> None:
 def test_delta_loss_waits_for_the_requested_intra() -> None:
     kp6 = clip()
     plain = transmit(kp6, Schedule(1, 0), "delta", HoldLast)
-    sent = transmit(kp6, Schedule(1, 0), "delta", HoldLast, loss=LosePackets(3))
+    sent = transmit(kp6, Schedule(1, 0), "delta", HoldLast, channel=lose(3))
     # packet 4 builds on the lost 3: undecodable, the edge asks, packet 5 is intra
     assert np.flatnonzero(sent.lost).tolist() == [3]
     assert np.flatnonzero(sent.concealed).tolist() == [3, 4]
@@ -126,22 +133,37 @@ def test_delta_loss_waits_for_the_requested_intra() -> None:
 
 
 def test_intra_request_delay_and_interval() -> None:
-    kp6 = clip()
+    kp6 = clip()  # 30 fps, every frame sent: a packet every 1/30 s
     plain = transmit(kp6, Schedule(1, 0), "delta", HoldLast)
-    late = transmit(kp6, Schedule(1, 0), "delta", HoldLast, loss=LosePackets(3),
-                    intra_request_delay=3)
+    # 45 ms each way: the request made at packet 4 reaches the sender after packet 6
+    late = transmit(kp6, Schedule(1, 0), "delta", HoldLast,
+                    channel=lose(3, delay=0.045))
     assert np.flatnonzero(late.concealed).tolist() == [3, 4, 5, 6]  # packet 7 is intra
     np.testing.assert_array_equal(late.kp6[7:], plain.kp6[7:])
-    # the intra (5) is lost too: packet 6 waits and asks again at once, or 4 packets later
-    again = transmit(kp6, Schedule(1, 0), "delta", HoldLast, loss=LosePackets(3, 5))
+    # the intra (5) is lost too: packet 6 waits and asks again, as soon as the interval allows
+    often = IntraRequestTiming(kp_interval=0.05, ctrl_interval=10)
+    again = transmit(kp6, Schedule(1, 0), "delta", HoldLast,
+                     channel=lose(3, 5), intra_timing=often)
     assert np.flatnonzero(again.concealed).tolist() == [3, 4, 5, 6]
     assert again.intra_requests == 2
-    spaced = transmit(kp6, Schedule(1, 0), "delta", HoldLast, loss=LosePackets(3, 5),
-                      intra_request_interval=4)
-    assert np.flatnonzero(spaced.concealed).tolist() == [3, 4, 5, 6, 7, 8]
+    spaced = transmit(kp6, Schedule(1, 0), "delta", HoldLast,
+                      channel=lose(3, 5),
+                      intra_timing=IntraRequestTiming(kp_interval=0.13, ctrl_interval=10))
+    assert np.flatnonzero(spaced.concealed).tolist() == [3, 4, 5, 6, 7, 8]  # asks at 4 and 8
     np.testing.assert_array_equal(spaced.kp6[9:], plain.kp6[9:])
-    with pytest.raises(ValueError, match="intra_request_delay"):
-        transmit(kp6, Schedule(1, 0), "delta", HoldLast, intra_request_delay=0)
+    with pytest.raises(ValueError, match="delay"):
+        SimulatedChannel(delay=-0.01)
+
+
+def test_a_jittery_channel_reorders_and_the_late_sets_are_concealed() -> None:
+    kp6 = clip(30)
+    plain = transmit(kp6, Schedule(1, 0), "q12", HoldLast)
+    # up to 0.3 s of jitter against 0.1 s of playout delay: some sets come after their frame
+    jittery = transmit(kp6, Schedule(1, 0), "q12", HoldLast,
+                       channel=SimulatedChannel(delay=0.0, jitter=0.3, seed=2))
+    assert not jittery.lost.any() and jittery.concealed.any()  # late, not lost
+    on_time = ~jittery.concealed
+    np.testing.assert_array_equal(jittery.kp6[on_time], plain.kp6[on_time])
 
 
 def test_the_periodic_intra_also_restarts_the_chain() -> None:
@@ -149,19 +171,19 @@ def test_the_periodic_intra_also_restarts_the_chain() -> None:
     plain = transmit(kp6, Schedule(1, 0), "delta", HoldLast, intra_interval=5)
     # packet 4 lost, packet 5 is the periodic intra: nothing waits, nothing is asked
     sent = transmit(kp6, Schedule(1, 0), "delta", HoldLast, intra_interval=5,
-                    loss=LosePackets(4))
+                    channel=lose(4))
     assert np.flatnonzero(sent.concealed).tolist() == [4] and sent.intra_requests == 0
     np.testing.assert_array_equal(sent.kp6[5:], plain.kp6[5:])
 
 
 def test_a_lost_first_packet_shows_the_source_image() -> None:
     kp6 = clip()
-    sent = transmit(kp6, Schedule(1, 1), "delta", ConstantVelocity, loss=LosePackets(0))
+    sent = transmit(kp6, Schedule(1, 1), "delta", ConstantVelocity, channel=lose(0))
     np.testing.assert_array_equal(sent.kp6[0], kp6[0])  # the source image's keypoints
     np.testing.assert_array_equal(sent.kp6[1], kp6[0])
     assert sent.concealed[0] and sent.undecodable[2] and not sent.concealed[4]
     source = np.zeros_like(kp6[0])
-    other = transmit(kp6, Schedule(1, 1), "q12", HoldLast, loss=LosePackets(0),
+    other = transmit(kp6, Schedule(1, 1), "q12", HoldLast, channel=lose(0),
                      source_kp6=source)
     np.testing.assert_array_equal(other.kp6[:2], [source, source])
 
