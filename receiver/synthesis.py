@@ -165,6 +165,16 @@ class SynthesisEngine:
         self._thread = threading.Thread(target=self._run, name="kpvid-synthesis", daemon=True)
         self._thread.start()
 
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the worker (not counting the batch it is on)."""
+        return self._queue.qsize()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
     async def set_source(self, stream: str, image: np.ndarray) -> np.ndarray:
         """Use ``image`` (uint8 H x W x 3 RGB at the model's frame size) as ``stream``'s source.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from unittest.mock import patch
 
 import numpy as np
@@ -57,21 +58,36 @@ def driving_kp6(kp_detector, image: np.ndarray) -> np.ndarray:
     return to_kp6(kp["value"][0].numpy(), kp["jacobian"][0].numpy())
 
 
-def gate_render(engine: SynthesisEngine) -> threading.Event:
-    """Make the engine's first batched render wait until the returned event is set (lets a queue
-    build up)."""
-    gate = threading.Event()
-    original = engine.synthesizer.render_many
-    calls = []
+class Gate:
+    """Holds the engine's next batched render until :meth:`open` (lets a queue build up)."""
 
-    def render_many(*args, **kwargs):
-        if not calls:
-            calls.append(1)
-            gate.wait(5)
-        return original(*args, **kwargs)
+    def __init__(self, engine: SynthesisEngine) -> None:
+        self.entered = threading.Event()  # the worker is in the held render
+        self._open = threading.Event()
+        original = engine.synthesizer.render_many
 
-    engine.synthesizer.render_many = render_many
-    return gate
+        def render_many(*args, **kwargs):
+            if not self.entered.is_set():
+                self.entered.set()
+                self._open.wait(5)
+            return original(*args, **kwargs)
+
+        engine.synthesizer.render_many = render_many
+
+    async def held(self) -> None:
+        """Returns once the worker sits in the held render."""
+        await until(self.entered.is_set)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (AssertionError after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.001)
 
 
 def test_batched_renders_across_streams_match_per_frame_fomm(networks):
@@ -87,13 +103,13 @@ def test_batched_renders_across_streams_match_per_frame_fomm(networks):
         try:
             source_kp = await asyncio.gather(
                 *(engine.set_source(f"s{s}", sources[s]) for s in range(3)))
-            gate = gate_render(engine)
+            gate = Gate(engine)
             jobs = [(s, d) for d in range(4) for s in range(3)]
             tasks = [asyncio.ensure_future(engine.render(f"s{s}", kp6s[d])) for s, d in jobs[:1]]
-            await asyncio.sleep(0.05)  # the worker sits in its first render (a batch of one)
+            await gate.held()  # the worker sits in its first render (a batch of one)
             tasks += [asyncio.ensure_future(engine.render(f"s{s}", kp6s[d])) for s, d in jobs[1:]]
-            await asyncio.sleep(0.05)  # the other 11 wait in the queue
-            gate.set()
+            await until(lambda: engine.queued == 11)  # the other 11 wait in the queue
+            gate.open()
             frames = await asyncio.gather(*tasks)
             return source_kp, dict(zip(jobs, frames)), engine.batches, engine.frames
         finally:
@@ -175,7 +191,7 @@ def test_model_errors_fail_only_the_affected_futures(networks):
         try:
             good = await engine.set_source("good", images(1, seed=6)[0])
             await engine.set_source("bad", images(1, seed=7)[0])
-            gate = gate_render(engine)
+            gate = Gate(engine)
             gated = engine.synthesizer.render_many
 
             def render_many(sources, kp_driving):
@@ -186,10 +202,13 @@ def test_model_errors_fail_only_the_affected_futures(networks):
             engine.synthesizer.render_many = render_many
             bad = good.copy()
             bad[0, 0] = np.nan
+            blocker = asyncio.ensure_future(engine.render("good", good))
+            await gate.held()  # the worker is busy: the next four make one batch
             tasks = [asyncio.ensure_future(engine.render(s, k))
                      for s, k in [("good", good), ("good", good), ("bad", bad), ("good", good)]]
-            await asyncio.sleep(0.05)
-            gate.set()
+            await until(lambda: engine.queued == 4)
+            gate.open()
+            await blocker
             results = await asyncio.gather(*tasks, return_exceptions=True)
             assert [type(r).__name__ for r in results] == \
                 ["ndarray", "ndarray", "FloatingPointError", "ndarray"]
@@ -207,14 +226,14 @@ def test_close_is_idempotent_and_fails_queued_requests(networks):
     async def main():
         engine = SynthesisEngine(kp_detector, generator, "cpu")
         kp6 = await engine.set_source("a", images(1, seed=8)[0])
-        gate = gate_render(engine)
+        gate = Gate(engine)
         tasks = [asyncio.ensure_future(engine.render("a", kp6))]
-        await asyncio.sleep(0.05)  # the first render is in the gated render_many
+        await gate.held()  # the first render is in the held render_many
         tasks += [asyncio.ensure_future(engine.render("a", kp6)) for _ in range(2)]
-        await asyncio.sleep(0.05)  # two more are queued
+        await until(lambda: engine.queued == 2)  # two more are queued
         closer = asyncio.get_running_loop().run_in_executor(None, engine.close)
-        await asyncio.sleep(0.05)
-        gate.set()
+        await until(lambda: engine.closed)
+        gate.open()
         await closer
         engine.close()
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -276,15 +295,15 @@ def test_play_steps_every_streams_predictor_in_one_batch(networks):
             with patch("kpvid.receiver.synthesis.step_predictors", counting):
                 for t in range(6):
                     # the worker is busy with a gated render while both plays queue up
-                    gate = gate_render(engine)
+                    gate = Gate(engine)
                     blocker = asyncio.ensure_future(engine.render("blocker", kp6s[0]))
-                    await asyncio.sleep(0.05)
+                    await gate.held()
                     draw = t != 3
                     tasks = [asyncio.ensure_future(engine.play(
                         name, None if plan[t] is None else kp6s[plan[t]], draw=draw))
                         for name, plan in plans.items()]
-                    await asyncio.sleep(0.05)
-                    gate.set()
+                    await until(lambda: engine.queued == len(plans))
+                    gate.open()
                     await blocker
                     del engine.synthesizer.render_many  # the next gate wraps the method again
                     for name, played in zip(plans, await asyncio.gather(*tasks)):
