@@ -58,6 +58,7 @@ class EdgeHandle:
     edge: Edge
     send_token: str = TOKEN
     view_token: str = TOKEN
+    app: web.Application | None = None
 
     def client_ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))
@@ -104,8 +105,9 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
         session=SessionOptions(playout_delay=playout_delay, idle_timeout=idle_timeout,
                                max_lag=max_lag, record_dir=record_dir)))
     cert, key = ensure_certificate(None, None, tmp_path / "tls", ["localhost", "127.0.0.1", host])
-    runner = web.AppRunner(make_app(edge, TOKEN, send_token=send_token, view_token=view_token,
-                                    offers_per_second=offers_per_second))
+    app = make_app(edge, TOKEN, send_token=send_token, view_token=view_token,
+                   offers_per_second=offers_per_second)
+    runner = web.AppRunner(app)
     await runner.setup()
     port = port or free_port()
     site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(cert, key))
@@ -113,7 +115,8 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
     try:
         yield EdgeHandle(f"https://{'localhost' if host == '127.0.0.1' else host}:{port}",
                          TOKEN, cert, edge,
-                         send_token=send_token or TOKEN, view_token=view_token or TOKEN)
+                         send_token=send_token or TOKEN, view_token=view_token or TOKEN,
+                         app=app)
     finally:
         await runner.cleanup()
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpvid.receiver.server import OfferRateLimiter, Tokens
+from kpvid.receiver.server import OFFER_LIMITER_KEY, OfferRateLimiter, Tokens
 from tests.edge_harness import (
     TOKEN,
     EdgeHandle,
@@ -164,6 +164,9 @@ def test_a_viewer_beyond_max_viewers_is_refused_with_the_reason(tmp_path):
 def test_offers_beyond_the_rate_limit_get_429(tmp_path):
     async def scenario():
         async with running_edge(tmp_path, offers_per_second=2) as edge:
+            assert edge.app is not None
+            now = [0.0]  # the limiter's clock: still while the test runs, however slow
+            edge.app[OFFER_LIMITER_KEY].clock = lambda: now[0]  # type: ignore[union-attr]
             for _ in range(5):  # the burst
                 assert (await edge.request("POST", "/offer", json=[]))[0] == 400
             status, body = await edge.request("POST", "/offer", json=[])
@@ -172,7 +175,7 @@ def test_offers_beyond_the_rate_limit_get_429(tmp_path):
             # the viewer endpoint has its own bucket; unauthenticated requests spend none
             assert (await edge.request("POST", "/view/offer", json=[]))[0] == 400
             assert (await edge.request("POST", "/offer", token=None, json=[]))[0] == 401
-            await asyncio.sleep(0.6)  # a new offer every half second
+            now[0] = 0.6  # a new offer every half second
             assert (await edge.request("POST", "/offer", json=[]))[0] == 400
             assert (await edge.request("POST", "/offer", json=[]))[0] == 429
             _, text = await edge.request("GET", "/metrics")
