@@ -8,7 +8,6 @@ from .errors import (
     MalformedMessage,
     MessageTooLarge,
     ProtocolError,
-    RateLimitedLog,
     UnsupportedVersion,
 )
 from .keypoint_codec import KEYPOINT_CODECS, MAX_KEYPOINTS, KeypointCodec
@@ -36,6 +35,7 @@ from .messages import (
     encode_message,
     validate_message,
 )
+from .rate_limited_log import RateLimitedLog
 from .source_image import (
     MAX_SOURCE_PIXELS,
     SourceImageAssembler,

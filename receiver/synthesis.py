@@ -301,7 +301,7 @@ class SynthesisEngine:
     def _dispatch(self, batch: list) -> None:
         job = batch[0]
         if isinstance(job, _FrameJob):
-            self._render_batch(self._advance(batch))
+            self._render_batch(self._step_predictors(batch))
         elif isinstance(job, _SourceJob):
             self._set_source(job)
         elif isinstance(job, _DropJob):
@@ -322,7 +322,7 @@ class SynthesisEngine:
             return
         _deliver(job, kp6)
 
-    def _advance(self, jobs: list[_FrameJob]) -> list[_FrameJob]:
+    def _step_predictors(self, jobs: list[_FrameJob]) -> list[_FrameJob]:
         """Step the predictors of the advancing jobs together, filling in their kp6; returns
         the jobs left to draw. A job that cannot step (a prediction before any observation, a
         wrong keypoint count) fails alone, before anything steps."""
@@ -381,7 +381,7 @@ class SynthesisEngine:
         for job in jobs:
             if job.future.done():  # cancelled while queued (a racy read, only saves work)
                 continue
-            assert job.kp6 is not None  # filled in by _advance
+            assert job.kp6 is not None  # filled in by _step_predictors
             source = self._sources.get(job.stream)
             if source is None:
                 _deliver(job, error=UnknownStreamError(

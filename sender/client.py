@@ -218,6 +218,24 @@ def make_hello(source: FrameSource, extractor: KeypointExtractor, options: Sende
     return validate_message(hello)
 
 
+class _EndOfSource(Exception):
+    """The frame source has no more frames."""
+
+
+@dataclass
+class _Channels:
+    """One session's data channels: keypoints on ``kp`` (unordered, no retransmits), the rest on
+    ``ctrl`` (reliable); ``lost`` is set when the connection goes."""
+
+    kp: RTCDataChannel
+    ctrl: RTCDataChannel
+    lost: asyncio.Event
+
+    @property
+    def open(self) -> bool:
+        return not self.lost.is_set() and self.ctrl.readyState == "open"
+
+
 @dataclass
 class _Captured:
     """An observed frame: the picture, when it was read, and its keypoints."""
@@ -322,6 +340,7 @@ class SenderClient:
             kp = pc.createDataChannel("kp", ordered=False, maxRetransmits=0)
             ctrl = pc.createDataChannel("ctrl", ordered=True)
             opened, lost = asyncio.Event(), asyncio.Event()
+            channels = _Channels(kp, ctrl, lost)
 
             def on_open() -> None:
                 if kp.readyState == ctrl.readyState == "open":
@@ -360,7 +379,7 @@ class SenderClient:
                 raise _Retry(f"peer connection {pc.connectionState}")
             self._connected = True
             log.info("connected to %s", self.options.url)
-            await self._stream(kp, ctrl, lost)
+            await self._stream(channels)
         finally:
             await pc.close()
 
@@ -454,79 +473,90 @@ class SenderClient:
     async def _on_worker(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
-    async def _advance(self, observed: bool) -> _Captured | bool:
-        """The next frame: captured when observed, else skipped (True); False at the end."""
+    async def _next_frame(self, observed: bool) -> _Captured | None:
+        """The next frame: captured when observed, else skipped (None); _EndOfSource at the
+        end."""
         if observed:
             captured = await self._on_worker(self._capture)
-            return False if captured is None else captured
-        return await self._on_worker(self.source.skip)
+            if captured is None:
+                raise _EndOfSource
+            return captured
+        if not await self._on_worker(self.source.skip):
+            raise _EndOfSource
+        return None
 
-    def _limit_reached(self) -> bool:
-        limit = self.options.max_frames
-        return limit is not None and self.stats.frames >= limit
-
-    async def _stream(self, kp: RTCDataChannel, ctrl: RTCDataChannel,
-                      lost: asyncio.Event) -> None:
+    async def _stream(self, channels: _Channels) -> None:
         """Hello, source image, then the paced frame loop of one session."""
         first = await self._on_worker(self._capture)
-        if lost.is_set() or ctrl.readyState != "open":
+        if not channels.open:
             raise _Retry("connection to the edge lost")
         if first is None:
-            await self._goodbye(kp, ctrl, "end of stream")
+            await self._goodbye(channels, "end of stream")
             return
         options = self.options
         self.hello = make_hello(self.source, self.extractor, options, first.capture_time)
         # a new edge session: a fresh encoder, the hello's schedule again
         self.pipeline = FramePipeline(self.hello, options.intra_interval, options.adapt)
         self._heard_at = None  # armed by this edge's first Feedback
-        ctrl.send(encode_message(self.hello))
+        channels.ctrl.send(encode_message(self.hello))
         source_image = encode_source_image(first.rgb, options.source_format,
                                            options.source_quality)
-        self._send_source_image(ctrl, source_image)
+        self._send_source_image(channels, source_image)
         self._source_wanted = False
         period = 1.0 / self.source.fps
         start = time.monotonic()
         for index in itertools.count():
-            if self.stop.is_set():
-                await self._goodbye(kp, ctrl, "sender stopped", index - 1)
+            ending = self._ending()
+            if ending is not None:
+                await self._goodbye(channels, ending, index - 1)
                 return
-            if self._limit_reached():
-                await self._goodbye(kp, ctrl, "end of stream", index - 1)
-                return
-            if lost.is_set() or ctrl.readyState != "open":
-                raise _Retry("connection to the edge lost")
-            if (self._heard_at is not None
-                    and time.monotonic() - self._heard_at > EDGE_SILENCE_S):
-                raise _Retry(f"no word from the edge for {EDGE_SILENCE_S:.0f} s")
+            self._check_connection(channels)
             if self._source_wanted:
                 self._source_wanted = False
-                self._send_source_image(ctrl, source_image)
+                self._send_source_image(channels, source_image)
             observed = self.pipeline.is_observed(index)
             if index == 0:
-                frame: _Captured | bool = first  # read above, for the source image
+                frame: _Captured | None = first  # read above, for the source image
             else:
                 if not self.source.paced:
                     delay = start + index * period - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 try:
-                    frame = await self._advance(observed)
+                    frame = await self._next_frame(observed)
+                except _EndOfSource:
+                    log.info("end of the source after %d frames", self.stats.frames)
+                    await self._goodbye(channels, "end of stream", index - 1)
+                    return
                 except SourceError:
-                    await self._goodbye(kp, ctrl, "source failed", index - 1)
+                    await self._goodbye(channels, "source failed", index - 1)
                     raise
-            if frame is False:
-                log.info("end of the source after %d frames", self.stats.frames)
-                await self._goodbye(kp, ctrl, "end of stream", index - 1)
-                return
             self.stats.record_frame(observed)
-            if isinstance(frame, _Captured):
+            if frame is not None:
                 adopted = self.pipeline.adapt(index, frame.value)
                 if adopted is not None:
                     self.stats.schedule_changes += 1
                     log.info("schedule: observe %d predict %d from frame %d", adopted.observe,
                              adopted.predict, index)
-                self._send_keypoints(kp, index, frame)
+                self._send_keypoints(channels.kp, index, frame)
             self.stats.maybe_report()
+
+    def _ending(self) -> str | None:
+        """Why the stream ends before the next frame (stopped, or the frame limit), if it does."""
+        if self.stop.is_set():
+            return "sender stopped"
+        limit = self.options.max_frames
+        if limit is not None and self.stats.frames >= limit:
+            return "end of stream"
+        return None
+
+    def _check_connection(self, channels: _Channels) -> None:
+        """_Retry when the connection is gone, or the edge has gone silent."""
+        if not channels.open:
+            raise _Retry("connection to the edge lost")
+        if (self._heard_at is not None
+                and time.monotonic() - self._heard_at > EDGE_SILENCE_S):
+            raise _Retry(f"no word from the edge for {EDGE_SILENCE_S:.0f} s")
 
     def _send_keypoints(self, kp: RTCDataChannel, index: int, captured: _Captured) -> None:
         if kp.readyState != "open" or kp.bufferedAmount > self.options.kp_buffer_limit:
@@ -537,18 +567,19 @@ class SenderClient:
         kp.send(data)
         self.stats.record_packet(len(data))
 
-    def _send_source_image(self, ctrl: RTCDataChannel, image: bytes) -> None:
+    def _send_source_image(self, channels: _Channels, image: bytes) -> None:
         chunks = split_source_image(next(self._image_ids), image, self.options.source_format)
         for chunk in chunks:
-            ctrl.send(encode_message(chunk))
+            channels.ctrl.send(encode_message(chunk))
         self.stats.source_images += 1
         log.info("sent the source image (%d bytes, %d chunk%s)", len(image), len(chunks),
                  "" if len(chunks) == 1 else "s")
 
-    async def _goodbye(self, kp: RTCDataChannel, ctrl: RTCDataChannel, reason: str,
+    async def _goodbye(self, channels: _Channels, reason: str,
                        last_frame_index: int | None = None) -> None:
         """Bye on ctrl (with the stream's last frame index, so the edge plays through it),
         then let both channels drain (at most DRAIN_TIMEOUT_S)."""
+        kp, ctrl = channels.kp, channels.ctrl
         if ctrl.readyState != "open":
             return
         last = last_frame_index if last_frame_index is not None and last_frame_index >= 0 \
