@@ -195,10 +195,6 @@ class SenderOptions:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}:{self.port}/offer"
 
-    @property
-    def schedule(self) -> Schedule:
-        return Schedule(self.observe, self.predict)
-
     def ssl_context(self) -> ssl.SSLContext | bool:
         """False (no verification) with ``insecure``, else a context trusting the system CAs or
         ``ca_file``."""

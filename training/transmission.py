@@ -145,14 +145,15 @@ def transmit(kp6: np.ndarray, schedule: Schedule, codec: str,
     end = frames / fps + PLAYOUT_DELAY + channel.delay + channel.jitter
 
     def capture(i: int) -> None:
+        observed[i] = pipeline.is_observed(i)
+        if observed[i]:
+            send(i)
+        predict[i] = pipeline.schedules.at(i).predict  # after a group start's adaptation
+
+    def send(i: int) -> None:
         now = i / fps
-        predict[i] = pipeline.schedules.at(i).predict
-        if not pipeline.is_observed(i):
-            return
-        observed[i] = True
         value, jacobian = from_kp6(kp6[i])
-        if pipeline.adapt(i, value) is not None:
-            predict[i] = pipeline.schedules.at(i).predict
+        pipeline.adapt(i, value)
         message = pipeline.keypoints(i, value, jacobian, now)
         if not exact:
             payload_bytes[i] = len(message.payload)
