@@ -5,7 +5,9 @@ gather ICE while setting the local offer (aiortc does not trickle), POST the off
 ``https://HOST:PORT/offer`` with the bearer token, apply the answer, then on ``ctrl``: Hello, the
 source image (the session's first frame), and keypoints on ``kp`` for every observed frame.
 The edge answers on ``ctrl``, except its IntraRequests, which come on ``kp`` as well: there a
-lost one does not hold up what follows, and the edge asks again soon.
+lost one does not hold up what follows, and the edge asks again soon. Each connection's
+channels, messages and state are an :class:`~kpvid.sender.edge_connection.EdgeConnection`;
+this module does the signalling, the reconnects and the paced frame loop.
 
 A lost edge (refused connection, HTTP 5xx, failed or closed peer connection) is retried with
 exponential backoff. Each reconnect is a new session: the frame index restarts at 0 and the
@@ -31,10 +33,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
-import numpy as np
 from aiortc import (
     RTCConfiguration,
-    RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -44,27 +44,19 @@ from kpvid.protocol import (
     CODEC_NAMES,
     DEFAULT_INTRA_INTERVAL,
     IMAGE_FORMATS,
-    Bye,
-    Feedback,
     Hello,
-    IntraRequest,
-    ProtocolError,
-    RateLimitedLog,
-    SourceRequest,
-    decode_message,
-    encode_message,
     encode_source_image,
-    split_source_image,
     validate_message,
 )
 from kpvid.protocol.messages import STREAM_NAME_RE, STREAM_NAME_RULE
 from kpvid.protocol.schedule import Schedule
 
 from .adaptation import AdaptationOptions
+from .edge_connection import Captured, EdgeConnection
 from .frame_pipeline import FramePipeline
 from .keypoints import KeypointExtractor
 from .sources import FrameSource, SourceError
-from .stats import FeedbackSnapshot, SenderStats
+from .stats import SenderStats
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +67,6 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 HTTP_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 20.0        # answer applied -> both channels open
-DRAIN_TIMEOUT_S = 2.0           # at the end: wait this long at most for the channels to empty
-DRAIN_GRACE_S = 0.2             # then this long for the last chunks to reach the wire
-BAD_MESSAGE_LOG_INTERVAL_S = 5.0
-# Once an edge has sent a Feedback (kpvid's does every second), this long without a word from
-# it means it is gone, even if no packet said so (a crashed host): reconnect.
-EDGE_SILENCE_S = 5.0
 
 T = TypeVar("T")
 
@@ -218,30 +204,6 @@ class _EndOfSource(Exception):
     """The frame source has no more frames."""
 
 
-@dataclass
-class _Channels:
-    """One session's data channels: keypoints on ``kp`` (unordered, no retransmits), the rest on
-    ``ctrl`` (reliable); ``lost`` is set when the connection goes."""
-
-    kp: RTCDataChannel
-    ctrl: RTCDataChannel
-    lost: asyncio.Event
-
-    @property
-    def open(self) -> bool:
-        return not self.lost.is_set() and self.ctrl.readyState == "open"
-
-
-@dataclass
-class _Captured:
-    """An observed frame: the picture, when it was read, and its keypoints."""
-
-    rgb: np.ndarray
-    capture_time: float
-    value: np.ndarray
-    jacobian: np.ndarray
-
-
 class SenderClient:
     """Streams ``source`` to the edge until the source ends, ``max_frames`` are sent, ``stop``
     is set, or a fatal error. :meth:`run` returns the process exit code (0 or 1)."""
@@ -256,16 +218,11 @@ class SenderClient:
         self.extractor = extractor
         self.options = options
         self.hello = make_hello(source, extractor, options, time.time())  # checks early
-        self.pipeline = FramePipeline(self.hello, options.intra_interval, options.adapt)
-        self._heard_at: float | None = None  # last message from the edge, once it gave feedback
         self.stats = stats if stats is not None else SenderStats()
         if self.stats.face_crop is None:
             self.stats.face_crop = source.face_crop  # --crop auto: its counts in the summary
         self.stop = stop if stop is not None else asyncio.Event()
         self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
-        self._image_ids = itertools.count(1)
-        self._bad_messages = RateLimitedLog(log, BAD_MESSAGE_LOG_INTERVAL_S)
-        self._source_wanted = False
         self._connected = False
         # one worker: the source and the detector are used from a single thread, in order
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpvid-capture")
@@ -333,10 +290,12 @@ class SenderClient:
     async def _session(self, http: aiohttp.ClientSession) -> None:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
         try:
-            kp = pc.createDataChannel("kp", ordered=False, maxRetransmits=0)
-            ctrl = pc.createDataChannel("ctrl", ordered=True)
-            opened, lost = asyncio.Event(), asyncio.Event()
-            channels = _Channels(kp, ctrl, lost)
+            connection = EdgeConnection(pc.createDataChannel("kp", ordered=False,
+                                                             maxRetransmits=0),
+                                        pc.createDataChannel("ctrl", ordered=True),
+                                        self.stats, self.options.kp_buffer_limit)
+            kp, ctrl, lost = connection.kp, connection.ctrl, connection.lost
+            opened = asyncio.Event()
 
             def on_open() -> None:
                 if kp.readyState == ctrl.readyState == "open":
@@ -345,8 +304,8 @@ class SenderClient:
             kp.on("open", on_open)
             ctrl.on("open", on_open)
             ctrl.on("close", lost.set)
-            ctrl.on("message", self._on_ctrl_message)
-            kp.on("message", self._on_kp_message)
+            ctrl.on("message", connection.on_ctrl_message)
+            kp.on("message", connection.on_kp_message)
 
             @pc.on("connectionstatechange")
             def _state() -> None:
@@ -375,7 +334,7 @@ class SenderClient:
                 raise _Retry(f"peer connection {pc.connectionState}")
             self._connected = True
             log.info("connected to %s", self.options.url)
-            await self._stream(channels)
+            await self._stream(connection)
         finally:
             await pc.close()
 
@@ -409,67 +368,19 @@ class SenderClient:
             raise SenderError(f"{url} did not answer with an SDP answer: {body[:200]!r}") from None
         return RTCSessionDescription(sdp=answer["sdp"], type="answer")
 
-    def _on_ctrl_message(self, data: bytes | str) -> None:
-        if isinstance(data, str):
-            self._bad_messages.warning("text", "ignored a text message on ctrl (%d chars)",
-                                       len(data))
-            return
-        try:
-            message = decode_message(data)
-        except ProtocolError as exc:
-            self._bad_messages.warning("bad", "ignored a bad message from the edge: %s", exc)
-            return
-        if isinstance(message, Feedback) or self._heard_at is not None:
-            self._heard_at = time.monotonic()
-        if isinstance(message, SourceRequest):
-            log.info("edge asks for the source image (%s)", message.reason)
-            self._source_wanted = True
-        elif isinstance(message, IntraRequest):
-            self._on_intra_request(message)
-        elif isinstance(message, Feedback):
-            self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
-                                                   message.predicted, message.prediction_error)
-            self.pipeline.on_feedback(message.received, message.lost, message.prediction_error)
-        elif isinstance(message, Bye):
-            log.info("edge said bye: %s", message.reason)
-        else:
-            self._bad_messages.warning("unexpected", "ignored an unexpected %s from the edge",
-                                       type(message).__name__)
-
-    def _on_kp_message(self, data: bytes | str) -> None:
-        """IntraRequests, the only message the edge sends on ``kp``; anything else there is
-        counted and dropped."""
-        try:
-            message = decode_message(data) if isinstance(data, bytes) else None
-        except ProtocolError:
-            message = None
-        if isinstance(message, IntraRequest):
-            if self._heard_at is not None:
-                self._heard_at = time.monotonic()
-            self._on_intra_request(message)
-            return
-        self.stats.kp_ignored += 1
-        self._bad_messages.warning("kp", "ignored a message on kp that is not an IntraRequest "
-                                   "(%s)", type(message).__name__ if message else "undecodable")
-
-    def _on_intra_request(self, message: IntraRequest) -> None:
-        """Make the next keypoint payload intra (on either channel, or both: once)."""
-        log.debug("edge asks for an intra keypoint payload (%s)", message.reason)
-        self.pipeline.on_intra_request()
-
-    def _capture(self) -> _Captured | None:
+    def _capture(self) -> Captured | None:
         """Read and detect one observed frame (runs on the worker thread)."""
         rgb = self.source.read()
         if rgb is None:
             return None
         capture_time = time.time()
         value, jacobian = self.extractor.detect(rgb)
-        return _Captured(rgb, capture_time, value, jacobian)
+        return Captured(rgb, capture_time, value, jacobian)
 
     async def _on_worker(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
-    async def _next_frame(self, observed: bool) -> _Captured | None:
+    async def _next_frame(self, observed: bool) -> Captured | None:
         """The next frame: captured when observed, else skipped (None); _EndOfSource at the
         end."""
         if observed:
@@ -481,38 +392,37 @@ class SenderClient:
             raise _EndOfSource
         return None
 
-    async def _stream(self, channels: _Channels) -> None:
+    async def _stream(self, connection: EdgeConnection) -> None:
         """Hello, source image, then the paced frame loop of one session."""
         first = await self._on_worker(self._capture)
-        if not channels.open:
+        if not connection.open:
             raise _Retry("connection to the edge lost")
         if first is None:
-            await self._goodbye(channels, "end of stream")
+            await connection.goodbye("end of stream")
             return
         options = self.options
         self.hello = make_hello(self.source, self.extractor, options, first.capture_time)
         # a new edge session: a fresh encoder, the hello's schedule again
-        self.pipeline = FramePipeline(self.hello, options.intra_interval, options.adapt)
-        self._heard_at = None  # armed by this edge's first Feedback
-        channels.ctrl.send(encode_message(self.hello))
+        pipeline = FramePipeline(self.hello, options.intra_interval, options.adapt)
+        connection.start(self.hello, pipeline)
         source_image = encode_source_image(first.rgb, options.source_format,
                                            options.source_quality)
-        self._send_source_image(channels, source_image)
-        self._source_wanted = False
+        connection.send_source_image(source_image, options.source_format)
         period = 1.0 / self.source.fps
         start = time.monotonic()
         for index in itertools.count():
             ending = self._ending()
             if ending is not None:
-                await self._goodbye(channels, ending, index - 1)
+                await connection.goodbye(ending, index - 1)
                 return
-            self._check_connection(channels)
-            if self._source_wanted:
-                self._source_wanted = False
-                self._send_source_image(channels, source_image)
-            observed = self.pipeline.is_observed(index)
+            gone = connection.gone()
+            if gone is not None:
+                raise _Retry(gone)
+            if connection.source_wanted:
+                connection.send_source_image(source_image, options.source_format)
+            observed = pipeline.is_observed(index)
             if index == 0:
-                frame: _Captured | None = first  # read above, for the source image
+                frame: Captured | None = first  # read above, for the source image
             else:
                 if not self.source.paced:
                     delay = start + index * period - time.monotonic()
@@ -522,19 +432,19 @@ class SenderClient:
                     frame = await self._next_frame(observed)
                 except _EndOfSource:
                     log.info("end of the source after %d frames", self.stats.frames)
-                    await self._goodbye(channels, "end of stream", index - 1)
+                    await connection.goodbye("end of stream", index - 1)
                     return
                 except SourceError:
-                    await self._goodbye(channels, "source failed", index - 1)
+                    await connection.goodbye("source failed", index - 1)
                     raise
             self.stats.record_frame(observed)
             if frame is not None:
-                adopted = self.pipeline.adapt(index, frame.value)
+                adopted = pipeline.adapt(index, frame.value)
                 if adopted is not None:
                     self.stats.schedule_changes += 1
                     log.info("schedule: observe %d predict %d from frame %d", adopted.observe,
                              adopted.predict, index)
-                self._send_keypoints(channels.kp, index, frame)
+                connection.send_keypoints(index, frame)
             self.stats.maybe_report()
 
     def _ending(self) -> str | None:
@@ -545,49 +455,6 @@ class SenderClient:
         if limit is not None and self.stats.frames >= limit:
             return "end of stream"
         return None
-
-    def _check_connection(self, channels: _Channels) -> None:
-        """_Retry when the connection is gone, or the edge has gone silent."""
-        if not channels.open:
-            raise _Retry("connection to the edge lost")
-        if (self._heard_at is not None
-                and time.monotonic() - self._heard_at > EDGE_SILENCE_S):
-            raise _Retry(f"no word from the edge for {EDGE_SILENCE_S:.0f} s")
-
-    def _send_keypoints(self, kp: RTCDataChannel, index: int, captured: _Captured) -> None:
-        if kp.readyState != "open" or kp.bufferedAmount > self.options.kp_buffer_limit:
-            self.stats.record_drop()
-            return  # before encoding: a delta payload refers to the previous one sent
-        data = encode_message(self.pipeline.keypoints(index, captured.value, captured.jacobian,
-                                                      captured.capture_time))
-        kp.send(data)
-        self.stats.record_packet(len(data))
-
-    def _send_source_image(self, channels: _Channels, image: bytes) -> None:
-        chunks = split_source_image(next(self._image_ids), image, self.options.source_format)
-        for chunk in chunks:
-            channels.ctrl.send(encode_message(chunk))
-        self.stats.source_images += 1
-        log.info("sent the source image (%d bytes, %d chunk%s)", len(image), len(chunks),
-                 "" if len(chunks) == 1 else "s")
-
-    async def _goodbye(self, channels: _Channels, reason: str,
-                       last_frame_index: int | None = None) -> None:
-        """Bye on ctrl (with the stream's last frame index, so the edge plays through it),
-        then let both channels drain (at most DRAIN_TIMEOUT_S)."""
-        kp, ctrl = channels.kp, channels.ctrl
-        if ctrl.readyState != "open":
-            return
-        last = last_frame_index if last_frame_index is not None and last_frame_index >= 0 \
-            else None
-        ctrl.send(encode_message(Bye(reason, last_frame_index=last)))
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while (ctrl.bufferedAmount or kp.bufferedAmount) and ctrl.readyState == "open" \
-                and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(min(DRAIN_GRACE_S, max(0.0, deadline - time.monotonic())))
-        log.info("said bye to the edge (%s)", reason)
-
 
 async def _first_of(*events: asyncio.Event) -> None:
     """Returns as soon as any of ``events`` is set."""

@@ -374,7 +374,7 @@ def test_sigterm_finalises_every_recording_with_every_frame(tmp_path):
 def test_a_sender_leaves_an_edge_that_falls_silent(tmp_path, monkeypatch):
     """An edge whose host dies sends nothing more, not even a close: the sender notices the
     missing Feedback and reconnects (here to the same edge, which is still up)."""
-    monkeypatch.setattr("kpvid.sender.client.EDGE_SILENCE_S", 2.0)
+    monkeypatch.setattr("kpvid.sender.edge_connection.EDGE_SILENCE_S", 2.0)
 
     async def scenario() -> tuple[SenderStats, float]:
         extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)

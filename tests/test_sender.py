@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from kpvid.models import build_networks
 from kpvid.protocol import (
     Bye,
     Feedback,
+    Hello,
     IntraRequest,
     InvalidField,
     KeypointDecoder,
@@ -34,12 +36,13 @@ from kpvid.sender.client import (
     DEFAULT_CODEC,
     SenderClient,
     SenderOptions,
-    _Captured,
     make_hello,
     parse_ice_server,
     parse_target,
     sanitize_stream_name,
 )
+from kpvid.sender.edge_connection import Captured, EdgeConnection
+from kpvid.sender.frame_pipeline import FramePipeline
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import (
     CameraSource,
@@ -404,80 +407,113 @@ class _FakeChannel:
         self.sent.append(data)
 
 
-def test_client_sends_keypoints_and_drops_when_congested(tiny_config: dict) -> None:
+def _started_connection(hello: Hello, kp: _FakeChannel | None = None,
+                        stats: SenderStats | None = None) -> EdgeConnection:
+    """An EdgeConnection on fake channels that has sent ``hello``."""
+    connection = EdgeConnection(kp or _FakeChannel(), _FakeChannel(), stats or SenderStats(),
+                                kp_buffer_limit=1000)
+    connection.start(hello, FramePipeline(hello))
+    return connection
+
+
+def test_a_connection_sends_keypoints_and_drops_when_congested(tiny_config: dict) -> None:
     kp_detector, _ = build_networks(tiny_config)
     extractor = KeypointExtractor(kp_detector, model_id="tiny", frame_size=32)
     source = SyntheticSource(size=32, length=2)
     options = SenderOptions(host="edge", token="t", observe=2, predict=1, codec="f16")
-    client = SenderClient(source, extractor, options)
+    hello = make_hello(source, extractor, options, 1000.0)
     frame = source.read()
     value, jacobian = extractor.detect(frame)
-    captured_at = client.hello.start_time + 0.2  # frame 4 is due at start + 0.133 s
-    captured = _Captured(frame, captured_at, value, jacobian)
-    channel = _FakeChannel()
-    client._send_keypoints(channel, 4, captured)
-    message = decode_message(channel.sent[0])
+    captured = Captured(frame, hello.start_time + 0.2, value, jacobian)  # frame 4: at 0.133 s
+    kp = _FakeChannel()
+    connection = _started_connection(hello, kp)
+    assert decode_message(connection.ctrl.sent[0]) == hello
+    with pytest.raises(RuntimeError, match="before the hello"):
+        EdgeConnection(kp, _FakeChannel(), SenderStats(), 1000).send_keypoints(4, captured)
+    connection.send_keypoints(4, captured)
+    message = decode_message(kp.sent[0])
     assert isinstance(message, Keypoints)
     # observe 2 predict 1: frame 4 is the second observed frame of its group, one skipped after
     assert (message.frame_index, message.skip_after, message.capture_offset_ms) == (4, 1, 67)
-    assert client.hello.capture_time(message) == pytest.approx(captured_at, abs=1e-3)
+    assert hello.capture_time(message) == pytest.approx(captured.capture_time, abs=1e-3)
     (decoded,) = KeypointDecoder("f16", extractor.num_kp).decode(4, message.payload)
     np.testing.assert_allclose(decoded.value, value, atol=1e-3)
-    client._send_keypoints(_FakeChannel(buffered=options.kp_buffer_limit + 1), 5, captured)
-    client._send_keypoints(_FakeChannel(state="connecting"), 6, captured)
-    assert (client.stats.packets, client.stats.bytes, client.stats.dropped) == (
-        1, len(channel.sent[0]), 2)
+    kp.bufferedAmount = connection.kp_buffer_limit + 1
+    connection.send_keypoints(5, captured)
+    kp.bufferedAmount, kp.readyState = 0, "connecting"
+    connection.send_keypoints(6, captured)
+    assert len(kp.sent) == 1
+    assert (connection.stats.packets, connection.stats.bytes, connection.stats.dropped) == (
+        1, len(kp.sent[0]), 2)
     with pytest.raises(ValueError, match="model takes 64x64"):
         SenderClient(source, KeypointExtractor(kp_detector, frame_size=64), options)
 
 
-def test_client_handles_receiver_messages(tiny_config: dict) -> None:
-    kp_detector, _ = build_networks(tiny_config)
-    client = SenderClient(SyntheticSource(size=32, length=2),
-                          KeypointExtractor(kp_detector, frame_size=32),
-                          SenderOptions(host="edge", token="t"))
-    client._on_ctrl_message(encode_message(Feedback(received=9, lost=1, predicted=8,
-                                                    prediction_error=0.5)))
-    assert client.stats.feedback == FeedbackSnapshot(9, 1, 8, 0.5)
-    assert not client._source_wanted
-    client._on_ctrl_message(encode_message(SourceRequest(reason="lost it")))
-    assert client._source_wanted
+def _hello(codec: str = "delta") -> Hello:
+    return Hello(stream="cam", fps=30.0, observe=1, predict=1, frame_size=32, num_kp=10,
+                 model_id="tiny", codec=codec, start_time=1000.0)
+
+
+def test_a_connection_handles_the_edges_messages() -> None:
+    connection = _started_connection(_hello())
+    connection.on_ctrl_message(encode_message(Feedback(received=9, lost=1, predicted=8,
+                                                       prediction_error=0.5)))
+    assert connection.stats.feedback == FeedbackSnapshot(9, 1, 8, 0.5)
+    assert not connection.source_wanted
+    connection.on_ctrl_message(encode_message(SourceRequest(reason="lost it")))
+    assert connection.source_wanted
+    connection.send_source_image(b"\xff\xd8 not really a jpeg", "jpeg")
+    assert not connection.source_wanted and connection.stats.source_images == 1
     for junk in (b"\x00garbage", "text", encode_message(Bye(reason="bye")),
-                 encode_message(client.hello)):
-        client._on_ctrl_message(junk)  # logged (rate-limited) and ignored
+                 encode_message(_hello())):
+        connection.on_ctrl_message(junk)  # logged (rate-limited) and ignored
 
 
-def test_client_takes_intra_requests_on_either_channel(tiny_config: dict) -> None:
-    kp_detector, _ = build_networks(tiny_config)
-    client = SenderClient(SyntheticSource(size=32, length=2),
-                          KeypointExtractor(kp_detector, frame_size=32),
-                          SenderOptions(host="edge", token="t", codec="delta"))
+def test_a_silent_edge_is_gone_once_it_has_given_feedback() -> None:
+    connection = _started_connection(_hello())
+    now = time.monotonic()
+    assert connection.gone(now + 60) is None  # not armed: an edge that never sends feedback
+    connection.on_ctrl_message(encode_message(Feedback(received=1, lost=0, predicted=0,
+                                                       prediction_error=None)))
+    assert connection.gone(time.monotonic() + 1) is None
+    assert "no word from the edge" in connection.gone(time.monotonic() + 60)
+    connection.on_kp_message(encode_message(IntraRequest("lost frame 3")))  # a word on kp too
+    assert connection.gone(time.monotonic() + 1) is None
+    connection.lost.set()
+    assert connection.gone() == "connection to the edge lost"
+
+
+def test_a_connection_takes_intra_requests_on_either_channel() -> None:
+    connection = _started_connection(_hello("delta"))
+    assert connection.pipeline is not None
+    encoder = connection.pipeline.encoder
     value, jacobian = np.zeros((10, 2)), np.tile(np.eye(2), (10, 1, 1))
     frames = itertools.count()
 
     def intra_payloads_after(deliver: Callable[[], object]) -> int:
         """How many of two payloads coded after `deliver()` ran are intra (the first, or none)."""
-        before = client.pipeline.encoder.intra_payloads
+        before = encoder.intra_payloads
         deliver()
         for _ in range(2):
-            client.pipeline.encoder.encode(next(frames), value, jacobian)
-        return client.pipeline.encoder.intra_payloads - before
+            encoder.encode(next(frames), value, jacobian)
+        return encoder.intra_payloads - before
 
     request = encode_message(IntraRequest("lost frame 3"))
     assert intra_payloads_after(lambda: None) == 1  # the stream's first payload
     assert intra_payloads_after(lambda: None) == 0
-    assert intra_payloads_after(lambda: client._on_kp_message(request)) == 1
-    assert intra_payloads_after(lambda: client._on_ctrl_message(request)) == 1
-    assert intra_payloads_after(lambda: (client._on_kp_message(request),
-                                         client._on_ctrl_message(request))) == 1  # once
-    assert client.stats.kp_ignored == 0
+    assert intra_payloads_after(lambda: connection.on_kp_message(request)) == 1
+    assert intra_payloads_after(lambda: connection.on_ctrl_message(request)) == 1
+    assert intra_payloads_after(lambda: (connection.on_kp_message(request),
+                                         connection.on_ctrl_message(request))) == 1  # once
+    stats = connection.stats
+    assert stats.kp_ignored == 0
     junk = (b"\x00garbage", "text", encode_message(Bye(reason="bye")),
             encode_message(Feedback(received=1, lost=0, predicted=0, prediction_error=None)),
             encode_message(Keypoints(0, 0, 0, "f16", bytes(120))))
-    assert intra_payloads_after(lambda: [client._on_kp_message(m) for m in junk]) == 0
-    assert client.stats.kp_ignored == len(junk)  # counted, logged (rate-limited), dropped
-    assert client.stats.feedback is None  # a Feedback counts on ctrl only
-    assert f"ignored on kp: {len(junk)}" in client.stats.summary()
+    assert intra_payloads_after(lambda: [connection.on_kp_message(m) for m in junk]) == 0
+    assert stats.kp_ignored == len(junk)  # counted, logged (rate-limited), dropped
+    assert stats.feedback is None  # a Feedback counts on ctrl only
+    assert f"ignored on kp: {len(junk)}" in stats.summary()
 
 
 def test_stats_summary() -> None:
