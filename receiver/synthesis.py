@@ -166,6 +166,11 @@ class SynthesisEngine:
         self._thread.start()
 
     @property
+    def worker_thread_id(self) -> int | None:
+        """The worker thread's native id (the kernel's, for per-thread CPU accounting)."""
+        return self._thread.native_id
+
+    @property
     def queued(self) -> int:
         """Jobs waiting for the worker (not counting the batch it is on)."""
         return self._queue.qsize()

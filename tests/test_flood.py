@@ -38,12 +38,14 @@ RATE = 8.0  # requests a second per address: twice what the offer limit lets thr
 FLOOD_SECONDS = 6.0
 HANDSHAKE_TIMEOUT = 3.0  # (15 s by default) so that the flood's slots come back soon
 # The stream's pace during the flood (no freeze, a frame rate) is checked unless other work on
-# the machine kept the edge's event loop waiting for a CPU more than this share of the time:
-# then the machine set the pace, not the edge. Measured on 2 cores: the loop waited 0.29-0.34
-# of the time with a training job running beside the test (rate 71-75 % of the quiet one),
-# 0.55-0.71 with one or two more busy processes (15-32 %), 0.77 with two more and the training
-# job (no frame at all for the 3 s: the playout was always more than max_lag behind).
-STARVED_LOOP = 0.4
+# the machine kept the edge's event loop or its synthesis thread waiting for a CPU more than
+# this share of the time: then the machine set the pace, not the edge. Measured on 2 cores: the
+# loop waited 0.29-0.34 of the time with a training job running beside the test (rate 71-75 %
+# of the quiet one), 0.55-0.71 with one or two more busy processes (15-32 %), 0.77 with two more
+# and the training job (no frame at all for the 3 s: the playout was always more than max_lag
+# behind).
+STARVED = 0.4
+FPS = 30
 
 
 def metric_sum(text: str, prefix: str) -> dict[str, float]:
@@ -52,11 +54,11 @@ def metric_sum(text: str, prefix: str) -> dict[str, float]:
             for line in text.splitlines() if line.startswith(prefix)}
 
 
-def cpu_wait() -> float | None:
-    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux's
-    schedstat), None where that is not known."""
+def cpu_wait(thread_id: int | None = None) -> float | None:
+    """Seconds a thread of this process (default: the calling one) has spent runnable but
+    waiting for a CPU (Linux's schedstat), None where that is not known."""
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stat:
+        with open(f"/proc/self/task/{thread_id or threading.get_native_id()}/schedstat") as stat:
             return int(stat.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return None
@@ -75,7 +77,7 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
                 sender = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
                     "--checkpoint", str(EDGE_TEST_CHECKPOINT),
-                    "--seed", "3", "--fps", "30", "--to", f"localhost:{port}",
+                    "--seed", "3", "--fps", str(FPS), "--to", f"localhost:{port}",
                     "--ca", str(edge.cert), "--token", TOKEN, "--stream", "cam",
                     stdout=log, stderr=asyncio.subprocess.STDOUT)
             try:
@@ -100,9 +102,11 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
                 async def window(seconds: float) -> dict:
                     start, counts = time.monotonic(), asdict(session.counts)
                     cpu, waited, packets = time.process_time(), cpu_wait(), session.packets
+                    worker = edge.edge.engine.worker_thread_id
+                    worker_waited = cpu_wait(worker)
                     health = await probe(start + seconds)
                     end = time.monotonic()
-                    waited_end = cpu_wait()
+                    waited_end, worker_waited_end = cpu_wait(), cpu_wait(worker)
                     return {"edge_fps": (session.counts.out - counts["out"]) / (end - start),
                             "edge_frames": session.counts.out - counts["out"],
                             "viewer_fps": viewer.rate(start, end),
@@ -116,6 +120,10 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
                             # the share of the time the event loop waited for a CPU
                             "loop_starved": None if waited is None or waited_end is None
                             else (waited_end - waited) / (end - start),
+                            # and the share the synthesis thread waited for one
+                            "worker_starved": None if worker_waited is None
+                            or worker_waited_end is None
+                            else (worker_waited_end - worker_waited) / (end - start),
                             "seconds": end - start,
                             "healthz_p50": statistics.median(health),
                             "healthz_max": max(health)}
@@ -206,10 +214,15 @@ def test_a_flood_from_many_addresses_leaves_the_edge_and_the_stream_healthy(tmp_
     # no freeze, and the rate may dip (the flood's own process and whatever else runs on the
     # machine take CPU from the edge too; the edge's own part: see docs/reliability.md) but not
     # below a floor; unless other work kept the edge from a CPU (above: the same session still
-    # plays to the same viewer, and to a latecomer)
-    if (during["loop_starved"] or 0.0) <= STARVED_LOOP:
+    # plays to the same viewer, and to a latecomer). The flood's client is a process on the
+    # same two cores: when it (or anything else) kept the synthesis thread from a CPU, the
+    # machine set the frame rate, not the edge (this check failed at times, at 0.36-0.39 of the
+    # quiet rate, when only the event loop's wait was looked at)
+    if max(during["loop_starved"] or 0.0, during["worker_starved"] or 0.0) <= STARVED:
         assert during["viewer_gap"] < 1.0, figures
         assert during["edge_fps"] >= 0.4 * quiet["edge_fps"], figures
+        # the playout clock kept ticking at the stream's rate (a frame too late is skipped)
+        assert during["ticks"] >= 0.8 * FPS * during["seconds"], figures
 
 
 async def post_offer(edge, address: str, path: str, sdp: str) -> tuple[int, dict]:
