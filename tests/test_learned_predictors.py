@@ -3,6 +3,8 @@ the streaming adapter."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ from kpvid.models.predictors import (
     step_predictors,
 )
 from kpvid.models.sequence_model import gaussian_kl, schedule_mask, standard_normal_kl
+from kpvid.models.vrnn import LATENT_LOGVAR_INIT
 from kpvid.protocol.keypoint_set import position_error
 from kpvid.training.train_predictor import KeypointData, evaluate_network, evaluate_predictor
 
@@ -143,6 +146,21 @@ def test_untrained_network_holds_the_last_set(kind):
         predictor.observe(kp_t)
     for _ in range(3):
         np.testing.assert_allclose(predictor.predict(), kp[-1], atol=1e-5)
+
+
+def test_a_fresh_vrnn_draws_narrow_latents():
+    """Its prior and posterior start at a standard deviation near exp(LATENT_LOGVAR_INIT / 2),
+    not 1: unit-variance latent noise drowned the recurrence from the first step, and every
+    VRNN trained on real keypoints collapsed to holding the last set."""
+    net = tiny("vrnn", hidden=32)
+    h = torch.randn(64, 32)
+    x = torch.randn(64, D)
+    with torch.no_grad():
+        logvars = (net.prior(h).chunk(2, dim=-1)[1],
+                   net.encoder(torch.cat([net.phi_x(x), h], dim=-1)).chunk(2, dim=-1)[1])
+    for logvar in logvars:
+        std = (0.5 * logvar).exp()
+        assert float(std.max()) < 2 * math.exp(LATENT_LOGVAR_INIT / 2) < 0.3
 
 
 @pytest.mark.parametrize("kind", KINDS)
