@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kpvid.models import frame_size, load_checkpoint_with_config
+from kpvid.models import frame_size, load_checkpoint_with_config, model_id
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
 from kpvid.protocol.keypoint_set import PX_PER_UNIT
 from kpvid.protocol.schedule import Schedule
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
     size = frame_size(config)
-    new_predictor = predictor_factory(args.predictor, rewind=not args.no_rewind)
+    new_predictor = predictor_factory(args.predictor, model_id=model_id(args.checkpoint),
+                                      rewind=not args.no_rewind)
     schedules: list[tuple[str, float | int, bool]] = (
         [(f"fixed 1:{n}", n, False) for n in args.fixed]
         + [(f"adaptive pace {p:g}", p, True) for p in args.paces])

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kpvid.models import frame_size, load_checkpoint_with_config
+from kpvid.models import frame_size, load_checkpoint_with_config, model_id
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES, predictor_factory
 from kpvid.protocol import CODEC_NAMES, encode_source_image
 from kpvid.protocol.keypoint_set import PX_PER_UNIT
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
     size = frame_size(config)
     root, paths = list_test_videos(args.data, args.videos)
-    new_predictor = predictor_factory(args.predictor)
+    new_predictor = predictor_factory(args.predictor, model_id=model_id(args.checkpoint))
     totals = {(codec, s): _Totals() for s in args.schedules for codec in args.codecs}
     clips, source_bytes = [], []
     for path in tqdm(paths, desc="keypoint streams", unit="video", disable=args.quiet):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kpvid.models import frame_size, load_checkpoint_with_config
+from kpvid.models import frame_size, load_checkpoint_with_config, model_id
 from kpvid.models.predictors import LEARNED_PREDICTORS, PREDICTORS, predictor_factory
 from kpvid.protocol import CODEC_NAMES
 from kpvid.protocol.keypoint_set import PX_PER_UNIT
@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> dict:
     kp_detector, generator, config = load_checkpoint_with_config(args.checkpoint, args.config)
     size = frame_size(config)
     root, paths = list_test_videos(args.data, args.max_videos)
-    factories = {name: predictor_factory(name) for name in args.predictors}
+    factories = {name: predictor_factory(name, model_id=model_id(args.checkpoint))
+                 for name in args.predictors}
     # each (loss model, rate) pair with a positive rate, and rate 0 once (the same for every
     # model)
     channels = [(model, rate) for model in args.loss_models for rate in args.rates if rate > 0]

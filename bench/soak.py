@@ -219,6 +219,7 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
     """Run the processes and sample them; the samples and the processes that died early."""
     args.out.mkdir(parents=True, exist_ok=True)
     record = [] if args.record is None else ["--record", str(args.record)]
+    model = [] if args.checkpoint is None else ["--checkpoint", str(args.checkpoint)]
     processes: dict[str, subprocess.Popen] = {}
     logs = []
     samples: list[Sample] = []
@@ -226,7 +227,8 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         logs.append((args.out / "receiver.log").open("w"))
-        local = start_receiver(args.out, logs[-1], args.receiver_threads, record, args.port)
+        local = start_receiver(args.out, logs[-1], args.receiver_threads, [*record, *model],
+                               args.port)
         processes[RECEIVER], edge = local.process, local.edge
         log.info("receiver up on port %d (logs in %s)", local.port, args.out)
         for stream, seed in zip(STREAMS, SEEDS):
@@ -234,7 +236,7 @@ def run_soak(args: argparse.Namespace) -> tuple[list[Sample], list[str]]:
             processes[stream] = subprocess.Popen(
                 [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
                  "--seed", str(seed), "--fps", str(args.fps), "--to", f"localhost:{local.port}",
-                 "--ca", str(local.cert), "--stream", stream, "--threads", "1"],
+                 "--ca", str(local.cert), "--stream", stream, "--threads", "1", *model],
                 env=local.sender_env, stdout=logs[-1], stderr=subprocess.STDOUT)
         watched = {name: psutil.Process(p.pid) for name, p in processes.items()}
         for process in watched.values():
@@ -418,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 1)")
     parser.add_argument("--viewers", type=int, default=0, metavar="N",
                         help="aiortc viewers per stream, each its own process (default: 0)")
+    parser.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
+                        help="the FOMM checkpoint of the receiver and both senders (default: "
+                             "the shipped one; the clips are made at its frame size)")
     parser.add_argument("--record", type=Path, default=None, metavar="DIR",
                         help="have the receiver record both streams into DIR (default: off)")
     parser.add_argument("--port", type=int, default=0,

@@ -260,12 +260,20 @@ def test_a_real_sender_adapts_to_motion_and_the_edge_feedback(tmp_path, start, p
         assert final["predict"] < 5 and counts["predicted"] > counts["observed"], final
 
 
-def test_the_bench_reports_every_schedule_and_the_gain(tmp_path, capsys):
+def test_the_bench_reports_every_schedule_and_the_gain(tmp_path, capsys, monkeypatch):
+    from kpvid.bench import adapt
     from kpvid.bench.adapt import main
 
+    asked = []  # the predictor is the one made for the bench's model, not the default model's
+
+    def factory(name, *args, **kwargs):
+        asked.append((name, kwargs.get("model_id")))
+        return predictor_factory(name, *args, **kwargs)
+
+    monkeypatch.setattr(adapt, "predictor_factory", factory)
     code = main(["--clips", "1", "--frames", "45", "--fixed", "0", "2", "--paces", "3",
                  "--activities", "varying", "--json", str(tmp_path / "a.json"), "--quiet",
-                 "--threads", "1"])
+                 "--threads", "1", "--checkpoint", str(EDGE_TEST_CHECKPOINT)])  # 64x64: quick
     assert code == 0
     rows = json.loads((tmp_path / "a.json").read_text())["rows"]
     assert [r["schedule"] for r in rows] == ["fixed 1:0", "fixed 1:2", "adaptive pace 3"]
@@ -277,3 +285,4 @@ def test_the_bench_reports_every_schedule_and_the_gain(tmp_path, capsys):
     assert fixed0["changes_per_s"] == 0 and adaptive["changes_per_s"] > 0
     assert 0 <= adaptive["clips_above"] <= adaptive["clips_compared"] <= 1
     assert "PSNR above the fixed curve" in capsys.readouterr().out
+    assert asked == [("vrnn", "kpvid-heads-64")]

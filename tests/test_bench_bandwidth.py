@@ -6,6 +6,7 @@ import json
 
 from kpvid.bench.bandwidth import main, video_wire_overhead_kbps
 from kpvid.synthetic import write_dataset
+from tests.edge_harness import EDGE_TEST_CHECKPOINT
 
 
 def test_bandwidth_benchmark_writes_tables_json_and_plots(tmp_path, capsys):
@@ -15,7 +16,8 @@ def test_bandwidth_benchmark_writes_tables_json_and_plots(tmp_path, capsys):
     out = tmp_path / "bandwidth.json"
     code = main(["--data", str(data), "--codecs", "none", "q12", "delta", "--schedules", "1:1",
                  "--predictor", "constant-velocity", "--video-codecs", "h264",
-                 "--bitrates", "8", "64", "--json", str(out), "--markdown",
+                 "--bitrates", "8", "64", "--checkpoint", str(EDGE_TEST_CHECKPOINT),
+                 "--json", str(out), "--markdown",
                  str(tmp_path / "bandwidth.md"), "--plots", str(tmp_path), "--quiet"])
     assert code == 0
     results = json.loads(out.read_text())

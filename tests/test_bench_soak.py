@@ -15,6 +15,7 @@ from kpvid.bench.soak import (
     second_half_growth,
     slope_per_minute,
 )
+from tests.edge_harness import EDGE_TEST_CHECKPOINT
 
 
 def series(rss_per_min: float, fds_per_min: float, fps: float = 30.0, minutes: float = 10,
@@ -68,10 +69,11 @@ def test_short_real_run(tmp_path: Path) -> None:
     from kpvid.bench.soak import main
 
     out = tmp_path / "soak"
-    status = main(["--minutes", "0.25", "--interval", "3", "--out", str(out), "--viewers", "1",
+    status = main(["--minutes", "0.1", "--interval", "2", "--out", str(out), "--viewers", "1",
+                   "--checkpoint", str(EDGE_TEST_CHECKPOINT), "--fps", "15",
                    "--json", str(out / "soak.json"), "--markdown", str(out / "soak.md"),
                    "--plots", str(out)])
-    assert status in (0, 1)  # 15 s is too short for a growth verdict to mean much
+    assert status in (0, 1)  # 6 s is too short for a growth verdict to mean much
     results = json.loads((out / "soak.json").read_text())
     assert not any("exited" in f or "ended early" in f for f in results["verdict"]["failures"])
     samples = results["samples"]

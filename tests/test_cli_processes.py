@@ -26,6 +26,7 @@ from kpvid.receiver.cli import main as receiver_main
 from kpvid.receiver.cli import resolve_tokens
 from kpvid.receiver.local import free_port
 from kpvid.receiver.tls import CERT_FILE
+from tests.edge_harness import EDGE_TEST_CHECKPOINT
 
 
 def receive(*args: str, **kwargs) -> subprocess.Popen:
@@ -102,7 +103,7 @@ def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):
     port = free_port()
     receiver = receive("--cpu", "--host", "127.0.0.1", "--port", str(port), "--token", "t",
                        "--state-dir", str(tmp_path / "tls"), "--record", str(tmp_path / "rec"),
-                       "--threads", "1")
+                       "--threads", "1", "--checkpoint", str(EDGE_TEST_CHECKPOINT))  # 64x64: quick
     sender = None
     try:
         cert = tmp_path / "tls" / CERT_FILE
@@ -124,7 +125,8 @@ def test_ctrl_c_mid_stream_finalises_the_recording(tmp_path: Path):
                 sender = subprocess.Popen(
                     [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", "faces",
                      "--to", f"localhost:{port}", "--ca", str(cert), "--token", "t",
-                     "--stream", "cli"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     "--stream", "cli", "--checkpoint", str(EDGE_TEST_CHECKPOINT)],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                     text=True)
             if status["streams"] and status["streams"][0]["frames"]["out"] >= 30:
                 break
