@@ -1,13 +1,13 @@
-"""``kpvid-bench adapt``: the sender adapting N to the motion and the edge's feedback, against
+"""kpvid-bench adapt: the sender adapting N to the motion and the edge's feedback, against
 fixed schedules, on quality per bit.
 
 Synthetic talking-head calls (made here, at the shipped model's size, from seeds that no data
 set uses): *steady* clips keep one liveliness throughout; *varying* ones alternate still
 (listening) and lively (talking, moving) phases of 1-4 s, as calls do. For every clip: the
-keypoint detector on every frame, then each schedule through the ``delta`` codec, the edge's
-predictor (:func:`kpvid.training.transmission.transmit`) and the FOMM generator, from the
+keypoint detector on every frame, then each schedule through the delta codec, the edge's
+predictor (kpvid.training.transmission.transmit) and the FOMM generator, from the
 clip's first frame. Fixed schedules observe 1 and predict N; adaptive ones start at 1:1 and
-follow :class:`kpvid.sender.adaptation.ScheduleController` with a pace (group length at 1 px
+follow kpvid.sender.adaptation.ScheduleController with a pace (group length at 1 px
 per frame of keypoint motion), the edge's feedback reaching the sender every second, 100 ms
 late. A fixed schedule's bit rate is set by N alone, so the question is whether the adaptive
 points lie above the fixed schedules' curve of PSNR against bit rate: the table gives each

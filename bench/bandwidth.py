@@ -1,4 +1,4 @@
-"""``kpvid-bench bandwidth``: bytes and quality of each keypoint codec and schedule, against
+"""kpvid-bench bandwidth: bytes and quality of each keypoint codec and schedule, against
 conventional video codecs on the same frames.
 
 For every test video: the keypoint detector on every frame; for each schedule (observe M,
@@ -6,7 +6,7 @@ predict N) and keypoint codec, the sender's packets are coded and decoded as the
 edge's predictor fills the skipped frames, and the FOMM generator rebuilds every frame from the
 video's first frame (the source image). Quality is PSNR/SSIM of the rebuilt frames against the
 real ones. The same frames go through H.264, VP8, VP9 and AV1 at a sweep of bitrates
-(:mod:`kpvid.bench.video_codecs`), and each codec's bitrate at kpvid's quality is compared with
+(kpvid.bench.video_codecs), and each codec's bitrate at kpvid's quality is compared with
 kpvid's, the source image amortised over a call included.
 
 Rates: *payload* counts what the application hands to the transport (Keypoints messages; the

@@ -1,17 +1,17 @@
-"""``kpvid-bench loss``: how well the edge conceals lost keypoint sets, against the loss rate.
+"""kpvid-bench loss: how well the edge conceals lost keypoint sets, against the loss rate.
 
 For every test video: the keypoint detector on every frame; then for each loss model (random
 Bernoulli loss, bursty Gilbert-Elliott loss), loss rate and predictor, the sender's packets are
-coded (default: the sender's schedule, observe 1 predict 1, and the ``delta`` codec), the
+coded (default: the sender's schedule, observe 1 predict 1, and the delta codec), the
 channel drops some, and the edge decodes what arrives as it does
-(:func:`kpvid.training.transmission.transmit`): a lost set, and a ``delta`` set whose
+(kpvid.training.transmission.transmit): a lost set, and a delta set whose
 reference was lost, is predicted like a skipped frame, and the edge's IntraRequest makes a
 later packet intra. The FOMM generator rebuilds every frame from the video's first frame (the
 source image); quality is PSNR/SSIM of the rebuilt frames against the real ones, and the
 keypoint error is the played keypoints' distance to the detected ones.
 
 The loss pattern of a (video, loss model, rate) is the same for every predictor, and the
-whole run is deterministic given ``--seed``. A loss rate of 0 is run once per predictor and
+whole run is deterministic given --seed. A loss rate of 0 is run once per predictor and
 reported under each loss model.
 """
 

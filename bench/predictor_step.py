@@ -1,7 +1,7 @@
-"""``kpvid-bench predictor``: what one keypoint-prediction step costs the edge, per stream.
+"""kpvid-bench predictor: what one keypoint-prediction step costs the edge, per stream.
 
 The edge steps all its streams' predictors in one call per frame
-(:func:`kpvid.models.predictors.step_predictors`). This times that call for each predictor and
+(kpvid.models.predictors.step_predictors). This times that call for each predictor and
 number of streams, on the M2 pattern (every other frame observed, the others predicted open
 loop), after a warm-up, and reports milliseconds per call and per stream-step."""
 

@@ -1,16 +1,16 @@
-"""``kpvid-bench soak``: a long two-stream run; does anything grow without bound?
+"""kpvid-bench soak: a long two-stream run; does anything grow without bound?
 
-Starts one ``kpvid-receive`` (CPU, ``--receiver-threads`` torch threads, no recording unless
-``--record``) and two endless ``kpvid-send --synthetic faces`` processes (different seeds and
-stream names, one torch thread each), then samples every ``--interval`` seconds for
-``--minutes``: RSS and open file descriptors of each process, and per stream the edge's
-counters, frame rate out, latency, keypoint kbps and viewers from ``/api/streams``. With
-``--viewers N``, N aiortc viewers per stream (``python -m kpvid.demo.viewer_peer``, each its own
+Starts one kpvid-receive (CPU, --receiver-threads torch threads, no recording unless
+--record) and two endless kpvid-send --synthetic faces processes (different seeds and
+stream names, one torch thread each), then samples every --interval seconds for
+--minutes: RSS and open file descriptors of each process, and per stream the edge's
+counters, frame rate out, latency, keypoint kbps and viewers from /api/streams. With
+--viewers N, N aiortc viewers per stream (python -m kpvid.demo.viewer_peer, each its own
 process) watch from the moment both streams play.
 
 The verdict: the receiver's RSS and descriptor count, fitted with a line over the second half
 of the run, must grow slower than the limits; no process may die and no stream end early; both
-streams must keep within ``--fps-tolerance`` of ``--fps`` in every sample after ``--warmup``,
+streams must keep within --fps-tolerance of --fps in every sample after --warmup,
 and keep their viewers. Exit status 1 when a verdict fails.
 """
 

@@ -1,20 +1,20 @@
-"""``kpvid-bench speed``: what the edge's model work costs, and the end-to-end latency.
+"""kpvid-bench speed: what the edge's model work costs, and the end-to-end latency.
 
 * keypoint detector: milliseconds per frame at batch 1 (the sender's work per observed frame);
 * synthesis: milliseconds per frame by batch size (streams rendered in one call), for the plain
-  ``generator(source, kp_driving, kp_source)`` call (which encodes the source again every
-  frame), the :class:`~kpvid.models.Synthesizer` without its optimized generator copy (source
+  generator(source, kp_driving, kp_source) call (which encodes the source again every
+  frame), the Synthesizer without its optimized generator copy (source
   work cached only), with the copy but without its fast convolutions, and as the receiver runs
   it; the methods take turns call by call, so a machine busy with other work slows them alike;
-* predictor step cost (:mod:`kpvid.bench.predictor_step`);
-* end to end (:mod:`kpvid.demo.streaming`): a real receiver and sender on this machine as
-  ``kpvid-demo`` runs them (its frame rate and torch threads), shipped model on the CPU,
+* predictor step cost (kpvid.bench.predictor_step);
+* end to end (kpvid.demo.streaming): a real receiver and sender on this machine as
+  kpvid-demo runs them (its frame rate and torch threads), shipped model on the CPU,
   without prediction (the sender detects every frame) and with the default schedule (every
   other frame predicted at the edge): latency from capture to frame out, frame rate and the
   CPU of each process.
 
-``shipped`` is the shipped default checkpoint (kpvid-heads-256, 256x256); ``heads-64`` the
-64x64 model it was grown from; ``vox-256`` the official vox-256 configuration at 256x256 with
+shipped is the shipped default checkpoint (kpvid-heads-256, 256x256); heads-64 the
+64x64 model it was grown from; vox-256 the official vox-256 configuration at 256x256 with
 random weights (the same weights for every method).
 """
 

@@ -1,6 +1,6 @@
-"""``kpvid-demo``: a receiver and a synthetic talking-head sender on this machine, end to end.
+"""kpvid-demo: a receiver and a synthetic talking-head sender on this machine, end to end.
 
-Starts ``kpvid-receive`` (CPU, recording) and ``kpvid-send --synthetic photos`` (a real
+Starts kpvid-receive (CPU, recording) and kpvid-send --synthetic photos (a real
 photograph held out of training, animated as a talking head) as two real
 processes talking WebRTC over HTTPS signaling, shows the viewer URL and a progress bar while the
 clip streams, then prints what happened: keypoint kbps, frame rate, the predicted share,

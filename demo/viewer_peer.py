@@ -1,9 +1,9 @@
 """A viewer without a browser: what the viewer page does, in aiortc. It offers recvonly video to
-an edge's ``/view/offer`` and records when each frame arrives.
+an edge's /view/offer and records when each frame arrives.
 
-``kpvid-bench soak --viewers`` runs it as its own process (``python -m
-kpvid.demo.viewer_peer URL STREAM``, the token in ``KPVID_TOKEN``): it watches until it is
-stopped, logs its frame count every ``--report`` seconds, and exits 1 if the edge ends the
+kpvid-bench soak --viewers runs it as its own process (python -m
+kpvid.demo.viewer_peer URL STREAM, the token in KPVID_TOKEN): it watches until it is
+stopped, logs its frame count every --report seconds, and exits 1 if the edge ends the
 video or the connection fails before that.
 """
 

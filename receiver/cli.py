@@ -1,4 +1,4 @@
-"""``kpvid-receive``: the edge node. Takes keypoint streams from senders, synthesizes every frame
+"""kpvid-receive: the edge node. Takes keypoint streams from senders, synthesizes every frame
 and serves the video to browser viewers over WebRTC, all on one HTTPS port."""
 
 from __future__ import annotations
