@@ -333,6 +333,7 @@ class SenderClient:
             if lost.is_set():
                 raise _Retry(f"peer connection {pc.connectionState}")
             self._connected = True
+            self.stats.connections += 1
             log.info("connected to %s", self.options.url)
             await self._stream(connection)
         finally:

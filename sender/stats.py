@@ -44,6 +44,7 @@ class SenderStats:
     bytes: int = 0
     dropped: int = 0
     reconnects: int = 0
+    connections: int = 0  # peer connections that opened
     source_images: int = 0
     schedule_changes: int = 0  # adaptive schedule: times N changed
     kp_ignored: int = 0  # messages from the edge on kp that were not an IntraRequest
@@ -142,6 +143,10 @@ class SenderStats:
             f"source images: {self.source_images}, reconnects: {self.reconnects}, "
             f"schedule changes: {self.schedule_changes}",
         ]
+        if not self.connections:
+            attempts = self.reconnects + 1
+            lines[-1] = (f"never connected to the edge ({attempts} attempt"
+                         f"{'' if attempts == 1 else 's'})")
         if self.kp_ignored:
             lines[-1] += f", ignored on kp: {self.kp_ignored}"
         if self.face_crop is not None:

@@ -526,10 +526,18 @@ def test_stats_summary() -> None:
     stats.feedback = FeedbackSnapshot(received=2, lost=0, predicted=2, prediction_error=None)
     line = stats.status_line()
     assert "packets" in line and "observed/skipped 2/2" in line and "dropped 1" in line
+    stats.connections, stats.reconnects = 1, 2
     summary = stats.summary()
     assert "sent 4 frames" in summary and "2 observed, 2 skipped" in summary
     assert "2 packets, 210 bytes" in summary and "1 dropped" in summary
     assert "prediction error n/a" in summary
+    assert "reconnects: 2" in summary and "never" not in summary
+
+
+def test_a_sender_that_never_reached_the_edge_says_so() -> None:
+    stats = SenderStats(reconnects=6)
+    assert "never connected to the edge (7 attempts)" in stats.summary()
+    assert "reconnects" not in stats.summary()
 
 
 def test_stats_live_line_on_a_terminal() -> None:
