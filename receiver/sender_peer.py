@@ -138,6 +138,7 @@ class SenderPeer:
         await session.ended.wait()
         assert session.end is not None
         if session.end.reason is EndReason.SENDER_FINISHED:
+            self.send_ctrl(session.feedback())  # the final counts, which the sender reports
             await self.say_bye(str(session.end))
         await self.close(session.end)
 

@@ -158,6 +158,7 @@ class StreamSession:
         self._source_ready = asyncio.Event()
         self._first_packet = asyncio.Event()
         self._bye = False
+        self._bye_reason = ""  # what the sender's bye said
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
         self._last_packet = time.monotonic()
@@ -237,6 +238,7 @@ class StreamSession:
         elif isinstance(message, Bye):
             log.info("stream %s: sender says bye (%s)", self.name, message.reason)
             self._bye = True
+            self._bye_reason = message.reason
             if message.last_frame_index is not None:
                 self._last_index = message.last_frame_index
             if self._highest_index < 0:
@@ -319,8 +321,8 @@ class StreamSession:
                 if played.frame is not None:
                     self._emit(index, played.frame, tick.capture_time)
             index += 1
-        await self.finish(StreamEnd(EndReason.SENDER_FINISHED if self._bye
-                                    else EndReason.SENDER_SILENT))
+        await self.finish(StreamEnd(EndReason.SENDER_FINISHED, self._bye_reason) if self._bye
+                          else StreamEnd(EndReason.SENDER_SILENT))
 
     @property
     def counts(self) -> FrameCounts:
@@ -351,14 +353,19 @@ class StreamSession:
             if not self._source_ready.is_set() and now - asked_at > self.options.source_timeout:
                 self._send_ctrl(SourceRequest("no complete source image yet"))
                 asked_at = now
-            self._send_ctrl(Feedback(received=self.packets, lost=self.counts.lost,
-                                     predicted=self.counts.predicted,
-                                     prediction_error=self.prediction_errors.take()))
+            self._send_ctrl(self.feedback())
             if not self._playing and now - self._last_packet > self.options.idle_timeout:
                 await self.finish(StreamEnd(EndReason.SENDER_SILENT_BEFORE_PLAYOUT))
                 return
 
     # ------------------------------------------------------------------ reporting
+    def feedback(self) -> Feedback:
+        """The sender's Feedback: the stream's counts so far, and the prediction error since
+        the last one."""
+        return Feedback(received=self.packets, lost=self.counts.lost,
+                        predicted=self.counts.predicted,
+                        prediction_error=self.prediction_errors.take())
+
     def _seconds_played(self) -> float:
         """Stream time covered by the frames played so far (at least one frame's worth)."""
         return max(self.counts.out, 1) / self.hello.fps

@@ -13,6 +13,7 @@ frame loop around it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ log = logging.getLogger(__name__)
 
 BAD_MESSAGE_LOG_INTERVAL_S = 5.0
 DRAIN_TIMEOUT_S = 2.0           # at the end: wait this long at most for the channels to empty
-DRAIN_GRACE_S = 0.2             # then this long for the last chunks to reach the wire
+# then this long at most for the edge's own bye (it plays the stream out first, then sends its
+# final Feedback and says bye; until then the last chunks may still be on their way)
+EDGE_BYE_TIMEOUT_S = 2.0
 # Once an edge has sent a Feedback (kpvid's does every second), this long without a word from
 # it means it is gone, even if no packet said so (a crashed host): reconnect.
 EDGE_SILENCE_S = 5.0
@@ -66,6 +69,7 @@ class EdgeConnection:
         self.kp = kp
         self.ctrl = ctrl
         self.lost = asyncio.Event()
+        self.edge_said_bye = asyncio.Event()
         self.stats = stats
         self.kp_buffer_limit = kp_buffer_limit
         self.pipeline: FramePipeline | None = None  # the session's, from start()
@@ -120,18 +124,20 @@ class EdgeConnection:
 
     async def goodbye(self, reason: str, last_frame_index: int | None = None) -> None:
         """Bye on ``ctrl`` (with the stream's last frame index, so the edge plays through it),
-        then let both channels drain (at most DRAIN_TIMEOUT_S)."""
+        then let both channels drain (at most DRAIN_TIMEOUT_S) and wait for the edge's bye, which
+        follows its final Feedback (at most EDGE_BYE_TIMEOUT_S)."""
         if self.ctrl.readyState != "open":
             return
         last = last_frame_index if last_frame_index is not None and last_frame_index >= 0 \
             else None
         self.ctrl.send(encode_message(Bye(reason, last_frame_index=last)))
+        log.info("said bye to the edge (%s)", reason)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while (self.ctrl.bufferedAmount or self.kp.bufferedAmount) \
                 and self.ctrl.readyState == "open" and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        await asyncio.sleep(min(DRAIN_GRACE_S, max(0.0, deadline - time.monotonic())))
-        log.info("said bye to the edge (%s)", reason)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.edge_said_bye.wait(), EDGE_BYE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ edge to sender
     def on_ctrl_message(self, data: bytes | str) -> None:
@@ -159,6 +165,7 @@ class EdgeConnection:
                                           message.prediction_error)
         elif isinstance(message, Bye):
             log.info("edge said bye: %s", message.reason)
+            self.edge_said_bye.set()
         else:
             self._bad_messages.warning("unexpected", "ignored an unexpected %s from the edge",
                                        type(message).__name__)

@@ -14,7 +14,7 @@ import pytest
 from aiortc import RTCIceServer
 
 from kpvid.protocol import Bye, encode_message
-from kpvid.receiver.stream_stats import EndReason, StreamEnd
+from kpvid.receiver.stream_stats import EndReason
 from tests.edge_harness import (
     RawSender,
     detect,
@@ -130,7 +130,7 @@ def test_garbage_from_one_sender_does_not_disturb_another(tmp_path):
             assert (counts["observed"], counts["predicted"], counts["lost"]) == (20, 20, 0)
             # a loaded machine may skip rendering a late frame; none goes missing
             assert counts["out"] + counts["dropped"] == 40 and counts["out"] >= 20, counts
-            assert session.end == StreamEnd(EndReason.SENDER_FINISHED)
+            assert session.end is not None and session.end.reason is EndReason.SENDER_FINISHED
             status, metrics = await edge.request("GET", "/metrics")
             for reason in ("MalformedMessage", "UnsupportedVersion", "MessageTooLarge"):
                 assert f'kpvid_bad_messages_total{{reason="{reason}"}}' in metrics
@@ -190,7 +190,7 @@ def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
         return flaky_play
 
     final = stream_with_render(tmp_path, 20, flaky)
-    assert final["ended"] == EndReason.SENDER_FINISHED.value
+    assert final["ended"].startswith(EndReason.SENDER_FINISHED.value)
     assert final["frames"]["out"] == 19 and final["frames"]["dropped"] == 1
 
 

@@ -219,7 +219,7 @@ async def stream_through(tmp_path, name: str, forward: Impairment, backward: Imp
 
 def check_concealed_and_never_stalled(run: Run) -> None:
     counts = run.counts
-    assert run.end == StreamEnd(EndReason.SENDER_FINISHED), run.end
+    assert run.end is not None and run.end.reason is EndReason.SENDER_FINISHED, run.end
     assert 0 < run.ticks <= run.frames
     # every tick of the stream's clock gave a frame (out) or was skipped to stay live (dropped)
     assert counts["out"] + counts["dropped"] == run.ticks, (counts, run.ticks)

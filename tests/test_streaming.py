@@ -22,6 +22,7 @@ from kpvid.receiver.stream_stats import EndReason
 from kpvid.sender.client import SenderOptions, run_sender
 from kpvid.sender.keypoints import KeypointExtractor
 from kpvid.sender.sources import SyntheticSource
+from kpvid.sender.stats import SenderStats
 from kpvid.training.visualize import to_uint8
 from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, shipped_model, wait_for
 
@@ -76,14 +77,19 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predicto
                                     observe=observe, predict=predict, max_frames=frames)
             source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)
             extractor = KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT)
-            code = await run_sender(source, extractor, options)
+            code = await run_sender(source, extractor, options, stats)
             await wait_for(lambda: any(s.name == "e2e" for s in edge.edge.ended), 10)
             return code, edge.edge.ended[-1].to_json(), out
 
+    stats = SenderStats()
     code, final, out = asyncio.run(scenario())
     assert code == 0
-    assert final["ended"] == EndReason.SENDER_FINISHED.value
+    assert final["ended"] == f"{EndReason.SENDER_FINISHED.value}: end of stream"
     observed = sum(1 for i in range(frames) if i % (observe + predict) < observe)
+    # the edge's final Feedback came before its bye: both ends report the same counts
+    assert stats.feedback is not None
+    assert (stats.feedback.received, stats.feedback.lost, stats.feedback.predicted) == (
+        observed, 0, frames - observed)
     assert final["frames"] == {"observed": observed, "predicted": frames - observed, "lost": 0,
                                "out": frames, "dropped": 0}
     assert sorted(out) == list(range(frames))
