@@ -78,6 +78,19 @@ def read_recording(path: Path, fps: float) -> tuple[list[int], np.ndarray]:
     return indices, np.stack(frames)
 
 
+def on_stream_timeline(indices: list[int], frames: np.ndarray, length: int) -> np.ndarray:
+    """``length`` frames, one per stream frame index: each recorded frame at its index, and a
+    frame the edge skipped (or one past the recording's end) filled with the last frame before
+    it, as a viewer's picture holds; the first recorded frame fills any gap before it."""
+    timeline = np.empty((length, *frames.shape[1:]), dtype=frames.dtype)
+    position = 0
+    for index in range(length):
+        while position + 1 < len(indices) and indices[position + 1] <= index:
+            position += 1
+        timeline[index] = frames[position]
+    return timeline
+
+
 def score(received: np.ndarray, sent: np.ndarray) -> tuple[float, float]:
     """Mean PSNR (dB) and SSIM of received frames against the frames the sender captured."""
     def tensor(x: np.ndarray) -> torch.Tensor:
@@ -97,7 +110,7 @@ class DemoSummary:
     observed: int
     predicted: int
     lost: int
-    predicted_share: float  # (predicted + lost) / frames out
+    predicted_share: float  # (predicted + lost) / frames played (observed + predicted + lost)
     kbps_mean: float  # keypoint stream: its Keypoints messages
     packets: int
     fps_out: float
@@ -244,8 +257,10 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
                              face=args.face if args.domain == "photos" else None)
     sent = np.stack([source.frame_at(i) for i in indices])
     mean_psnr, mean_ssim = score(received, sent)
-    side_by_side = args.out / "side-by-side.mp4"
-    write_side_by_side(side_by_side, [sent, received], fps=args.fps)
+    side_by_side = args.out / "side-by-side.mp4"  # time-aligned, skipped frames held
+    write_side_by_side(side_by_side,
+                       [np.stack([source.frame_at(i) for i in range(args.frames)]),
+                        on_stream_timeline(indices, received, args.frames)], fps=args.fps)
 
     frames = snapshot["frames"]
     sender_cpu, receiver_cpu = (meter.percent() for meter in meters)
@@ -253,7 +268,8 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     return DemoSummary(
         frames_sent=args.frames, frames_out=frames["out"], dropped=frames["dropped"],
         observed=frames["observed"], predicted=frames["predicted"], lost=frames["lost"],
-        predicted_share=(frames["predicted"] + frames["lost"]) / max(frames["out"], 1),
+        predicted_share=(frames["predicted"] + frames["lost"])
+        / max(frames["observed"] + frames["predicted"] + frames["lost"], 1),
         kbps_mean=snapshot["kbps_mean"], packets=snapshot["packets"],
         fps_out=snapshot["fps_out"], latency_p50_ms=latency["p50"],
         latency_p99_ms=latency["p99"], sender_cpu_percent=sender_cpu,
@@ -272,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                               f"({summary.dropped} dropped)"),
         ("observed / predicted / lost", f"{summary.observed} / {summary.predicted} / "
                                         f"{summary.lost}"),
-        ("predicted share", f"{100 * summary.predicted_share:.1f} %  (schedule observe "
-                            f"{args.observe}, predict {args.predict}, predictor "
-                            f"{args.predictor})"),
+        ("predicted share", f"{100 * summary.predicted_share:.1f} % of the frames played  "
+                            f"(schedule observe {args.observe}, predict {args.predict}, "
+                            f"predictor {args.predictor})"),
         ("keypoint stream", f"{summary.kbps_mean:.1f} kbps mean "
                             f"({summary.packets} Keypoints messages)"),
         ("frame rate out", f"{summary.fps_out:.1f} fps"),
