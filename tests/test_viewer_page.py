@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,3 +186,22 @@ def test_a_full_edge_tells_the_page_why_and_the_page_retries(live: LiveEdge,
             assert not again["timed_out"], again
     finally:
         options.max_viewers = MAX_VIEWERS
+
+
+def test_a_closed_tab_stops_counting_as_a_viewer_at_once(live: LiveEdge, browser: ViewerBrowser):
+    """The page hangs up when it goes away; without that the edge kept counting a closed tab
+    until ICE consent checks failed, half a minute later."""
+    edge = live.edge.edge
+
+    def viewers() -> int:
+        return edge.streams[STREAM].viewers
+
+    before = viewers()
+    with browser.viewer(f"{live.url}/?token={TOKEN}&stream={STREAM}") as page:
+        assert not page.wait(timeout=30, min_frames=3)["timed_out"]
+        assert viewers() == before + 1
+        page.page.close()
+    deadline = time.monotonic() + 5.0
+    while viewers() > before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert viewers() == before
