@@ -294,7 +294,7 @@ class SenderClient:
                                                              maxRetransmits=0),
                                         pc.createDataChannel("ctrl", ordered=True),
                                         self.stats, self.options.kp_buffer_limit)
-            kp, ctrl, lost = connection.kp, connection.ctrl, connection.lost
+            kp, ctrl, lost = connection.kp_channel, connection.ctrl_channel, connection.lost
             opened = asyncio.Event()
 
             def on_open() -> None:

@@ -64,10 +64,10 @@ class EdgeConnection:
     docstring. Register :meth:`on_ctrl_message` and :meth:`on_kp_message` on the channels, set
     ``lost`` when the connection goes, and call :meth:`start` once both channels are open."""
 
-    def __init__(self, kp: RTCDataChannel, ctrl: RTCDataChannel, stats: SenderStats,
-                 kp_buffer_limit: int) -> None:
-        self.kp = kp
-        self.ctrl = ctrl
+    def __init__(self, kp_channel: RTCDataChannel, ctrl_channel: RTCDataChannel,
+                 stats: SenderStats, kp_buffer_limit: int) -> None:
+        self.kp_channel = kp_channel
+        self.ctrl_channel = ctrl_channel
         self.lost = asyncio.Event()
         self.edge_said_bye = asyncio.Event()
         self.stats = stats
@@ -80,7 +80,7 @@ class EdgeConnection:
 
     @property
     def open(self) -> bool:
-        return not self.lost.is_set() and self.ctrl.readyState == "open"
+        return not self.lost.is_set() and self.ctrl_channel.readyState == "open"
 
     def gone(self, now: float | None = None) -> str | None:
         """Why the edge is gone (the connection closed, or silence), or None while it is there."""
@@ -95,14 +95,14 @@ class EdgeConnection:
     def start(self, hello: Hello, pipeline: FramePipeline) -> None:
         """Send the session's hello; its frames go through ``pipeline`` from now on."""
         self.pipeline = pipeline
-        self.ctrl.send(encode_message(hello))
+        self.ctrl_channel.send(encode_message(hello))
 
     def send_source_image(self, image: bytes, image_format: str) -> None:
         """The source image in chunks on ``ctrl``; it answers any request for it so far."""
         self._image_ids += 1
         chunks = split_source_image(self._image_ids, image, image_format)
         for chunk in chunks:
-            self.ctrl.send(encode_message(chunk))
+            self.ctrl_channel.send(encode_message(chunk))
         self.source_wanted = False
         self.stats.source_images += 1
         log.info("sent the source image (%d bytes, %d chunk%s)", len(image), len(chunks),
@@ -114,27 +114,28 @@ class EdgeConnection:
         sent)."""
         if self.pipeline is None:
             raise RuntimeError("keypoints before the hello: call start() first")
-        if self.kp.readyState != "open" or self.kp.bufferedAmount > self.kp_buffer_limit:
+        channel = self.kp_channel
+        if channel.readyState != "open" or channel.bufferedAmount > self.kp_buffer_limit:
             self.stats.record_drop()
             return
         data = encode_message(self.pipeline.keypoints(index, captured.value, captured.jacobian,
                                                       captured.capture_time))
-        self.kp.send(data)
+        self.kp_channel.send(data)
         self.stats.record_packet(len(data))
 
     async def goodbye(self, reason: str, last_frame_index: int | None = None) -> None:
         """Bye on ``ctrl`` (with the stream's last frame index, so the edge plays through it),
         then let both channels drain (at most DRAIN_TIMEOUT_S) and wait for the edge's bye, which
         follows its final Feedback (at most EDGE_BYE_TIMEOUT_S)."""
-        if self.ctrl.readyState != "open":
+        if self.ctrl_channel.readyState != "open":
             return
         last = last_frame_index if last_frame_index is not None and last_frame_index >= 0 \
             else None
-        self.ctrl.send(encode_message(Bye(reason, last_frame_index=last)))
+        self.ctrl_channel.send(encode_message(Bye(reason, last_frame_index=last)))
         log.info("said bye to the edge (%s)", reason)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while (self.ctrl.bufferedAmount or self.kp.bufferedAmount) \
-                and self.ctrl.readyState == "open" and time.monotonic() < deadline:
+        while (self.ctrl_channel.bufferedAmount or self.kp_channel.bufferedAmount) \
+                and self.ctrl_channel.readyState == "open" and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.edge_said_bye.wait(), EDGE_BYE_TIMEOUT_S)

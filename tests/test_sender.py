@@ -427,7 +427,7 @@ def test_a_connection_sends_keypoints_and_drops_when_congested(tiny_config: dict
     captured = Captured(frame, hello.start_time + 0.2, value, jacobian)  # frame 4: at 0.133 s
     kp = _FakeChannel()
     connection = _started_connection(hello, kp)
-    assert decode_message(connection.ctrl.sent[0]) == hello
+    assert decode_message(connection.ctrl_channel.sent[0]) == hello
     with pytest.raises(RuntimeError, match="before the hello"):
         EdgeConnection(kp, _FakeChannel(), SenderStats(), 1000).send_keypoints(4, captured)
     connection.send_keypoints(4, captured)
