@@ -44,8 +44,8 @@ class SenderPeer:
         self.edge = edge
         self.remote = remote
         self.session: StreamSession | None = None
-        self._ctrl: RTCDataChannel | None = None
-        self._kp: RTCDataChannel | None = None
+        self._ctrl_channel: RTCDataChannel | None = None
+        self._kp_channel: RTCDataChannel | None = None
         self._queue: asyncio.Queue[tuple[str, bytes | str]] = asyncio.Queue(QUEUE_LIMIT)
         self._closed = False
         self._watcher: asyncio.Task | None = None
@@ -55,9 +55,9 @@ class SenderPeer:
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label == "ctrl":
-            self._ctrl = channel
+            self._ctrl_channel = channel
         elif channel.label == "kp":
-            self._kp = channel
+            self._kp_channel = channel
         else:
             self.edge.drop_message("unknown_channel", f"data channel {channel.label!r}",
                                    self.remote)
@@ -80,20 +80,20 @@ class SenderPeer:
 
     def send_ctrl(self, message: Message) -> None:
         """Send a message to the sender on the reliable channel, if it is open."""
-        if self._ctrl is not None and self._ctrl.readyState == "open":
-            self._ctrl.send(encode_message(message))
+        if self._ctrl_channel is not None and self._ctrl_channel.readyState == "open":
+            self._ctrl_channel.send(encode_message(message))
 
     def send_kp(self, message: Message) -> None:
         """Send a message to the sender on the unreliable channel, if it is open (an
         IntraRequest): never retransmitted, a lost one holds nothing up."""
-        if self._kp is not None and self._kp.readyState == "open":
-            self._kp.send(encode_message(message))
+        if self._kp_channel is not None and self._kp_channel.readyState == "open":
+            self._kp_channel.send(encode_message(message))
 
     async def say_bye(self, reason: str, timeout: float = 1.0) -> None:
         """Send a bye and give it a moment to leave before the connection closes."""
         self.send_ctrl(Bye(reason))
         deadline = asyncio.get_running_loop().time() + timeout
-        while self._ctrl is not None and self._ctrl.bufferedAmount > 0 \
+        while self._ctrl_channel is not None and self._ctrl_channel.bufferedAmount > 0 \
                 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # handed to SCTP is not yet on the wire
