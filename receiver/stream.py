@@ -157,8 +157,7 @@ class StreamSession:
         self._assembler = SourceImageAssembler()
         self._source_ready = asyncio.Event()
         self._first_packet = asyncio.Event()
-        self._bye = False
-        self._bye_reason = ""  # what the sender's bye said
+        self._bye_reason: str | None = None  # what the sender's bye said, once it has
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
         self._last_packet = time.monotonic()
@@ -226,7 +225,7 @@ class StreamSession:
     @property
     def said_bye(self) -> bool:
         """The sender has said bye: the stream plays out what it has, then ends by itself."""
-        return self._bye
+        return self._bye_reason is not None
 
     # ------------------------------------------------------------------ messages in
     async def handle(self, message: Message, nbytes: int) -> None:
@@ -237,7 +236,6 @@ class StreamSession:
             await self._on_source_chunk(message)
         elif isinstance(message, Bye):
             log.info("stream %s: sender says bye (%s)", self.name, message.reason)
-            self._bye = True
             self._bye_reason = message.reason
             if message.last_frame_index is not None:
                 self._last_index = message.last_frame_index
@@ -283,7 +281,7 @@ class StreamSession:
 
     # ------------------------------------------------------------------ playout
     def _finished(self, frame_index: int) -> bool:
-        if self._bye:  # no more packets are coming: play through the last frame
+        if self.said_bye:  # no more packets are coming: play through the last frame
             last = self._highest_index if self._last_index is None else self._last_index
             return frame_index > last
         return time.monotonic() - self._last_packet > self.options.idle_timeout
@@ -321,8 +319,8 @@ class StreamSession:
                 if played.frame is not None:
                     self._emit(index, played.frame, tick.capture_time)
             index += 1
-        await self.finish(StreamEnd(EndReason.SENDER_FINISHED, self._bye_reason) if self._bye
-                          else StreamEnd(EndReason.SENDER_SILENT))
+        await self.finish(StreamEnd(EndReason.SENDER_SILENT) if self._bye_reason is None
+                          else StreamEnd(EndReason.SENDER_FINISHED, self._bye_reason))
 
     @property
     def counts(self) -> FrameCounts:

@@ -223,7 +223,6 @@ class SenderClient:
             self.stats.face_crop = source.face_crop  # --crop auto: its counts in the summary
         self.stop = stop if stop is not None else asyncio.Event()
         self._ice_servers = [parse_ice_server(url) for url in options.ice_servers]
-        self._connected = False
         # one worker: the source and the detector are used from a single thread, in order
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kpvid-capture")
 
@@ -235,7 +234,7 @@ class SenderClient:
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
                 while True:
-                    self._connected = False
+                    connections = self.stats.connections
                     try:
                         await self._session(http)
                         return 0
@@ -246,7 +245,7 @@ class SenderClient:
                         log.error("source failed: %s", exc)
                         return 1
                     except _Retry as exc:
-                        if self._connected:
+                        if self.stats.connections > connections:  # this attempt connected
                             backoff, attempt = BACKOFF_START_S, 0
                         attempt += 1
                         self.stats.reconnects += 1
@@ -332,7 +331,6 @@ class SenderClient:
                 return
             if lost.is_set():
                 raise _Retry(f"peer connection {pc.connectionState}")
-            self._connected = True
             self.stats.connections += 1
             log.info("connected to %s", self.options.url)
             await self._stream(connection)
