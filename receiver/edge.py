@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 
@@ -57,7 +58,7 @@ class StreamOutput:
         """Where one session at `fps` pushes its frames."""
         offset: int | None = None
 
-        def push(frame_index: int, rgb) -> None:
+        def push(frame_index: int, rgb: np.ndarray, capture_time: float | None) -> None:
             nonlocal offset
             now = time.monotonic()
             ticks = round(frame_index * VIDEO_CLOCK_RATE / fps)

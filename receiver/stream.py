@@ -66,7 +66,9 @@ from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 log = logging.getLogger(__name__)
 
 SendMessage = Callable[[Message], None]
-FrameSink = Callable[[int, np.ndarray], None]
+# a frame out: its stream frame index, the picture (uint8 H x W x 3 RGB) and the sender's capture
+# time of that frame (wall clock, seconds since the epoch; None until the stream's first set)
+FrameSink = Callable[[int, np.ndarray, float | None], None]
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,8 @@ class StreamSession:
                 path = path.with_name(f"{self.name}-{stamp}-{n}.mp4")
             self.recording_path = path
             self.recorder = StreamRecorder(self.recording_path, self.hello.fps)
-            self.sinks.append(self.recorder.write)
+            recorder = self.recorder
+            self.sinks.append(lambda index, rgb, _capture_time: recorder.write(index, rgb))
         self._tasks = [
             asyncio.create_task(self._guarded(self._playout(), "playout"),
                                 name=f"playout-{self.name}"),
@@ -334,7 +337,7 @@ class StreamSession:
 
     def _emit(self, index: int, frame: np.ndarray, capture_time: float | None) -> None:
         for sink in self.sinks:
-            sink(index, frame)
+            sink(index, frame, capture_time)
         self.counts.out += 1
         self.frames_out.add()
         if capture_time is not None:

@@ -92,7 +92,7 @@ class EdgeClock:
     def _opened(self, session) -> None:
         record = {"session": session, "hello": time.monotonic(), "out": None}
 
-        def first_out(frame_index, frame) -> None:
+        def first_out(frame_index, frame, capture_time) -> None:
             if record["out"] is None:
                 record["out"] = time.monotonic()
 

@@ -77,7 +77,7 @@ class EdgeLoop:
     def _opened(self, session) -> None:
         record = [session.name, time.time(), None]
 
-        def first_out(frame_index, frame) -> None:
+        def first_out(frame_index, frame, capture_time) -> None:
             record[2] = record[2] or time.time()
 
         session.sinks.append(first_out)

@@ -69,8 +69,8 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predicto
         # every frame rendered, however late a busy machine makes it: this test is about content
         async with running_edge(tmp_path, predictor=predictor, max_lag=5.0) as edge:
             out: dict[int, np.ndarray] = {}
-            edge.edge.stream_opened.append(
-                lambda session: session.sinks.append(out.__setitem__))
+            edge.edge.stream_opened.append(lambda session: session.sinks.append(
+                lambda index, rgb, _capture_time: out.__setitem__(index, rgb)))
             port = int(edge.url.rsplit(":", 1)[1])
             options = SenderOptions(host="localhost", port=port, token=TOKEN,
                                     ca_file=str(edge.cert), stream="e2e", codec=codec,
