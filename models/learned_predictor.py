@@ -131,6 +131,16 @@ class LearnedPredictor(Predictor):
         else:
             self._generator.manual_seed(self.seed)
 
+    def snapshot(self) -> object:
+        """The attributes, and the random stream's position (sampled mode draws from it)."""
+        return dict(vars(self)), self._generator.get_state()
+
+    def restore(self, snapshot: object) -> None:
+        assert isinstance(snapshot, tuple)
+        attributes, generator_state = snapshot
+        vars(self).update(attributes)
+        self._generator.set_state(generator_state)
+
     def _commit(self, state: torch.Tensor, observed: np.ndarray | None) -> None:
         """The state after a step that observed ``observed`` (None: predicted)."""
         self.state = state

@@ -54,6 +54,18 @@ class Predictor(ABC):
         with a set that did arrive to measure how well the gaps are predicted. RuntimeError
         before any :meth:`observe`."""
 
+    def snapshot(self) -> object:
+        """The predictor's state, for :meth:`restore` (the edge replays a gap from a set that
+        came late). The default copies the instance's attributes shallowly: right for a
+        predictor that replaces its attributes rather than changing them in place (all of
+        kpvid's); override otherwise."""
+        return dict(vars(self))
+
+    def restore(self, snapshot: object) -> None:
+        """Go back to a :meth:`snapshot` of this predictor."""
+        assert isinstance(snapshot, dict)
+        vars(self).update(snapshot)
+
     @classmethod
     def forecast_many(cls, predictors: Sequence[Predictor]) -> list[np.ndarray]:
         """:meth:`forecast` of several streams' predictors of this class. Subclasses batch."""

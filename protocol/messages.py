@@ -21,12 +21,13 @@ from .errors import (
 from .keypoint_codec import MAX_KEYPOINTS
 from .keypoint_stream import CODEC_IDS, CODEC_NAMES, CODECS_BY_ID
 
-PROTOCOL_VERSION: int = 3
+PROTOCOL_VERSION: int = 4
 MAX_MESSAGE_BYTES: int = 16384  # no encoded message may exceed this (SCTP-safe)
 
 MAX_FRAME_INDEX = 2**53 - 1  # also the largest Feedback counter (exact in a JavaScript number)
 MAX_FPS = 240.0
 MAX_GROUP = MAX_KEYPOINTS  # observe + predict <= 64
+MAX_RENDER_EVERY = 16
 MIN_FRAME_SIZE, MAX_FRAME_SIZE = 16, 1024
 MAX_MODEL_ID_CHARS = 128
 MAX_REASON_CHARS = 256
@@ -97,12 +98,15 @@ class Keypoints:
 
 @dataclass(frozen=True)
 class Feedback:
-    """Receiver -> sender on ctrl: counters since the session started."""
+    """Receiver -> sender on ctrl: counters since the session started, and how many frames the
+    receiver renders now (an overloaded one asks the sender to predict more)."""
 
     received: int
     lost: int
     predicted: int
     prediction_error: float | None
+    late: int = 0  # sets that came after their frame was played from a prediction
+    render_every: int = 1  # the receiver renders every k-th frame (1: all)
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,9 @@ def _feedback(m: Feedback, c: _Checker) -> Feedback:
                     lost=c.integer("lost", m.lost, 0, MAX_FRAME_INDEX),
                     predicted=c.integer("predicted", m.predicted, 0, MAX_FRAME_INDEX),
                     prediction_error=None if error is None else
-                    c.number("prediction_error", error, 0.0, math.inf))
+                    c.number("prediction_error", error, 0.0, math.inf),
+                    late=c.integer("late", m.late, 0, MAX_FRAME_INDEX),
+                    render_every=c.integer("render_every", m.render_every, 1, MAX_RENDER_EVERY))
 
 
 def _source_request(m: SourceRequest, c: _Checker) -> SourceRequest:

@@ -38,6 +38,7 @@ from kpvid.models.predictors import (
     predictor_factory,
 )
 from kpvid.models.synthesizer import HALF_TOLERANCE, half_precision_error
+from kpvid.protocol.messages import MAX_RENDER_EVERY
 
 from .edge import (
     MAX_PENDING_PER_ADDRESS,
@@ -47,6 +48,7 @@ from .edge import (
     Edge,
     EdgeOptions,
 )
+from .overload import OverloadOptions
 from .server import OFFER_BURST, OFFERS_PER_SECOND, make_app
 from .stream import ModelInfo, SessionOptions
 from .synthesis import SynthesisEngine
@@ -60,6 +62,18 @@ from .tls import (
 log = logging.getLogger("kpvid.receive")
 
 DEFAULT_STATE_DIR = Path.home() / ".cache" / "kpvid"
+
+def _auto_or_seconds(text: str) -> float | None:
+    """--playout-delay: "auto" (None) or seconds, 0 or more."""
+    if text == "auto":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or seconds, got {text!r}") from None
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected auto or seconds >= 0, got {text!r}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--predictor-checkpoint", type=Path, metavar="FILE",
                         help="weights of a learned --predictor (default: the shipped ones, "
                              "trained on the shipped --checkpoint's keypoints)")
-    parser.add_argument("--playout-delay", type=float, default=0.1, metavar="SECONDS",
-                        help="how far the playout clock runs behind the sender: the jitter "
-                             "a packet may have and still be used (default: 0.1)")
+    parser.add_argument("--playout-delay", type=_auto_or_seconds, default=None,
+                        metavar="auto|SECONDS",
+                        help="how long a frame waits for its keypoints beyond their fastest "
+                             "arrival before it is played from a prediction (a set that comes "
+                             "later only corrects the predictor). auto (default): a high "
+                             "percentile of the stream's arrival jitter, at most "
+                             "--max-playout-delay; a number: that many seconds, always")
+    parser.add_argument("--max-playout-delay", type=float, default=0.1, metavar="SECONDS",
+                        help="the most --playout-delay auto waits (default: 0.1)")
     parser.add_argument("--max-lag", type=float, default=0.25, metavar="SECONDS",
                         help="an edge too busy to keep up skips rendering frames already this "
                              "late, so the delay stays bounded (default: 0.25)")
+    parser.add_argument("--max-render-every", type=int, default=OverloadOptions.max_every,
+                        metavar="K",
+                        help="while its synthesis is overloaded (busy over 90 %% of the time) "
+                             "the edge renders only every 2nd, 3rd ... up to every K-th frame "
+                             "of each stream, evenly, tells the senders to predict more and the "
+                             "viewers why, and renders every frame again when the load goes "
+                             f"(default: {OverloadOptions.max_every}; 1: never thin)")
     parser.add_argument("--resume-grace", type=float, default=RESUME_GRACE, metavar="SECONDS",
                         help="a stream that ends keeps its viewers connected this long, so a "
                              "sender restarting under the same name plays on to them "
@@ -217,7 +244,8 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
         return 2
     half = choose_half(args.precision, device, kp_detector, generator, model.frame_size)
     engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch,
-                             new_predictor=new_predictor, half=half)
+                             new_predictor=new_predictor, half=half,
+                             overload=OverloadOptions(max_every=args.max_render_every))
     started = time.monotonic()
     await engine.warm_up(model.frame_size)
     log.info("model warmed up in %.2f s", time.monotonic() - started)
@@ -232,7 +260,8 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
         ice(args.viewer_ice_server),
         max_streams=args.max_streams, max_viewers=args.max_viewers,
         resume_grace=args.resume_grace, max_pending_per_address=args.max_pending,
-        session=SessionOptions(playout_delay=args.playout_delay, max_lag=args.max_lag,
+        session=SessionOptions(playout_delay=args.playout_delay,
+                               max_playout_delay=args.max_playout_delay, max_lag=args.max_lag,
                                record_dir=args.record)))
     app = make_app(edge, send_token=send_token, view_token=view_token,
                    offers_per_second=args.offers_per_second or None)
@@ -290,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--offers-per-second must be a number, 0 or more (0: no limit)")
     if args.resume_grace < 0 or not math.isfinite(args.resume_grace):
         parser.error("--resume-grace must be a number, 0 or more")
-    if args.playout_delay < 0 or args.max_lag <= 0:
-        parser.error("--playout-delay cannot be negative and --max-lag must be positive")
+    if not 1 <= args.max_render_every <= MAX_RENDER_EVERY:
+        parser.error(f"--max-render-every must be 1 to {MAX_RENDER_EVERY}")
+    if args.max_playout_delay < 0 or args.max_lag <= 0:
+        parser.error("--max-playout-delay cannot be negative and --max-lag must be positive")
     if args.record is not None:
         try:
             args.record.mkdir(parents=True, exist_ok=True)
@@ -315,3 +346,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -1,29 +1,69 @@
 """Playout timing and reordering for one stream's keypoint packets (pure: no I/O, no asyncio).
 
-The receiver never waits for packets: it plays frame ``i`` at ``PlayoutClock.due(i)`` with
-whatever :class:`JitterBuffer` holds for ``i`` (a missing set is predicted). Times are seconds
+The receiver plays frame ``i`` as soon as its set is in the :class:`JitterBuffer`, and at the
+latest at ``PlayoutClock.due(i)``, with a prediction in its place. Times are seconds
 on any monotonic clock the caller chooses (``time.monotonic()`` in the receiver, fake numbers in
 tests).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Generic, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
 
-class PlayoutClock:
-    """Maps a stream frame index to the local time it is due for playout.
+class ArrivalJitter:
+    """How far behind the least-delayed path a stream's sets arrive, and the wait it calls for.
 
-    ``due(i) = anchor + (i - first_index) / fps + delay``.
+    Each set's *offset* is its arrival time minus the time the least-delayed path would have
+    brought it (:meth:`PlayoutClock.earliest`): detection, network and scheduling jitter
+    together. The wait is a high ``quantile`` of the last ``window`` offsets plus ``margin``,
+    at most ``max_delay``; ``max_delay`` until ``min_samples`` sets have been seen. A set later
+    than that is not waited for: its frame is predicted (and the set, when it comes, corrects the
+    predictor)."""
+
+    def __init__(self, max_delay: float, window: int = 128, quantile: float = 0.98,
+                 margin: float = 0.003, min_samples: int = 8) -> None:
+        if not max_delay >= 0:
+            raise ValueError(f"max delay must be >= 0, got {max_delay}")
+        self.max_delay = float(max_delay)
+        self.quantile = quantile
+        self.margin = margin
+        self.min_samples = min_samples
+        self._offsets: deque[float] = deque(maxlen=window)
+        self._delay = self.max_delay
+
+    def add(self, offset: float) -> None:
+        """One set's offset (seconds; negative ones count as 0)."""
+        self._offsets.append(max(0.0, offset))
+        if len(self._offsets) >= self.min_samples:
+            wanted = float(np.quantile(np.fromiter(self._offsets, float), self.quantile))
+            self._delay = min(self.max_delay, wanted + self.margin)
+
+    @property
+    def delay(self) -> float:
+        """The wait for a set beyond its earliest arrival, in seconds."""
+        return self._delay
+
+
+class PlayoutClock:
+    """Maps a stream frame index to local times: the earliest its set can arrive, and the
+    deadline by which the receiver plays it, with or without its set.
+
+    ``earliest(i) = anchor + (i - first_index) / fps`` and ``due(i) = earliest(i) + delay``.
+    ``delay`` is fixed, or (``delay=None``) follows the stream's arrival jitter
+    (:class:`ArrivalJitter`, at most ``max_delay``).
 
     Anchor rule: the first packet sets ``first_index`` to its frame index and ``anchor`` to its
     arrival time. A later packet that arrives earlier than the anchor predicts (``arrival <
-    anchor + (i - first_index) / fps``) moves the anchor back towards ``arrival - (i -
-    first_index) / fps``: the anchor follows the least-delayed packet seen, so a first packet
-    that happened to be delayed (a cold detector, the source image sent before it) does not add
-    latency to the whole session. The anchor never moves later.
+    earliest(i)``) moves the anchor back towards ``arrival - (i - first_index) / fps``: the
+    anchor follows the least-delayed packet seen, so a first packet that happened to be delayed
+    (a cold detector, the source image sent before it) does not add latency to the whole
+    session. The anchor never moves later.
 
     Until the clock is *locked* the anchor jumps there at once. It locks when the caller calls
     :meth:`lock` (do so when the first frame is played) or when a packet arrives at or after
@@ -32,17 +72,24 @@ class PlayoutClock:
     replays a frame. Callers read ``due()`` afresh for each frame.
     """
 
-    def __init__(self, fps: float, delay: float, slew: float = 0.05) -> None:
+    def __init__(self, fps: float, delay: float | None = None, max_delay: float = 0.1,
+                 slew: float = 0.05) -> None:
         if not fps > 0:
             raise ValueError(f"fps must be > 0, got {fps}")
-        if not delay >= 0:
+        if delay is not None and not delay >= 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
         self.fps = float(fps)
-        self.delay = float(delay)
+        self.jitter = None if delay is not None else ArrivalJitter(max_delay)
+        self._fixed_delay = delay
         self.slew = float(slew)
         self.first_index: int | None = None
         self.anchor: float | None = None
         self.locked = False
+
+    @property
+    def delay(self) -> float:
+        """The wait for a set beyond its earliest arrival, in seconds (now, if adaptive)."""
+        return self.jitter.delay if self.jitter is not None else self._fixed_delay  # type: ignore
 
     @property
     def started(self) -> bool:
@@ -54,13 +101,15 @@ class PlayoutClock:
         if self.first_index is None or self.anchor is None:
             self.first_index = frame_index
             self.anchor = arrival
-            return
-        if not self.locked and arrival >= self.due(self.first_index):
-            self.locked = True
-        candidate = arrival - (frame_index - self.first_index) / self.fps
-        if candidate < self.anchor:
-            step = self.anchor - candidate
-            self.anchor -= min(step, self.slew / self.fps) if self.locked else step
+        else:
+            if not self.locked and arrival >= self.due(self.first_index):
+                self.locked = True
+            candidate = arrival - (frame_index - self.first_index) / self.fps
+            if candidate < self.anchor:
+                step = self.anchor - candidate
+                self.anchor -= min(step, self.slew / self.fps) if self.locked else step
+        if self.jitter is not None:
+            self.jitter.add(arrival - self.earliest(frame_index))
 
     def lock(self) -> None:
         """Fix the anchor from now on (call when the first frame is played)."""
@@ -68,11 +117,17 @@ class PlayoutClock:
             raise RuntimeError("cannot lock a playout clock before its first packet")
         self.locked = True
 
-    def due(self, frame_index: int) -> float:
-        """Local time at which ``frame_index`` is played (RuntimeError before the first packet)."""
+    def earliest(self, frame_index: int) -> float:
+        """Local time at which the least-delayed path brings ``frame_index``'s set
+        (RuntimeError before the first packet)."""
         if self.first_index is None or self.anchor is None:
             raise RuntimeError("playout clock has not seen a packet yet")
-        return self.anchor + (frame_index - self.first_index) / self.fps + self.delay
+        return self.anchor + (frame_index - self.first_index) / self.fps
+
+    def due(self, frame_index: int) -> float:
+        """Local time by which ``frame_index`` is played, its set or not (RuntimeError before
+        the first packet)."""
+        return self.earliest(frame_index) + self.delay
 
 
 class JitterBuffer(Generic[T]):
@@ -97,6 +152,9 @@ class JitterBuffer(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __contains__(self, frame_index: int) -> bool:
+        return frame_index in self._items
 
     def put(self, frame_index: int, item: T) -> bool:
         """Store ``item`` for ``frame_index``; False (and counted) when refused."""

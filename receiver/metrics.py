@@ -25,6 +25,16 @@ class ReceiverMetrics:
         self.frames_dropped = Counter(
             "kpvid_frames_dropped", "Frames not rendered because the edge ran too late",
             ["stream"], registry=self.registry)
+        self.frames_thinned = Counter(
+            "kpvid_frames_thinned", "Frames not rendered because the overloaded edge renders "
+            "only every k-th frame", ["stream"], registry=self.registry)
+        self.late_sets = Counter(
+            "kpvid_late_sets", "Keypoint sets that came after their frame was played from a "
+            "prediction (counted in kpvid_frames_total as lost; they correct the predictor)",
+            ["stream"], registry=self.registry)
+        self.render_every = Gauge(
+            "kpvid_render_every", "The edge renders every k-th frame (1: all; more while its "
+            "synthesis is overloaded)", registry=self.registry)
         self.keypoint_bytes = Counter(
             "kpvid_keypoint_bytes", "Bytes of keypoint messages received", ["stream"],
             registry=self.registry)
@@ -33,7 +43,7 @@ class ReceiverMetrics:
             registry=self.registry)
         self.latency = Histogram(
             "kpvid_latency_seconds", "Capture on the sender to frame out of the receiver "
-            "(observed frames; assumes synchronised clocks)",
+            "(every frame out; assumes synchronised clocks)",
             buckets=(0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
             registry=self.registry)
         self.batch_size = Histogram(
@@ -59,7 +69,8 @@ class ReceiverMetrics:
         for kind in FRAME_KINDS:
             with contextlib.suppress(KeyError):
                 self.frames.remove(stream, kind)
-        for counter in (self.keypoint_bytes, self.frames_dropped):
+        for counter in (self.keypoint_bytes, self.frames_dropped, self.frames_thinned,
+                        self.late_sets):
             with contextlib.suppress(KeyError):
                 counter.remove(stream)
 

@@ -6,9 +6,12 @@ The session is independent of WebRTC: it receives decoded protocol messages from
 
 - `KeypointIntake` (keypoint_intake.py): each ``Keypoints`` message decoded, which frames the
   sender skipped, and when to ask for an intra payload (sent here on the channels it names);
-- `Playout` (playout.py): the jitter buffer and playout clock; at each frame's due time it says
-  whether the frame is observed, predicted or lost, and whether the edge is too late to render
-  it (``max_lag``: an edge too slow for its load skips frames instead of lagging further);
+- `Playout` (playout.py): the jitter buffer and playout clock. A frame plays as soon as its set
+  is in, or at its deadline (which follows the stream's arrival jitter) from a prediction; a
+  set that comes after that is *late* and corrects the predictor (`SynthesisEngine.correct`).
+  It says whether each frame is observed, predicted, lost or late, and whether it is rendered
+  (not when the edge is ``max_lag`` behind, nor, while the synthesis is overloaded, for all
+  but every k-th frame: `SynthesisEngine.render_every`, which the sender hears too);
 - the shared `SynthesisEngine`, which steps the stream's predictor (it fills every frame without
   a set, open loop) and renders, batched with other streams;
 - the feedback to the sender (every ``feedback_interval``: counts and the predictor's error at
@@ -51,7 +54,7 @@ from kpvid.protocol import (
 
 from .keypoint_intake import IntraRequestTiming, KeypointIntake
 from .metrics import ReceiverMetrics
-from .playout import Playout
+from .playout import Placed, Playout
 from .prediction_error import PredictionErrorWindow
 from .recorder import StreamRecorder
 from .stream_stats import (
@@ -94,7 +97,10 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SessionOptions:
-    playout_delay: float = 0.1      # seconds the playout clock runs behind the sender
+    # how long a frame waits for its set beyond the fastest arrival, in seconds; None: a high
+    # percentile of the stream's arrival jitter, at most max_playout_delay
+    playout_delay: float | None = None
+    max_playout_delay: float = 0.1
     idle_timeout: float = 3.0       # no packet for this long: the sender is gone
     source_timeout: float = 2.0     # ask the sender for its source image again after this long
     feedback_interval: float = 1.0
@@ -129,6 +135,25 @@ class RateWindow:
             self._events.popleft()
 
 
+class StageTimes:
+    """Where the time of observed frames goes on the way to the edge's output: the sender's
+    detection and the channel (capture to arrival), the wait for the frame's turn (arrival to
+    tick), and prediction and synthesis (tick to frame out); p50s in ms. Wall clock."""
+
+    def __init__(self, keep: int = 600) -> None:
+        self._stages: dict[str, deque[float]] = {
+            name: deque(maxlen=keep) for name in ("capture_to_arrival", "wait", "synthesis")}
+
+    def add(self, captured: float, arrived: float, ticked: float, out: float) -> None:
+        for name, seconds in zip(self._stages, (arrived - captured, ticked - arrived,
+                                                out - ticked)):
+            self._stages[name].append(seconds)
+
+    def summary(self) -> dict[str, float | None]:
+        return {name: round(1000 * float(np.median(values)), 1) if values else None
+                for name, values in self._stages.items()}
+
+
 class StreamSession:
     """The edge's side of one sender's stream, from its hello to its end."""
 
@@ -146,7 +171,7 @@ class StreamSession:
             kp_interval=options.intra_request_interval if send_kp is not None else None,
             ctrl_interval=options.intra_request_ctrl_interval))
         self.playout = Playout(hello.fps, options.playout_delay, options.max_lag,
-                               self.intake.skipped)
+                               self.intake.skipped, options.max_playout_delay)
         self.recorder: StreamRecorder | None = None
         self.recording_path: Path | None = None
         self.sinks: list[FrameSink] = []  # each frame out goes to every sink (viewers, mp4)
@@ -154,11 +179,14 @@ class StreamSession:
         self.kp_bytes = RateWindow()
         self.frames_out = RateWindow()
         self.latencies: deque[float] = deque(maxlen=600)
+        self.stages = StageTimes()
         self.ended = asyncio.Event()
         self.end: StreamEnd | None = None  # set when it ends
         self._assembler = SourceImageAssembler()
         self._source_ready = asyncio.Event()
         self._first_packet = asyncio.Event()
+        self._news = asyncio.Event()  # a set was queued, or the sender said bye
+        self._arrival_times: dict[int, float] = {}  # wall clock, of queued sets
         self._bye_reason: str | None = None  # what the sender's bye said, once it has
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
@@ -240,6 +268,7 @@ class StreamSession:
         elif isinstance(message, Bye):
             log.info("stream %s: sender says bye (%s)", self.name, message.reason)
             self._bye_reason = message.reason
+            self._news.set()
             if message.last_frame_index is not None:
                 self._last_index = message.last_frame_index
             if self._highest_index < 0:
@@ -263,9 +292,15 @@ class StreamSession:
                 assert send is not None  # the intake asks on kp only when there is one
                 send(request)
         for decoded in intake.decoded:
-            if self.playout.put(decoded, now):
+            placed = self.playout.put(decoded, now)
+            if placed is Placed.QUEUED:
                 self._highest_index = max(self._highest_index, decoded.frame_index)
+                self._arrival_times[decoded.frame_index] = time.time()
                 self._first_packet.set()
+                self._news.set()
+            elif placed is Placed.LATE:
+                self.metrics.late_sets.labels(self.name).inc()
+                self.engine.correct(self.name, decoded.frame_index, decoded.kp6)
 
     async def _on_source_chunk(self, chunk: SourceImageChunk) -> None:
         data = self._assembler.add(chunk)
@@ -297,18 +332,20 @@ class StreamSession:
         index = clock.first_index
         assert index is not None
         self._playing = True
-        while not self._finished(index):
-            wait = clock.due(index) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            tick = self.playout.tick(index, time.monotonic())
+        while await self._until_due(index):
+            render_every = self.engine.render_every
+            tick = self.playout.tick(index, time.monotonic(), render_every)
+            ticked_at = time.time()
+            arrived_at = self._arrival_times.pop(index, None)
             if tick.kp6 is None:
                 self.prediction_errors.gap()
             self.metrics.frames.labels(self.name, tick.origin.value).inc()
-            if tick.late:  # too slow to keep up: the predictor advances, the frame is not rendered
-                self.metrics.frames_dropped.labels(self.name).inc()
+            if not tick.draw:  # too late, or thinned: the predictor advances, nothing is rendered
+                thinned = index % render_every != 0
+                (self.metrics.frames_thinned if thinned else self.metrics.frames_dropped
+                 ).labels(self.name).inc()
             try:
-                played = await self.engine.play(self.name, tick.kp6, draw=not tick.late)
+                played = await self.engine.play(self.name, tick.kp6, draw=tick.draw, index=index)
             except (EngineClosedError, UnknownStreamError):
                 await self.finish(StreamEnd(EndReason.SYNTHESIS_STOPPED))
                 return
@@ -321,9 +358,28 @@ class StreamSession:
                     self.prediction_errors.add(played.forecast, played.kp6)
                 if played.frame is not None:
                     self._emit(index, played.frame, tick.capture_time)
+                    if arrived_at is not None and tick.capture_time is not None:
+                        self.stages.add(tick.capture_time, arrived_at, ticked_at, time.time())
             index += 1
         await self.finish(StreamEnd(EndReason.SENDER_SILENT) if self._bye_reason is None
                           else StreamEnd(EndReason.SENDER_FINISHED, self._bye_reason))
+
+    async def _until_due(self, index: int) -> bool:
+        """Wait until frame ``index`` is due: its set came, or its time to go without it
+        (`Playout.due`). False: the stream ends before it."""
+        while True:
+            if self._finished(index):
+                return False
+            wait = self.playout.due(index) - time.monotonic()
+            if wait <= 0:
+                break
+            self._news.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._news.wait(), wait)
+        stale = [i for i in self._arrival_times if i < index]
+        for i in stale:  # sets dropped unplayed (the jitter buffer's window moved on)
+            del self._arrival_times[i]
+        return True
 
     @property
     def counts(self) -> FrameCounts:
@@ -355,6 +411,7 @@ class StreamSession:
                 self._send_ctrl(SourceRequest("no complete source image yet"))
                 asked_at = now
             self._send_ctrl(self.feedback())
+            self.metrics.render_every.set(self.engine.render_every)
             if not self._playing and now - self._last_packet > self.options.idle_timeout:
                 await self.finish(StreamEnd(EndReason.SENDER_SILENT_BEFORE_PLAYOUT))
                 return
@@ -365,7 +422,8 @@ class StreamSession:
         the last one."""
         return Feedback(received=self.packets, lost=self.counts.lost,
                         predicted=self.counts.predicted,
-                        prediction_error=self.prediction_errors.take())
+                        prediction_error=self.prediction_errors.take(), late=self.counts.late,
+                        render_every=self.engine.render_every)
 
     def _seconds_played(self) -> float:
         """Stream time covered by the frames played so far (at least one frame's worth)."""
@@ -386,6 +444,7 @@ class StreamSession:
             kbps_mean=round(self.intake.packet_bytes * 8 / 1000 / self._seconds_played(), 2),
             fps_out=round(self.frames_out.rate(), 2),
             latency_ms=LatencySummary(p50=percentile(50), p99=percentile(99)),
+            stages_ms=self.stages.summary(), render_every=self.engine.render_every,
             viewers=self.viewers,
             recording=str(self.recording_path) if self.recording_path else None,
             ended=self.end)

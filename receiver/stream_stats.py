@@ -46,22 +46,25 @@ class FrameOrigin(Enum):
 
 @dataclass
 class FrameCounts:
-    """Every tick of the playout clock is observed, predicted or lost (its
-    :class:`FrameOrigin`), and either out (rendered) or dropped (the edge ran too late and
-    skipped rendering it)."""
+    """Every tick of the playout clock is observed, predicted, lost or late (where its set came
+    from: a :class:`FrameOrigin`, except that a lost frame whose set came after its deadline
+    counts as *late*), and either out (rendered), dropped (the edge ran too late and skipped
+    rendering it) or thinned (an overloaded edge rendered only every k-th frame)."""
 
     observed: int = 0
     predicted: int = 0
     lost: int = 0
+    late: int = 0  # the sender's set came after the frame was played from a prediction
     out: int = 0
     dropped: int = 0
+    thinned: int = 0
 
     def add(self, origin: FrameOrigin) -> None:
         setattr(self, origin.value, getattr(self, origin.value) + 1)
 
     @property
     def ticks(self) -> int:
-        return self.observed + self.predicted + self.lost
+        return self.observed + self.predicted + self.lost + self.late
 
 
 @dataclass
@@ -74,7 +77,8 @@ class IntraRequestCounts:
 
 @dataclass(frozen=True)
 class LatencySummary:
-    """Capture on the sender to frame out of the edge, of observed frames (None: none yet)."""
+    """Capture on the sender to frame out of the edge, of every frame out (a frame without a
+    set: its capture time estimated from the last set's), in ms (None: none yet)."""
 
     p50: float | None = None
     p99: float | None = None
@@ -99,6 +103,10 @@ class StreamStats:
     kbps_mean: float  # keypoint messages over the stream's frames played so far
     fps_out: float
     latency_ms: LatencySummary
+    # p50s in ms of observed frames: capture_to_arrival (the sender's detector and the
+    # channel), wait (for the frame's turn), synthesis (prediction and rendering)
+    stages_ms: dict[str, float | None]
+    render_every: int  # the edge renders every k-th frame (1: all; more while overloaded)
     viewers: int
     recording: str | None
     ended: StreamEnd | None = field(default=None)  # None while the stream is live

@@ -11,6 +11,14 @@ network call for a learned predictor) and renders them in one
 that depends on a stream's source alone (keypoints, encoder features, the dense motion's source
 inputs) is computed once, by ``set_source``; its predictor is made on its first ``play``.
 Reconstruction mode: the driving keypoints are used as absolute keypoints.
+
+A set that comes after its frame was played from a prediction is not lost: :meth:`correct`
+puts the stream's predictor back to where it was after its last observed set (a
+:meth:`~kpvid.models.predictors.Predictor.snapshot` taken then) and replays the frames since,
+with the late set in its place, so the frames still to come are predicted from it. The worker
+also times itself: :attr:`SynthesisEngine.render_every` is its
+:class:`~kpvid.receiver.overload.RenderRate`, how many frames the streams may render while it
+is overloaded.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +51,8 @@ from kpvid.models.predictors import (
     step_predictors,
 )
 from kpvid.protocol.keypoint_set import check_kp6, to_kp6
+
+from .overload import OverloadOptions, RenderRate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,7 @@ class _FrameJob(_Job):
     kp6: np.ndarray | None  # None: the stream's predictor fills it in (advance must be set)
     advance: bool  # observe kp6 (or predict it) with the stream's predictor
     draw: bool  # render a frame (False: only the predictor advances)
+    index: int | None = None  # the stream's frame index, for late sets (correct())
     failed: bool = False  # set by the worker when it delivered an error
     forecast: np.ndarray | None = None  # set by the worker: see PlayedFrame
 
@@ -92,6 +104,24 @@ class PlayedFrame:
 @dataclass
 class _DropJob:
     stream: str
+
+
+@dataclass
+class _CorrectJob:
+    stream: str
+    index: int
+    kp6: np.ndarray
+
+
+MAX_REPLAY = 64  # frames after a stream's last observed set that a late set can still correct
+
+
+@dataclass
+class _History:
+    """A stream's predictor since its last observed set (worker thread only)."""
+
+    snapshot: object  # the predictor just after that set
+    since: list[int | None]  # the frames it has predicted since, by index (None: not given)
 
 
 _STOP = object()
@@ -143,7 +173,7 @@ class SynthesisEngine:
     def __init__(self, kp_detector: Detector, generator: OcclusionAwareGenerator,
                  device: torch.device | str, max_batch: int = 8,
                  new_predictor: Callable[[], Predictor] = ConstantVelocity,
-                 half: bool = False) -> None:
+                 half: bool = False, overload: OverloadOptions | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.device = torch.device(device)
@@ -155,9 +185,13 @@ class SynthesisEngine:
         self.batches = 0  # successful batched decodes
         self.frames = 0  # frames delivered
         self.errors = 0  # jobs failed by an exception in the model
+        self.corrections = 0  # late sets replayed into a predictor
+        self.busy_seconds = 0.0  # the worker's time on jobs
+        self.render_rate = RenderRate(overload or OverloadOptions())  # updated by the worker
         self._sources: dict[str, PreparedSource] = {}  # worker thread only
         self._predictors: dict[str, Predictor] = {}  # worker thread only
         self._observed: set[str] = set()  # streams whose predictor has seen a set; worker only
+        self._histories: dict[str, _History] = {}  # worker only
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -169,6 +203,12 @@ class SynthesisEngine:
     def worker_thread_id(self) -> int | None:
         """The worker thread's native id (the kernel's, for per-thread CPU accounting)."""
         return self._thread.native_id
+
+    @property
+    def render_every(self) -> int:
+        """Render every k-th frame of each stream (1: all): more than 1 while the worker is
+        overloaded (:mod:`kpvid.receiver.overload`)."""
+        return self.render_rate.every
 
     @property
     def queued(self) -> int:
@@ -203,22 +243,32 @@ class SynthesisEngine:
         assert played.frame is not None
         return played.frame
 
-    async def play(self, stream: str, kp6: np.ndarray | None, draw: bool = True
-                   ) -> PlayedFrame:
+    async def play(self, stream: str, kp6: np.ndarray | None, draw: bool = True,
+                   index: int | None = None) -> PlayedFrame:
         """The next frame of ``stream``: its predictor observes ``kp6`` (K, 6), or predicts the
         set when ``kp6`` is None (open loop). The frame is None when ``draw`` is False (the
-        predictor advances, nothing is rendered).
+        predictor advances, nothing is rendered). ``index``, the frame's index in the stream,
+        lets a late set for it :meth:`correct` the predictor.
 
         Fails with :class:`UnknownStreamError` when drawing for a stream with no source, and
         RuntimeError when predicting for a stream that has observed nothing yet."""
         kp6 = None if kp6 is None else check_kp6(kp6).copy()
-        return await self._frame(stream, kp6, advance=True, draw=draw)
+        return await self._frame(stream, kp6, advance=True, draw=draw, index=index)
 
-    async def _frame(self, stream: str, kp6: np.ndarray | None, advance: bool, draw: bool
-                     ) -> PlayedFrame:
+    def correct(self, stream: str, index: int, kp6: np.ndarray) -> None:
+        """Frame ``index`` of ``stream`` was played from a prediction, and its set ``kp6`` came
+        after all: replay the predictor from it (see the module docstring). Queued in order with
+        the plays; a no-op when a later set has been observed since, when the frame was not
+        played with an index or is more than :data:`MAX_REPLAY` frames back, and once the engine
+        is closed."""
+        with contextlib.suppress(EngineClosedError):
+            self._submit(_CorrectJob(stream, index, check_kp6(kp6).copy()))
+
+    async def _frame(self, stream: str, kp6: np.ndarray | None, advance: bool, draw: bool,
+                     index: int | None = None) -> PlayedFrame:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._submit(_FrameJob(stream, loop, future, kp6, advance, draw))
+        self._submit(_FrameJob(stream, loop, future, kp6, advance, draw, index))
         return await future
 
     async def warm_up(self, frame_size: int) -> None:
@@ -256,7 +306,7 @@ class SynthesisEngine:
                 break
             self._fail_closed(job)
 
-    def _submit(self, job: _Job | _DropJob) -> None:
+    def _submit(self, job: _Job | _DropJob | _CorrectJob) -> None:
         with self._lock:
             if self._closed:
                 raise EngineClosedError("synthesis engine is closed")
@@ -293,6 +343,7 @@ class SynthesisEngine:
                         else:
                             pending.append(nxt)
                             break
+                started = time.perf_counter()
                 try:
                     self._dispatch(batch)
                 except Exception as exc:  # a bug, not a model error: keep the worker alive
@@ -300,6 +351,8 @@ class SynthesisEngine:
                     for failed in batch:
                         if isinstance(failed, _Job):
                             _deliver(failed, error=exc)
+                self.busy_seconds += time.perf_counter() - started
+                self.render_rate.update(time.perf_counter(), self.busy_seconds)
         for job in pending:
             self._fail_closed(job)
 
@@ -309,10 +362,13 @@ class SynthesisEngine:
             self._render_batch(self._step_predictors(batch))
         elif isinstance(job, _SourceJob):
             self._set_source(job)
+        elif isinstance(job, _CorrectJob):
+            self._correct(job)
         elif isinstance(job, _DropJob):
             self._sources.pop(job.stream, None)
             self._predictors.pop(job.stream, None)
             self._observed.discard(job.stream)
+            self._histories.pop(job.stream, None)
 
     def _set_source(self, job: _SourceJob) -> None:
         try:
@@ -359,12 +415,45 @@ class SynthesisEngine:
                     job.failed = True
                     _deliver(job, error=exc)
             else:
-                for job, kp6 in zip(stepping, sets):
+                for job, predictor, kp6 in zip(stepping, predictors, sets):
+                    self._remember(job, predictor)
                     job.kp6 = kp6
                     self._observed.add(job.stream)
                     if not job.draw:
                         _deliver(job, PlayedFrame(kp6, None, job.forecast))
         return [job for job in jobs if job.draw and not job.failed]
+
+    def _remember(self, job: _FrameJob, predictor: Predictor) -> None:
+        """Keep what a late set for one of the stream's coming frames needs (_correct)."""
+        if job.kp6 is not None:
+            self._histories[job.stream] = _History(predictor.snapshot(), [])
+            return
+        history = self._histories.get(job.stream)
+        if history is not None:
+            history.since.append(job.index)
+            if len(history.since) > MAX_REPLAY:
+                del self._histories[job.stream]
+
+    def _correct(self, job: _CorrectJob) -> None:
+        history = self._histories.get(job.stream)
+        predictor = self._predictors.get(job.stream)
+        if history is None or predictor is None or job.index not in history.since:
+            return
+        position = history.since.index(job.index)
+        try:
+            predictor.restore(history.snapshot)
+            for _ in range(position):
+                predictor.predict()
+            predictor.observe(job.kp6)
+            snapshot = predictor.snapshot()
+            for _ in history.since[position + 1:]:
+                predictor.predict()
+        except Exception:  # a bug in a predictor: the stream goes on from its predictions
+            log.exception("stream %r: replaying late set %d failed", job.stream, job.index)
+            self._histories.pop(job.stream, None)
+            return
+        self._histories[job.stream] = _History(snapshot, history.since[position + 1:])
+        self.corrections += 1
 
     def _cannot_step(self, job: _FrameJob) -> Exception | None:
         if job.kp6 is None:

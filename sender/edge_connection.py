@@ -160,10 +160,15 @@ class EdgeConnection:
             self._on_intra_request(message)
         elif isinstance(message, Feedback):
             self.stats.feedback = FeedbackSnapshot(message.received, message.lost,
-                                                   message.predicted, message.prediction_error)
+                                                   message.predicted, message.prediction_error,
+                                                   message.late, message.render_every)
             if self.pipeline is not None:
+                if message.render_every != self.pipeline.render_every:
+                    log.info("edge renders every %s frame: %s", _nth(message.render_every),
+                             "back to all" if message.render_every == 1 else
+                             "it is overloaded, so this sender detects fewer frames")
                 self.pipeline.on_feedback(message.received, message.lost,
-                                          message.prediction_error)
+                                          message.prediction_error, message.render_every)
         elif isinstance(message, Bye):
             log.info("edge said bye: %s", message.reason)
             self.edge_said_bye.set()
@@ -193,3 +198,11 @@ class EdgeConnection:
         log.debug("edge asks for an intra keypoint payload (%s)", message.reason)
         if self.pipeline is not None:
             self.pipeline.on_intra_request()
+
+
+def _nth(k: int) -> str:
+    """1 -> "single", 2 -> "2nd", 3 -> "3rd", 4 -> "4th" ... (as in "every 2nd frame")."""
+    if k == 1:
+        return "single"
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (11, 12, 13) else 0, "th")
+    return f"{k}{suffix}"

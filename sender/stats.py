@@ -29,6 +29,8 @@ class FeedbackSnapshot:
     lost: int
     predicted: int
     prediction_error: float | None
+    late: int = 0
+    render_every: int = 1
 
 
 @dataclass
@@ -155,6 +157,6 @@ class SenderStats:
             fb = self.feedback
             error = ("n/a" if fb.prediction_error is None
                      else f"{fb.prediction_error * PX_PER_UNIT:.2f} px at 256")
-            lines.append(f"receiver: {fb.received} received, {fb.lost} lost, "
+            lines.append(f"receiver: {fb.received} received, {fb.late} late, {fb.lost} lost, "
                          f"{fb.predicted} predicted, prediction error {error}")
         return "\n".join(lines)

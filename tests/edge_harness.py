@@ -30,6 +30,7 @@ from kpvid.protocol import (
 )
 from kpvid.receiver.edge import HANDSHAKE_TIMEOUT, MAX_STREAMS, MAX_VIEWERS, Edge, EdgeOptions
 from kpvid.receiver.local import free_port
+from kpvid.receiver.overload import OverloadOptions
 from kpvid.receiver.server import make_app
 from kpvid.receiver.stream import ModelInfo, SessionOptions
 from kpvid.receiver.synthesis import SynthesisEngine
@@ -79,6 +80,9 @@ class EdgeHandle:
             return response.status, body
 
 
+RENDER_EVERY_FRAME = OverloadOptions(max_every=1)
+
+
 @contextlib.asynccontextmanager
 async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        predictor: str = "constant-velocity", playout_delay: float = 0.05,
@@ -89,16 +93,18 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        offers_per_second: float | None = None,
                        handshake_timeout: float = HANDSHAKE_TIMEOUT,
                        port: int | None = None, host: str = "127.0.0.1",
+                       overload: OverloadOptions = RENDER_EVERY_FRAME,
                        ) -> AsyncIterator[EdgeHandle]:
     """An edge on `host`:`port` (default: a free port); `send_token`/`view_token` default to
     TOKEN, and offers are not rate limited unless `offers_per_second` is given. Edges made with
-    the same `tmp_path` share a certificate."""
+    the same `tmp_path` share a certificate. By default the edge renders every frame however
+    busy the machine (tests of the frames' content); `overload` lets it thin them."""
     kp_detector, generator, config = shipped_model()
     model = ModelInfo(model_id=model_id(EDGE_TEST_CHECKPOINT),
                       frame_size=config["dataset_params"]["frame_shape"][0],
                       num_kp=config["model_params"]["common_params"]["num_kp"])
     engine = SynthesisEngine(kp_detector, generator, "cpu", new_predictor=predictor_factory(
-        predictor, num_kp=model.num_kp, model_id=model.model_id))
+        predictor, num_kp=model.num_kp, model_id=model.model_id), overload=overload)
     edge = Edge(engine, model, EdgeOptions(
         viewer_ice_servers=viewer_ice_servers, max_streams=max_streams,
         max_viewers=max_viewers, handshake_timeout=handshake_timeout,
@@ -169,12 +175,13 @@ class RawSender:
         return hello
 
     async def send_keypoints(self, values: np.ndarray, jacobians: np.ndarray,
-                             indices: range, fps: float = 30.0) -> None:
-        """Keypoint packets (f16) of frames `indices`, paced at `fps` in stream time."""
+                             indices: range, fps: float = 30.0, skip_after: int = 1) -> None:
+        """Keypoint packets (f16) of frames `indices`, paced at `fps` in stream time, each
+        saying `skip_after` frames follow it unsent."""
         start = time.time()
         for i in indices:
             await asyncio.sleep(max(0.0, start + (i - indices[0]) / fps - time.time()))
-            self.kp.send(f16_keypoints(i, values[i], jacobians[i]))
+            self.kp.send(f16_keypoints(i, values[i], jacobians[i], skip_after))
         await asyncio.sleep(indices.step / fps)
 
     async def close(self) -> None:

@@ -155,7 +155,7 @@ def stream_with_render(tmp_path, frames: int, wrap) -> dict:
             sender = RawSender(edge)
             await sender.connect()
             await sender.start_stream("wrapped", clip[0], predict=0)
-            await sender.send_keypoints(values, jacobians, range(frames))
+            await sender.send_keypoints(values, jacobians, range(frames), skip_after=0)
             sender.ctrl.send(encode_message(Bye("done", last_frame_index=frames - 1)))
             await wait_for(lambda: len(edge.edge.ended) == 1, 10)
             await sender.close()
@@ -166,9 +166,9 @@ def stream_with_render(tmp_path, frames: int, wrap) -> dict:
 
 def test_an_edge_too_slow_for_its_load_skips_frames_instead_of_lagging(tmp_path):
     def slow(play):
-        async def slow_play(stream, kp6, draw=True):  # 12 fps of synthesis for a 30 fps stream
+        async def slow_play(stream, kp6, draw=True, index=None):  # 12 fps for a 30 fps stream
             await asyncio.sleep(1 / 12)
-            return await play(stream, kp6, draw)
+            return await play(stream, kp6, draw, index)
         return slow_play
 
     final = stream_with_render(tmp_path, 60, slow)
@@ -182,16 +182,16 @@ def test_a_frame_the_model_fails_on_is_skipped_and_the_stream_goes_on(tmp_path):
     def flaky(play):
         calls = []
 
-        async def flaky_play(stream, kp6, draw=True):
+        async def flaky_play(stream, kp6, draw=True, index=None):
             calls.append(stream)
             if len(calls) == 5:
                 raise RuntimeError("CUDA error: an illegal memory access (simulated)")
-            return await play(stream, kp6, draw)
+            return await play(stream, kp6, draw, index)
         return flaky_play
 
     final = stream_with_render(tmp_path, 20, flaky)
     assert final["ended"].startswith(EndReason.SENDER_FINISHED.value)
-    assert final["frames"]["out"] == 19 and final["frames"]["dropped"] == 1
+    assert final["frames"]["out"] == 19 and final["frames"]["dropped"] == 1, final
 
 
 @pytest.mark.parametrize("change, words", [({"num_kp": 3}, "keypoint count mismatch"),

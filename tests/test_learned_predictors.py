@@ -220,6 +220,21 @@ def test_deterministic_and_sampled_modes(kind):
                                        rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("samples", [1, 4])
+def test_a_restored_snapshot_predicts_as_the_predictor_did_then(samples):
+    net = randomised(tiny("vrnn")).eval()
+    seq = sinusoids(1, 8, seed=2)[0]
+    predictor = LearnedPredictor(net, UNIT, samples=samples, seed=3)
+    for kp in seq[:4]:
+        predictor.observe(kp)
+    snapshot = predictor.snapshot()
+    first = [predictor.predict() for _ in range(3)]
+    predictor.observe(seq[5])  # moves on...
+    predictor.restore(snapshot)  # ...and back: the same rollout, random draws included
+    np.testing.assert_array_equal(np.stack([predictor.predict() for _ in range(3)]),
+                                  np.stack(first))
+
+
 def test_rnn_has_no_sampled_mode():
     predictor = LearnedPredictor(tiny("rnn"), UNIT, samples=8)
     assert predictor.samples == 1

@@ -114,3 +114,16 @@ def test_constant_velocity_holds_with_a_single_observation():
     predictor.observe(a)
     np.testing.assert_array_equal(predictor.predict(), a)
     np.testing.assert_array_equal(predictor.predict(), a)
+
+
+@pytest.mark.parametrize("name", ["hold-last", "constant-velocity"])
+def test_a_restored_snapshot_predicts_as_the_predictor_did_then(name):
+    predictor = make_predictor(name)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        predictor.observe(rng.normal(size=(10, 6)).astype(np.float32))
+    snapshot = predictor.snapshot()
+    first = np.stack([predictor.predict() for _ in range(3)])
+    predictor.observe(rng.normal(size=(10, 6)).astype(np.float32))
+    predictor.restore(snapshot)
+    np.testing.assert_array_equal(np.stack([predictor.predict() for _ in range(3)]), first)

@@ -161,18 +161,18 @@ def test_round_trip_random_messages(msg: object) -> None:
 
 
 def test_wire_layout_is_a_compact_array() -> None:
-    assert wire(HELLO) == [3, 1, "cam-1", 30.0, 1, 1, 64, 10, "kpvid-faces-64", "q12", 1.7e9]
-    assert wire(CHUNK) == [3, 2, 3, 1, 2, "jpeg", 7, 123456, b"\x00\x01\x02"]
-    assert wire(FEEDBACK) == [3, 4, 100, 2, 98, 0.0125]
-    assert wire(SourceRequest("x")) == [3, 5, "x"] and wire(Bye("y")) == [3, 6, "y", None]
-    assert wire(IntraRequest("z")) == [3, 7, "z"]
+    assert wire(HELLO) == [4, 1, "cam-1", 30.0, 1, 1, 64, 10, "kpvid-faces-64", "q12", 1.7e9]
+    assert wire(CHUNK) == [4, 2, 3, 1, 2, "jpeg", 7, 123456, b"\x00\x01\x02"]
+    assert wire(FEEDBACK) == [4, 4, 100, 2, 98, 0.0125, 0, 1]
+    assert wire(SourceRequest("x")) == [4, 5, "x"] and wire(Bye("y")) == [4, 6, "y", None]
+    assert wire(IntraRequest("z")) == [4, 7, "z"]
 
 
 def test_keypoints_binary_layout_matches_the_spec() -> None:
-    # marker, version 3 | codec 2, frame_index 1234 as LEB128, zigzag(-3) = 5, skip_after 0
-    assert encode_message(KEYPOINTS) == b"\xc1\x32\xd2\x09\x05\x00" + Q12_PAYLOAD
+    # marker, version 4 | codec 2, frame_index 1234 as LEB128, zigzag(-3) = 5, skip_after 0
+    assert encode_message(KEYPOINTS) == b"\xc1\x42\xd2\x09\x05\x00" + Q12_PAYLOAD
     data = encode_message(Keypoints(2**53 - 1, 2**31 - 1, 63, "delta", b"\x80"))
-    assert data[:2] == b"\xc1\x33" and data[-2:] == b"\x3f\x80" and len(data) == 2 + 8 + 5 + 2
+    assert data[:2] == b"\xc1\x43" and data[-2:] == b"\x3f\x80" and len(data) == 2 + 8 + 5 + 2
 
 
 def test_capture_time_travels_as_an_offset_from_the_nominal_time() -> None:
@@ -198,16 +198,16 @@ def test_encode_normalises_numpy_scalars_and_array_likes() -> None:
 
 def test_decoder_accepts_integers_and_float32_for_float_fields() -> None:
     # JavaScript msgpack encoders write 30.0 as the integer 30.
-    assert decode_message(raw(3, 1, "a", 30, 1, 0, 64, 10, "m", "f16", 0)).fps == 30.0
+    assert decode_message(raw(4, 1, "a", 30, 1, 0, 64, 10, "m", "f16", 0)).fps == 30.0
     rest = b"".join(msgpack.packb(x) for x in (1, 0, 64, 10, "m", "f16", 0))
-    data = b"\x9b\x03\x01\xa1a\xca" + np.array(12.5, ">f4").tobytes() + rest
+    data = b"\x9b\x04\x01\xa1a\xca" + np.array(12.5, ">f4").tobytes() + rest
     assert decode_message(data).fps == 12.5
-    assert decode_message(raw(3, 4, 0, 0, 0, 0)).prediction_error == 0.0
+    assert decode_message(raw(4, 4, 0, 0, 0, 0, 0, 1)).prediction_error == 0.0
 
 
 # --- rejections -----------------------------------------------------------------------------
 
-GOOD_HELLO = [3, 1, "cam", 30.0, 1, 1, 64, 10, "m", "q12", 1.7e9]
+GOOD_HELLO = [4, 1, "cam", 30.0, 1, 1, 64, 10, "m", "q12", 1.7e9]
 GOOD_CHUNK = wire(CHUNK)
 
 
@@ -223,10 +223,10 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (raw(True, 1), MalformedMessage, "version"),
     (raw("2", 1), MalformedMessage, "version"),
     (b"\x00" * (MAX_MESSAGE_BYTES + 1), MessageTooLarge, "16385"),
-    (raw(3, 8, 120, 1, 4), InvalidField, "type code 8"),  # ScheduleChange, retired in 3
-    (raw(3, 3, 0, 0, 0, 2, b"x"), InvalidField, "Keypoints are binary"),
-    (raw(3, True), MalformedMessage, "type"),
-    (raw(3), MalformedMessage, "type"),
+    (raw(4, 8, 120, 1, 4), InvalidField, "type code 8"),  # ScheduleChange, retired in 3
+    (raw(4, 3, 0, 0, 0, 2, b"x"), InvalidField, "Keypoints are binary"),
+    (raw(4, True), MalformedMessage, "type"),
+    (raw(4), MalformedMessage, "type"),
     (raw(), MalformedMessage, "array"),
     (msgpack.packb({"version": 1}), MalformedMessage, "array"),
     (msgpack.packb(1), MalformedMessage, "array"),
@@ -234,11 +234,11 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (b"\xc1", MalformedMessage, "a binary message of 1 byte"),
     (b"\x91" * 5000 + b"\x00", MalformedMessage, "msgpack"),  # nested too deep
     (b"\x92\x01\x81\x91\x00\x00", MalformedMessage, "msgpack"),  # a list as a map key
-    (b"\x93\x03\x01\xd4\xff\x00", MalformedMessage, "msgpack"),  # bad timestamp extension
-    (b"\x93\x03\x05\xd6\xff\x00\x00\x00\x01", MalformedMessage, "reason"),  # timestamp
+    (b"\x93\x04\x01\xd4\xff\x00", MalformedMessage, "msgpack"),  # bad timestamp extension
+    (b"\x93\x04\x05\xd6\xff\x00\x00\x00\x01", MalformedMessage, "reason"),  # timestamp
     (raw(*GOOD_HELLO) + b"\x00", MalformedMessage, "msgpack"),
     (raw(*GOOD_HELLO)[:-1], MalformedMessage, "msgpack"),
-    (b"\x9b\x03\x01\xa3\xff\xfe\xfd" + raw(*GOOD_HELLO)[7:], MalformedMessage, "msgpack"),
+    (b"\x9b\x04\x01\xa3\xff\xfe\xfd" + raw(*GOOD_HELLO)[7:], MalformedMessage, "msgpack"),
     (raw(*GOOD_HELLO[:-1]), MalformedMessage, "expected 9 fields"),
     (raw(*GOOD_HELLO, "extra"), MalformedMessage, "expected 9 fields"),
     (with_field(GOOD_HELLO, 2, ""), InvalidField, "stream"),
@@ -260,7 +260,7 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (with_field(GOOD_HELLO, 5, -1), InvalidField, "predict: -1"),
     (with_field(GOOD_HELLO, 5, 64), InvalidField, "predict"),
     (with_field(GOOD_HELLO, 5, 2**64 - 1), InvalidField, "predict"),
-    (raw(3, 1, "cam", 30.0, 40, 30, 64, 10, "m", "q12", 0), InvalidField,
+    (raw(4, 1, "cam", 30.0, 40, 30, 64, 10, "m", "q12", 0), InvalidField,
      "observe \\+ predict = 70"),
     (with_field(GOOD_HELLO, 6, 15), InvalidField, "frame_size: 15"),
     (with_field(GOOD_HELLO, 6, 1025), InvalidField, "frame_size: 1025"),
@@ -283,24 +283,27 @@ def with_field(fields: list, position: int, value: object) -> bytes:
     (with_field(GOOD_CHUNK, 7, -5), InvalidField, "crc32: -5"),
     (with_field(GOOD_CHUNK, 8, b""), InvalidField, "data: 0 bytes"),
     (with_field(GOOD_CHUNK, 8, "abc"), MalformedMessage, "data"),
-    (raw(3, 4, -1, 0, 0, None), InvalidField, "received: -1"),
-    (raw(3, 4, 0, 0, False, None), MalformedMessage, "predicted"),
-    (raw(3, 4, 0, 0, 0, -0.5), InvalidField, "prediction_error: -0.5"),
-    (raw(3, 4, 0, 0, 0, float("nan")), InvalidField, "prediction_error: nan"),
-    (raw(3, 5, "r" * 257), InvalidField, "reason: 257 characters"),
-    (raw(3, 6, 1, None), MalformedMessage, "reason"),
-    (raw(3, 6, "r", -1), InvalidField, "last_frame_index"),
-    (raw(3, 7, 5), MalformedMessage, "reason"),
+    (raw(4, 4, -1, 0, 0, None, 0, 1), InvalidField, "received: -1"),
+    (raw(4, 4, 0, 0, False, None, 0, 1), MalformedMessage, "predicted"),
+    (raw(4, 4, 0, 0, 0, -0.5, 0, 1), InvalidField, "prediction_error: -0.5"),
+    (raw(4, 4, 0, 0, 0, float("nan"), 0, 1), InvalidField, "prediction_error: nan"),
+    (raw(4, 4, 0, 0, 0, None, -1, 1), InvalidField, "late: -1"),
+    (raw(4, 4, 0, 0, 0, None, 0, 0), InvalidField, "render_every: 0"),
+    (raw(4, 4, 0, 0, 0, None), MalformedMessage, "expected 6 fields"),  # version 3's Feedback
+    (raw(4, 5, "r" * 257), InvalidField, "reason: 257 characters"),
+    (raw(4, 6, 1, None), MalformedMessage, "reason"),
+    (raw(4, 6, "r", -1), InvalidField, "last_frame_index"),
+    (raw(4, 7, 5), MalformedMessage, "reason"),
     (b"\xc1\x12\x00\x00\x00\x01", UnsupportedVersion, "version 1"),
-    (b"\xc1\x37\x00\x00\x00\x01", InvalidField, "unknown codec id 7"),
-    (b"\xc1\x32" + b"\x80" * 7 + b"\x10\x00\x00\x01", InvalidField, "frame_index: " + str(2**53)),
-    (b"\xc1\x32\x80\x00\x00\x00\x01", MalformedMessage, "frame_index: not in its shortest"),
-    (b"\xc1\x32\x80", MalformedMessage, "frame_index: the message ends"),
-    (b"\xc1\x32" + b"\xff" * 9, MalformedMessage, "frame_index: longer than 8 bytes"),
-    (b"\xc1\x32\x00\x80\x80\x80\x80\x10\x00\x01", InvalidField, "capture_offset_ms"),
-    (b"\xc1\x32\x00\x00", MalformedMessage, "ends before skip_after"),
-    (b"\xc1\x32\x00\x00\x40\x01", InvalidField, "skip_after: 64"),
-    (b"\xc1\x32\x00\x00\x00", InvalidField, "payload: 0 bytes"),
+    (b"\xc1\x47\x00\x00\x00\x01", InvalidField, "unknown codec id 7"),
+    (b"\xc1\x42" + b"\x80" * 7 + b"\x10\x00\x00\x01", InvalidField, "frame_index: " + str(2**53)),
+    (b"\xc1\x42\x80\x00\x00\x00\x01", MalformedMessage, "frame_index: not in its shortest"),
+    (b"\xc1\x42\x80", MalformedMessage, "frame_index: the message ends"),
+    (b"\xc1\x42" + b"\xff" * 9, MalformedMessage, "frame_index: longer than 8 bytes"),
+    (b"\xc1\x42\x00\x80\x80\x80\x80\x10\x00\x01", InvalidField, "capture_offset_ms"),
+    (b"\xc1\x42\x00\x00", MalformedMessage, "ends before skip_after"),
+    (b"\xc1\x42\x00\x00\x40\x01", InvalidField, "skip_after: 64"),
+    (b"\xc1\x42\x00\x00\x00", InvalidField, "payload: 0 bytes"),
 ])
 def test_decode_rejects(data: bytes, error: type, match: str) -> None:
     with pytest.raises(error, match=match):

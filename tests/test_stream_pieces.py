@@ -9,7 +9,7 @@ import pytest
 from kpvid.protocol import Hello, Keypoints, ProtocolError
 from kpvid.protocol.keypoint_set import from_kp6
 from kpvid.receiver.keypoint_intake import DecodedSet, IntraRequestTiming, KeypointIntake
-from kpvid.receiver.playout import Playout
+from kpvid.receiver.playout import Placed, Playout
 from kpvid.receiver.skipped_frames import SkippedFrames
 from kpvid.receiver.stream_stats import FrameOrigin
 from kpvid.sender.adaptation import AdaptationOptions
@@ -57,6 +57,25 @@ def test_pipeline_adapts_only_at_group_starts_and_hears_intra_requests() -> None
     assert pipeline.encoder.intra_payloads - before == 2
 
 
+def test_pipeline_stretches_its_groups_while_the_edge_is_overloaded() -> None:
+    pipeline = FramePipeline(hello(observe=1, predict=1))
+    still = np.zeros((10, 2), np.float32)
+
+    def observed(frames: range) -> list[int]:
+        out = []
+        for i in frames:
+            if pipeline.is_observed(i):
+                pipeline.adapt(i, still)
+                out.append(i)
+        return out
+
+    assert observed(range(0, 4)) == [0, 2]
+    pipeline.on_feedback(10, 0, None, render_every=2)  # the edge renders every other frame
+    assert observed(range(4, 20)) == [4, 8, 12, 16]  # observe 1, predict 3
+    pipeline.on_feedback(20, 0, None, render_every=1)  # the load has gone
+    assert observed(range(20, 26)) == [20, 22, 24]
+
+
 # ------------------------------------------------------------------ the edge's intake
 def sent(frames: int, codec: str = "delta") -> list[Keypoints]:
     """Frames 0..frames-1, every one observed, as the sender codes them."""
@@ -102,7 +121,8 @@ def test_playout_says_where_each_frame_comes_from_and_when_it_is_too_late() -> N
     kp6 = np.concatenate([value, jacobian.reshape(6, 10, 4)], axis=2).astype(np.float32)
     for i in (0, 4):  # 2 was sent but lost; 1, 3 and 5 were skipped
         skipped.add(i, 1)
-        assert playout.put(DecodedSet(i, kp6[i], 100.0 + i / FPS), now=10.0 + i / FPS)
+        assert playout.put(DecodedSet(i, kp6[i], 100.0 + i / FPS), now=10.0 + i / FPS) \
+            is Placed.QUEUED
     clock = playout.clock
     ticks = [playout.tick(i, clock.due(i)) for i in range(5)]
     assert [t.origin for t in ticks] == [FrameOrigin.OBSERVED, FrameOrigin.PREDICTED,
@@ -110,8 +130,40 @@ def test_playout_says_where_each_frame_comes_from_and_when_it_is_too_late() -> N
                                          FrameOrigin.OBSERVED]
     np.testing.assert_allclose(from_kp6(ticks[4].kp6)[0], value[4], atol=1e-6)
     assert ticks[4].capture_time == pytest.approx(100.0 + 4 / FPS)
-    assert not any(t.late for t in ticks)
-    assert playout.tick(5, clock.due(5) + 0.3).late  # more than max_lag behind
-    assert not playout.put(DecodedSet(3, kp6[3], 0.0), now=11.0)  # its frame has played
+    assert ticks[2].capture_time == pytest.approx(100.0 + 2 / FPS)  # estimated from set 0's
+    assert all(t.draw for t in ticks)
+    assert not playout.tick(5, clock.due(5) + 0.3).draw  # more than max_lag behind
+    assert playout.put(DecodedSet(3, kp6[3], 0.0), now=11.0) is Placed.REFUSED  # skipped
+    assert playout.put(DecodedSet(4, kp6[4], 0.0), now=11.0) is Placed.REFUSED  # a duplicate
     counts = playout.counts
     assert (counts.observed, counts.predicted, counts.lost, counts.dropped) == (2, 3, 1, 1)
+    # set 2 comes after all: late, not lost, and handed back to correct the predictor
+    assert playout.put(DecodedSet(2, kp6[2], 0.0), now=11.0) is Placed.LATE
+    assert (counts.lost, counts.late, counts.ticks) == (0, 1, 6)
+    assert playout.put(DecodedSet(2, kp6[2], 0.0), now=11.0) is Placed.REFUSED  # once only
+
+
+def test_playout_plays_a_set_on_arrival_and_waits_for_one_no_longer_than_its_deadline() -> None:
+    skipped = SkippedFrames(observe=1, predict=1)
+    playout = Playout(FPS, delay=None, max_lag=0.25, skipped=skipped, max_delay=0.1)
+    kp6 = np.zeros((10, 6), np.float32)
+    skipped.add(0, 1)
+    playout.put(DecodedSet(0, kp6, 100.0), now=10.0)
+    clock = playout.clock
+    assert playout.due(0) == -np.inf  # in: now
+    playout.tick(0, 10.0)
+    assert playout.due(1) == pytest.approx(10.0 + 1 / FPS)  # skipped: its fastest arrival
+    assert playout.due(2) == pytest.approx(10.0 + 2 / FPS + 0.1)  # before any jitter is known
+    for i in range(2, 40, 2):  # sets 0-4 ms behind the fastest path
+        skipped.add(i, 1)
+        playout.put(DecodedSet(i, kp6, 100.0 + i / FPS), now=10.0 + i / FPS + (i % 5) / 1000)
+    assert 0.004 <= clock.delay <= 0.008  # the jitter's high percentile and a margin
+    assert playout.due(40) == pytest.approx(clock.earliest(40) + clock.delay)
+
+
+def test_playout_thins_evenly_when_asked_to() -> None:
+    playout = Playout(FPS, delay=0.1, max_lag=0.25, skipped=SkippedFrames(1, 0))
+    playout.put(DecodedSet(0, np.zeros((10, 6), np.float32), 100.0), now=10.0)
+    ticks = [playout.tick(i, playout.clock.due(i), render_every=2) for i in range(6)]
+    assert [t.draw for t in ticks] == [True, False] * 3
+    assert playout.counts.thinned == 3 and playout.counts.dropped == 0

@@ -91,7 +91,7 @@ def test_frames_out_are_the_frames_expected(tmp_path, observe, predict, predicto
     assert (stats.feedback.received, stats.feedback.lost, stats.feedback.predicted) == (
         observed, 0, frames - observed)
     assert final["frames"] == {"observed": observed, "predicted": frames - observed, "lost": 0,
-                               "out": frames, "dropped": 0}
+                               "late": 0, "out": frames, "dropped": 0, "thinned": 0}
     assert sorted(out) == list(range(frames))
     got = np.stack([out[i] for i in range(frames)]).astype(int)
     source = SyntheticSource("faces", seed=11, size=64, fps=30.0, length=frames)

@@ -343,3 +343,35 @@ def test_warm_up_pays_the_first_call_costs_and_leaves_no_stream(networks):
             engine.close()
 
     asyncio.run(main())
+
+
+def test_a_late_set_replays_the_predictor_from_it(networks):
+    kp_detector, generator = networks
+    source = images(1, seed=5)[0]
+    a = driving_kp6(kp_detector, source)
+    b = a + np.float32(0.01)
+
+    async def main() -> list[np.ndarray]:
+        engine = SynthesisEngine(kp_detector, generator, "cpu")  # constant-velocity streams
+        try:
+            await engine.set_source("s", source)
+            await engine.play("s", a, draw=False, index=0)
+            held = (await engine.play("s", None, draw=False, index=1)).kp6
+            np.testing.assert_allclose(held, a)  # one set: constant velocity holds it
+            await engine.play("s", None, draw=False, index=2)
+            engine.correct("s", 1, b)  # set 1 comes after its frame was played
+            engine.correct("s", 7, b)  # never played: ignored
+            out = [(await engine.play("s", None, draw=False, index=i)).kp6 for i in (3, 4)]
+            assert engine.corrections == 1
+            await engine.play("s", a, draw=False, index=5)
+            engine.correct("s", 2, b)  # older than the set observed since: ignored
+            assert (await engine.play("s", None, draw=False, index=6)).kp6 is not None
+            assert engine.corrections == 1
+            return out
+        finally:
+            engine.close()
+
+    three, four = asyncio.run(main())
+    step = b - a  # from a at 0 and b at 1: one step a frame
+    np.testing.assert_allclose(three, b + 2 * step, atol=1e-6)
+    np.testing.assert_allclose(four, b + 3 * step, atol=1e-6)

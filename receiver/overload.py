@@ -1,0 +1,57 @@
+"""Graceful overload: how many frames the edge renders, from how busy its synthesis is.
+
+An edge that cannot render every frame in time (a busy CPU, too many streams) would fall behind
+and then skip bursts of frames at ``--max-lag``. Instead, :class:`RenderRate` watches the share
+of time the synthesis worker is busy over windows of ``window`` seconds and renders only every
+k-th frame (the others are still predicted, so motion stays right): k goes up by one when the
+share is over ``high``, and down by one when the share that k - 1 would give (``share * k /
+(k - 1)``, rendering being most of the work) is under ``low``, so that the two do not
+alternate. The streams render every k-th frame, tell their senders (``Feedback.render_every``:
+a sender then predicts more and detects less) and their viewers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OverloadOptions:
+    high: float = 0.9  # busy share over which fewer frames are rendered
+    low: float = 0.7  # busy share that one step back must stay under
+    window: float = 1.0  # seconds per decision
+    max_every: int = 4  # render at least every 4th frame
+
+    def __post_init__(self) -> None:
+        if not 0 < self.low < self.high <= 1:
+            raise ValueError(f"need 0 < low < high <= 1, got {self.low} and {self.high}")
+        if self.max_every < 1 or not self.window > 0:
+            raise ValueError("max_every must be >= 1 and window > 0")
+
+
+class RenderRate:
+    """Every how many frames the edge renders (1: all), from the synthesis worker's busy time
+    (see the module docstring). ``update`` is called with a monotonic time and the worker's
+    busy seconds so far (any clock; fake numbers in tests)."""
+
+    def __init__(self, options: OverloadOptions = OverloadOptions()) -> None:
+        self.options = options
+        self.every = 1
+        self.share: float | None = None  # the last window's busy share
+        self._start: tuple[float, float] | None = None  # (time, busy seconds) at window start
+
+    def update(self, now: float, busy: float) -> int:
+        """Account for the time up to ``now``; the render step to use from now."""
+        if self._start is None:
+            self._start = (now, busy)
+            return self.every
+        elapsed = now - self._start[0]
+        if elapsed < self.options.window:
+            return self.every
+        share = (busy - self._start[1]) / elapsed
+        self.share, self._start = share, (now, busy)
+        if share > self.options.high and self.every < self.options.max_every:
+            self.every += 1
+        elif self.every > 1 and share * self.every / (self.every - 1) < self.options.low:
+            self.every -= 1
+        return self.every
