@@ -6,6 +6,11 @@ processes talking WebRTC over HTTPS signaling, shows the viewer URL and a progre
 clip streams, then prints what happened: keypoint kbps, frame rate, the predicted share,
 end-to-end latency (capture on the sender to frame out of the receiver), CPU of each process, and
 PSNR/SSIM of the recorded output against the frames the sender captured.
+
+With --browser the viewer page also plays the stream in headless Chromium, and the summary adds
+the glass-to-glass latency: capture on the sender to the frame shown in that browser, and where
+it goes (the receiver time-stamps its viewers' frames, --stamp-frames; the recording is not
+stamped).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +44,8 @@ from kpvid.receiver.local import LocalReceiver, start_receiver, stop_process
 from kpvid.sender.sources import SYNTHETIC_LENGTH, SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
 from kpvid.training.metrics import psnr, ssim
+
+from .browser_viewer import BrowserError, ViewerPage, require_browser, viewer_page
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +114,14 @@ class DemoSummary:
 
     frames_sent: int
     frames_out: int
-    dropped: int
+    dropped: int  # not rendered: the edge was --max-lag late
+    thinned: int  # not rendered: the overloaded edge rendered only every k-th frame
+    longest_gap: int  # most stream frames between two frames of the recording (1: none missing)
     observed: int
     predicted: int
     lost: int
-    predicted_share: float  # (predicted + lost) / frames played (observed + predicted + lost)
+    late: int  # played from a prediction, its set came after its deadline
+    predicted_share: float  # (predicted + lost + late) / frames played (every tick)
     kbps_mean: float  # keypoint stream: its Keypoints messages
     packets: int
     fps_out: float
@@ -125,6 +136,18 @@ class DemoSummary:
     side_by_side: Path
     fps: float  # the stream's frame rate
     edge_threads: int  # torch threads of the receiver
+    # --browser: capture on the sender to the frame shown in headless Chromium, over the frames
+    # it showed (the viewer page's window, its last 300); None when not measured
+    glass_to_glass_p50_ms: float | None = None
+    glass_to_glass_p99_ms: float | None = None
+    glass_to_glass_frames: int | None = None  # time-stamped frames the browser showed
+    # where it goes: {stage: {"p50": ms, "p99": ms}} for captureToEdgeOut (sender and edge),
+    # edgeOutToReceive (VP8 encode, packets, network) and receiveToDisplay (the browser's
+    # jitter buffer, decode and display)
+    glass_to_glass_stages: dict[str, dict[str, float | None]] | None = None
+    # the edge's own split of capture -> frame out for observed frames, p50 ms (/api/streams
+    # stages_ms): capture_to_arrival (the sender's detector and the channel), wait, synthesis
+    edge_stages_ms: dict[str, float | None] | None = None
 
     def to_json(self) -> dict:
         return {key: str(value) if isinstance(value, Path) else value
@@ -175,7 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: out/demo)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the summary's figures here")
+    parser.add_argument("--browser", action="store_true",
+                        help="also play the stream in headless Chromium (the system one, or "
+                             "$KPVID_CHROMIUM; needs Playwright's Python package) and report "
+                             "the glass-to-glass latency, capture on the sender to frame shown "
+                             "in the browser, and where it goes. The receiver then draws time "
+                             "stamps into the viewers' picture (not the recording); the "
+                             "browser adds CPU load to this machine")
     return parser
+
+
+def open_viewer(stack: ExitStack, url: str, chromium: str) -> ViewerPage | None:
+    """The viewer page at ``url`` in headless Chromium until ``stack`` closes, once it waits
+    for the stream (Chromium's start-up then no longer competes with the stream's for the
+    CPU); None (with a warning) when the browser fails."""
+    try:
+        page = stack.enter_context(viewer_page(url, chromium))
+        if not page.wait_until("() => window.kpvid?.state === 'waiting'", 30,
+                               "waiting for the viewer page"):
+            log.warning("the viewer page is not waiting for the stream after 30 s")
+        return page
+    except BrowserError as exc:
+        log.warning("no glass-to-glass figures: %s", exc)
+        return None
+
+
+def read_glass_to_glass(page: ViewerPage) -> dict | None:
+    """What the page measured (``ViewerPage.glass_to_glass``); None, with a warning, when it
+    showed no time-stamped frame or the browser failed."""
+    try:
+        figures = page.glass_to_glass()
+    except BrowserError as exc:
+        log.warning("no glass-to-glass figures: %s", exc)
+        return None
+    if figures is None:
+        log.warning("no glass-to-glass figures: the browser showed no time-stamped frame")
+    return figures
 
 
 def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
@@ -184,6 +242,7 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     Raises SystemExit when a process fails."""
     if args.frames < 2 or args.fps <= 0:
         raise SystemExit("kpvid-demo: --frames must be >= 2 and --fps > 0")
+    chromium = require_browser() if args.browser else None
     try:
         _, _, config = load_checkpoint_with_config(args.checkpoint)
     except (CheckpointError, ConfigError) as exc:
@@ -195,17 +254,22 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
     logs = (args.out / "receiver.log").open("w"), (args.out / "sender.log").open("w")
     local: LocalReceiver | None = None
     sender: subprocess.Popen | None = None
+    glass_to_glass: dict | None = None
+    browser = ExitStack()  # with --browser: the viewer page in headless Chromium
     try:
         # the edge two torch threads, the sender one: at 256x256 synthesis needs more than a
         # core (measured on 2 cores at 30 fps: 219 of 300 frames out with one thread, 237
         # with two)
         local = start_receiver(args.out, logs[0], threads=EDGE_THREADS, port=args.port, extra_args=[
             "--record", str(recordings), "--predictor", args.predictor,
-            "--checkpoint", str(args.checkpoint)])
+            "--checkpoint", str(args.checkpoint),
+            *(["--stamp-frames"] if chromium is not None else [])])
         receiver, edge, cert = local.process, local.edge, local.cert
         if not quiet:
             print(f"viewer (while it runs): https://localhost:{local.port}/?token={edge.token}")
             print(f"  (self-signed certificate: {cert}; logs in {args.out})")
+        page = None if chromium is None else open_viewer(
+            browser, f"{edge.url}/?token={edge.token}&stream={STREAM}", chromium)
 
         sender = subprocess.Popen(
             [sys.executable, "-m", "kpvid.sender.cli", "--synthetic", args.domain,
@@ -242,7 +306,10 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
                              f"{args.out / 'sender.log'}")
         if snapshot is None:
             raise SystemExit("the stream never started; see the logs in " + str(args.out))
+        if page is not None:
+            glass_to_glass = read_glass_to_glass(page)
     finally:
+        browser.close()
         if sender is not None and sender.poll() is None:
             sender.terminate()
         if local is not None:
@@ -263,19 +330,55 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
                         on_stream_timeline(indices, received, args.frames)], fps=args.fps)
 
     frames = snapshot["frames"]
+    played = frames["observed"] + frames["predicted"] + frames["lost"] + frames["late"]
     sender_cpu, receiver_cpu = (meter.percent() for meter in meters)
     latency = snapshot["latency_ms"]
     return DemoSummary(
         frames_sent=args.frames, frames_out=frames["out"], dropped=frames["dropped"],
+        thinned=frames["thinned"], longest_gap=int(np.diff(indices).max(initial=1)),
         observed=frames["observed"], predicted=frames["predicted"], lost=frames["lost"],
-        predicted_share=(frames["predicted"] + frames["lost"])
-        / max(frames["observed"] + frames["predicted"] + frames["lost"], 1),
+        late=frames["late"],
+        predicted_share=(played - frames["observed"]) / max(played, 1),
         kbps_mean=snapshot["kbps_mean"], packets=snapshot["packets"],
         fps_out=snapshot["fps_out"], latency_p50_ms=latency["p50"],
         latency_p99_ms=latency["p99"], sender_cpu_percent=sender_cpu,
         receiver_cpu_percent=receiver_cpu, psnr=mean_psnr, ssim=mean_ssim,
         scored_frames=len(received), recording=recording, side_by_side=side_by_side,
-        fps=args.fps, edge_threads=EDGE_THREADS)
+        fps=args.fps, edge_threads=EDGE_THREADS, edge_stages_ms=snapshot.get("stages_ms"),
+        **({} if glass_to_glass is None else dict(
+            glass_to_glass_p50_ms=glass_to_glass["p50"],
+            glass_to_glass_p99_ms=glass_to_glass["p99"],
+            glass_to_glass_frames=glass_to_glass["count"],
+            glass_to_glass_stages=glass_to_glass["stages"])))
+
+
+def latency_rows(summary: DemoSummary) -> list[tuple[str, str]]:
+    """The summary table's rows under the latency: the edge's stages, and glass to glass when
+    it was measured."""
+    rows = []
+    if summary.edge_stages_ms:
+        rows.append(("  observed frames' split, p50 ms", ", ".join(
+            f"{name.replace('_', ' ')} {'n/a' if ms is None else f'{ms:.0f}'}"
+            for name, ms in summary.edge_stages_ms.items())))
+    if summary.glass_to_glass_p50_ms is None:
+        return rows
+    stages = summary.glass_to_glass_stages or {}
+
+    def ms(stage: str) -> str:
+        figures = stages.get(stage) or {}
+        return "/".join("n/a" if figures.get(q) is None else f"{figures[q]:.0f}"
+                        for q in ("p50", "p99"))
+
+    return [
+        *rows,
+        ("glass to glass (browser)", f"p50 {summary.glass_to_glass_p50_ms:.0f} ms, p99 "
+                                     f"{summary.glass_to_glass_p99_ms:.0f} ms "
+                                     f"({summary.glass_to_glass_frames} frames shown in "
+                                     "headless Chromium)"),
+        ("  where it goes, p50/p99 ms", f"capture -> edge out {ms('captureToEdgeOut')}, "
+                                        f"VP8 + network {ms('edgeOutToReceive')}, "
+                                        f"browser {ms('receiveToDisplay')}"),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,9 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     rows = [
         ("frames out / sent", f"{summary.frames_out} / {summary.frames_sent}  "
-                              f"({summary.dropped} dropped)"),
-        ("observed / predicted / lost", f"{summary.observed} / {summary.predicted} / "
-                                        f"{summary.lost}"),
+                              f"({summary.dropped} dropped late, {summary.thinned} thinned "
+                              f"under load; longest gap {summary.longest_gap} frame"
+                              f"{'' if summary.longest_gap == 1 else 's'})"),
+        ("observed / predicted / lost / late", f"{summary.observed} / {summary.predicted} / "
+                                               f"{summary.lost} / {summary.late}"),
         ("predicted share", f"{100 * summary.predicted_share:.1f} % of the frames played  "
                             f"(schedule observe {args.observe}, predict {args.predict}, "
                             f"predictor {args.predictor})"),
@@ -296,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         ("frame rate out", f"{summary.fps_out:.1f} fps"),
         ("latency capture -> frame out", f"p50 {summary.latency_p50_ms} ms, "
                                          f"p99 {summary.latency_p99_ms} ms"),
+        *latency_rows(summary),
         ("CPU sender / receiver", " / ".join(
             "n/a" if c is None else f"{c:.0f} %"
             for c in (summary.sender_cpu_percent, summary.receiver_cpu_percent))),

@@ -48,6 +48,7 @@ from .edge import (
     Edge,
     EdgeOptions,
 )
+from .frame_stamp import can_stamp
 from .overload import OverloadOptions
 from .server import OFFER_BURST, OFFERS_PER_SECOND, make_app
 from .stream import ModelInfo, SessionOptions
@@ -169,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "call (default: 8)")
     parser.add_argument("--record", type=Path, metavar="DIR",
                         help="write each stream to DIR/<stream>-<time>.mp4 as it plays")
+    parser.add_argument("--stamp-frames", action="store_true",
+                        help="measurement mode: draw a strip of black and white blocks along "
+                             "the bottom of the viewers' picture that carries each frame's "
+                             "capture time and the time it left the edge, so that the viewer "
+                             "page can show the glass-to-glass latency (capture on the sender "
+                             "to picture shown in the browser) and where it goes. It alters "
+                             "what viewers see; recordings are not stamped")
     parser.add_argument("--ice-server", action="append", default=[], metavar="URL",
                         help="STUN/TURN server for the edge and its viewers, e.g. "
                              "turn:turn.example:3478 (repeatable; default: none, host "
@@ -242,6 +250,10 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
     except (CheckpointError, ValueError) as exc:
         log.error("--predictor %s: %s", args.predictor, exc)
         return 2
+    if args.stamp_frames and not can_stamp(model.frame_size, model.frame_size):
+        log.error("--stamp-frames: %dpx frames are too small to carry a stamp",
+                  model.frame_size)
+        return 2
     half = choose_half(args.precision, device, kp_detector, generator, model.frame_size)
     engine = SynthesisEngine(kp_detector, generator, device, max_batch=args.max_batch,
                              new_predictor=new_predictor, half=half,
@@ -260,6 +272,7 @@ async def serve(args: argparse.Namespace, device: torch.device, send_token: str,
         ice(args.viewer_ice_server),
         max_streams=args.max_streams, max_viewers=args.max_viewers,
         resume_grace=args.resume_grace, max_pending_per_address=args.max_pending,
+        stamp_frames=args.stamp_frames,
         session=SessionOptions(playout_delay=args.playout_delay,
                                max_playout_delay=args.max_playout_delay, max_lag=args.max_lag,
                                record_dir=args.record)))

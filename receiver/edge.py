@@ -16,6 +16,7 @@ from aiortc.contrib.media import MediaRelay
 
 from kpvid.protocol import Hello, RateLimitedLog
 
+from .frame_stamp import FrameStamp, draw_stamp, stamp_ms
 from .metrics import ReceiverMetrics
 from .sender_peer import SenderPeer
 from .stream import FrameSink, ModelInfo, SessionOptions, StreamSession
@@ -44,10 +45,15 @@ class StreamOutput:
 
     Each session feeds it through its own `sink`; the frames' pts (90 kHz) go on from the
     previous session's last one, plus the time that passed in between, so the viewers' RTP
-    clock never jumps back when a new session's frame index starts again at 0."""
+    clock never jumps back when a new session's frame index starts again at 0.
 
-    def __init__(self, name: str) -> None:
+    With ``stamp_frames`` each frame with a capture time carries a time stamp
+    (receiver/frame_stamp.py: its capture time and when it left the edge) for the viewer page
+    to measure glass-to-glass latency; only the viewers' picture is stamped."""
+
+    def __init__(self, name: str, stamp_frames: bool = False) -> None:
         self.name = name
+        self.stamp_frames = stamp_frames
         self.track = SynthesizedVideoTrack(VIDEO_CLOCK_RATE)  # "frame index" = pts
         self.expiry: asyncio.Task | None = None  # closes the viewers if no sender comes back
         self.idle_since: float | None = None  # when its last session ended (None: one is live)
@@ -70,6 +76,8 @@ class StreamOutput:
             if self._last_pts is not None and pts <= self._last_pts:
                 return  # never back in time
             self._last_pts, self._last_at = pts, now
+            if self.stamp_frames and capture_time is not None:
+                rgb = draw_stamp(rgb, FrameStamp(stamp_ms(capture_time), stamp_ms(time.time())))
             self.track.push(pts, rgb)
 
         return push
@@ -110,6 +118,8 @@ class EdgeOptions:
     # a stream that ends keeps its viewers connected this long, for its sender to come back
     # under the same name (a restart); then they are closed
     resume_grace: float = RESUME_GRACE
+    # measurement mode: time stamps drawn into the viewers' video (StreamOutput), not the recording
+    stamp_frames: bool = False
 
 
 class Edge:
@@ -211,7 +221,8 @@ class Edge:
                                 options=self.options.session)
         output = self.outputs.get(hello.stream)
         if output is None:
-            output = self.outputs[hello.stream] = StreamOutput(hello.stream)
+            output = self.outputs[hello.stream] = StreamOutput(hello.stream,
+                                                                self.options.stamp_frames)
         elif output.idle_since is not None:
             log.info("stream %s resumes after %.2f s, %d viewer(s) still watching",
                      hello.stream, time.monotonic() - output.idle_since,

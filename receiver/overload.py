@@ -5,9 +5,10 @@ and then skip bursts of frames at ``--max-lag``. Instead, :class:`RenderRate` wa
 of time the synthesis worker is busy over windows of ``window`` seconds and renders only every
 k-th frame (the others are still predicted, so motion stays right): k goes up by one when the
 share is over ``high``, and down by one when the share that k - 1 would give (``share * k /
-(k - 1)``, rendering being most of the work) is under ``low``, so that the two do not
-alternate. The streams render every k-th frame, tell their senders (``Feedback.render_every``:
-a sender then predicts more and detects less) and their viewers.
+(k - 1)``, rendering being most of the work) has been under ``low`` for ``calm_windows``
+windows in a row, so that the two do not alternate. The streams render every k-th frame, tell
+their senders (``Feedback.render_every``: a sender then predicts more and detects less) and
+their viewers.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class OverloadOptions:
     high: float = 0.9  # busy share over which fewer frames are rendered
-    low: float = 0.7  # busy share that one step back must stay under
+    low: float = 0.75  # busy share that one step back must stay under...
+    calm_windows: int = 3  # ...for this many windows in a row
     window: float = 1.0  # seconds per decision
     max_every: int = 4  # render at least every 4th frame
 
     def __post_init__(self) -> None:
         if not 0 < self.low < self.high <= 1:
             raise ValueError(f"need 0 < low < high <= 1, got {self.low} and {self.high}")
-        if self.max_every < 1 or not self.window > 0:
-            raise ValueError("max_every must be >= 1 and window > 0")
+        if self.max_every < 1 or self.calm_windows < 1 or not self.window > 0:
+            raise ValueError("max_every and calm_windows must be >= 1 and window > 0")
 
 
 class RenderRate:
@@ -39,6 +41,7 @@ class RenderRate:
         self.every = 1
         self.share: float | None = None  # the last window's busy share
         self._start: tuple[float, float] | None = None  # (time, busy seconds) at window start
+        self._calm = 0  # windows in a row that one step back would have kept under low
 
     def update(self, now: float, busy: float) -> int:
         """Account for the time up to ``now``; the render step to use from now."""
@@ -50,8 +53,11 @@ class RenderRate:
             return self.every
         share = (busy - self._start[1]) / elapsed
         self.share, self._start = share, (now, busy)
+        calm = self.every > 1 and share * self.every / (self.every - 1) < self.options.low
+        self._calm = self._calm + 1 if calm else 0
         if share > self.options.high and self.every < self.options.max_every:
             self.every += 1
-        elif self.every > 1 and share * self.every / (self.every - 1) < self.options.low:
+        elif self._calm >= self.options.calm_windows:
             self.every -= 1
+            self._calm = 0
         return self.every

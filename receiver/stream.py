@@ -426,8 +426,9 @@ class StreamSession:
                         render_every=self.engine.render_every)
 
     def _seconds_played(self) -> float:
-        """Stream time covered by the frames played so far (at least one frame's worth)."""
-        return max(self.counts.out, 1) / self.hello.fps
+        """Stream time covered by the frames played so far, rendered or not (at least one
+        frame's worth)."""
+        return max(self.counts.ticks, 1) / self.hello.fps
 
     def stats(self) -> StreamStats:
         """The stream's live figures (and its end, once it has ended)."""

@@ -100,7 +100,7 @@ class StreamStats:
     undecodable: int
     intra_requests: IntraRequestCounts
     kbps: float  # keypoint messages over the last 2 s
-    kbps_mean: float  # keypoint messages over the stream's frames played so far
+    kbps_mean: float  # keypoint messages over the stream time played so far (every tick)
     fps_out: float
     latency_ms: LatencySummary
     # p50s in ms of observed frames: capture_to_arrival (the sender's detector and the

@@ -186,7 +186,7 @@ class SynthesisEngine:
         self.frames = 0  # frames delivered
         self.errors = 0  # jobs failed by an exception in the model
         self.corrections = 0  # late sets replayed into a predictor
-        self.busy_seconds = 0.0  # the worker's time on jobs
+        self.busy_seconds = 0.0  # the worker's time on frames (prediction and synthesis)
         self.render_rate = RenderRate(overload or OverloadOptions())  # updated by the worker
         self._sources: dict[str, PreparedSource] = {}  # worker thread only
         self._predictors: dict[str, Predictor] = {}  # worker thread only
@@ -351,8 +351,9 @@ class SynthesisEngine:
                     for failed in batch:
                         if isinstance(failed, _Job):
                             _deliver(failed, error=exc)
-                self.busy_seconds += time.perf_counter() - started
-                self.render_rate.update(time.perf_counter(), self.busy_seconds)
+                if isinstance(job, _FrameJob):  # a source's one-off cost is not load
+                    self.busy_seconds += time.perf_counter() - started
+                    self.render_rate.update(time.perf_counter(), self.busy_seconds)
         for job in pending:
             self._fail_closed(job)
 

@@ -40,15 +40,14 @@ TOKEN = "test-token"
 # the edge and sender tests stream 64x64 clips through the shipped 64x64 model: what they test
 # (transport, playout, faults) does not depend on the frame size, and 64x64 keeps them fast
 EDGE_TEST_CHECKPOINT = WEIGHTS_DIR / "kpvid-heads-64.pth.tar"
-_MODEL = None
+_MODELS: dict[Path, tuple] = {}
 
 
-def shipped_model() -> tuple:
-    """(kp_detector, generator, config) of EDGE_TEST_CHECKPOINT, loaded once per test run."""
-    global _MODEL
-    if _MODEL is None:
-        _MODEL = load_checkpoint_with_config(EDGE_TEST_CHECKPOINT)
-    return _MODEL
+def shipped_model(checkpoint: Path = EDGE_TEST_CHECKPOINT) -> tuple:
+    """(kp_detector, generator, config) of a checkpoint, loaded once per test run."""
+    if checkpoint not in _MODELS:
+        _MODELS[checkpoint] = load_checkpoint_with_config(checkpoint)
+    return _MODELS[checkpoint]
 
 
 @dataclass
@@ -85,7 +84,7 @@ RENDER_EVERY_FRAME = OverloadOptions(max_every=1)
 
 @contextlib.asynccontextmanager
 async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
-                       predictor: str = "constant-velocity", playout_delay: float = 0.05,
+                       predictor: str = "constant-velocity", playout_delay: float | None = 0.05,
                        idle_timeout: float = 1.0, max_lag: float = 0.25,
                        viewer_ice_servers: list[RTCIceServer] | None = None,
                        send_token: str | None = None, view_token: str | None = None,
@@ -94,13 +93,14 @@ async def running_edge(tmp_path: Path, *, record_dir: Path | None = None,
                        handshake_timeout: float = HANDSHAKE_TIMEOUT,
                        port: int | None = None, host: str = "127.0.0.1",
                        overload: OverloadOptions = RENDER_EVERY_FRAME,
+                       checkpoint: Path = EDGE_TEST_CHECKPOINT,
                        ) -> AsyncIterator[EdgeHandle]:
     """An edge on `host`:`port` (default: a free port); `send_token`/`view_token` default to
     TOKEN, and offers are not rate limited unless `offers_per_second` is given. Edges made with
     the same `tmp_path` share a certificate. By default the edge renders every frame however
     busy the machine (tests of the frames' content); `overload` lets it thin them."""
-    kp_detector, generator, config = shipped_model()
-    model = ModelInfo(model_id=model_id(EDGE_TEST_CHECKPOINT),
+    kp_detector, generator, config = shipped_model(checkpoint)
+    model = ModelInfo(model_id=model_id(checkpoint),
                       frame_size=config["dataset_params"]["frame_shape"][0],
                       num_kp=config["model_params"]["common_params"]["num_kp"])
     engine = SynthesisEngine(kp_detector, generator, "cpu", new_predictor=predictor_factory(

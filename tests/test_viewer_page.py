@@ -205,3 +205,34 @@ def test_a_closed_tab_stops_counting_as_a_viewer_at_once(live: LiveEdge, browser
     while viewers() > before and time.monotonic() < deadline:
         time.sleep(0.1)
     assert viewers() == before
+
+
+class PinnedRenderRate:
+    """Stands in for the engine's RenderRate: an edge that stays overloaded."""
+
+    every = 2
+    share = None
+
+    def update(self, now: float, busy: float) -> int:
+        return self.every
+
+
+def test_the_page_says_when_the_edge_thins_frames_under_load(live: LiveEdge,
+                                                              browser: ViewerBrowser):
+    engine = live.edge.edge.engine
+    calm = engine.render_rate
+    engine.render_rate = PinnedRenderRate()
+    try:
+        with browser.viewer(f"{live.url}/?token={TOKEN}&stream={STREAM}") as page:
+            told = page.wait(timeout=30, until=(
+                "() => window.kpvid?.renderEvery === 2 && document.getElementById('load')"
+                ".innerText.includes('every 2nd frame') && document.getElementById("
+                "'s-thinned').innerText !== '0'"))
+            assert not told["timed_out"], told
+            engine.render_rate = calm
+            gone = page.wait(timeout=30, until=(
+                "() => window.kpvid?.renderEvery === 1 && document.getElementById('load')"
+                ".hidden"))
+            assert not gone["timed_out"], gone
+    finally:
+        engine.render_rate = calm
