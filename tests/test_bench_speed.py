@@ -45,8 +45,9 @@ def test_end_to_end_runs_the_demo_without_and_with_prediction(tmp_path, monkeypa
         args = demo_parser().parse_args(command[command.index("kpvid.demo") + 1:])
         runs.append((args.frames, args.observe, args.predict))
         summary = DemoSummary(
-            frames_sent=args.frames, frames_out=args.frames, dropped=0, observed=10,
-            predicted=0, lost=0, predicted_share=0.0, kbps_mean=5.0, packets=10, fps_out=20.0,
+            frames_sent=args.frames, frames_out=args.frames, dropped=0, thinned=0, longest_gap=1,
+            observed=10, predicted=0, lost=0, late=0, predicted_share=0.0, kbps_mean=5.0,
+            packets=10, fps_out=20.0,
             latency_p50_ms=40.0 + args.predict, latency_p99_ms=60.0, sender_cpu_percent=50.0,
             receiver_cpu_percent=40.0, psnr=30.0, ssim=0.9, scored_frames=10,
             recording=Path("r.mp4"), side_by_side=Path("s.mp4"), fps=args.fps, edge_threads=2)
