@@ -41,6 +41,7 @@ from kpvid.models import (
 )
 from kpvid.models.predictors import DEFAULT_PREDICTOR, PREDICTOR_NAMES
 from kpvid.receiver.local import LocalReceiver, start_receiver, stop_process
+from kpvid.receiver.overload import OverloadOptions
 from kpvid.sender.sources import SYNTHETIC_LENGTH, SyntheticSource
 from kpvid.training.evaluate import write_side_by_side
 from kpvid.training.metrics import psnr, ssim
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: out/demo)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write the summary's figures here")
+    parser.add_argument("--max-render-every", type=int, default=OverloadOptions.max_every,
+                        metavar="K",
+                        help="the receiver's --max-render-every: while its synthesis is "
+                             "overloaded it renders 1 frame in 2, 3 ... up to K, evenly "
+                             f"(default: {OverloadOptions.max_every}; 1: it renders every frame "
+                             "it can and skips those already --max-lag late)")
     parser.add_argument("--browser", action="store_true",
                         help="also play the stream in headless Chromium (the system one, or "
                              "$KPVID_CHROMIUM; needs Playwright's Python package) and report "
@@ -263,6 +270,7 @@ def run_demo(args: argparse.Namespace, quiet: bool = False) -> DemoSummary:
         local = start_receiver(args.out, logs[0], threads=EDGE_THREADS, port=args.port, extra_args=[
             "--record", str(recordings), "--predictor", args.predictor,
             "--checkpoint", str(args.checkpoint),
+            "--max-render-every", str(args.max_render_every),
             *(["--stamp-frames"] if chromium is not None else [])])
         receiver, edge, cert = local.process, local.edge, local.cert
         if not quiet:

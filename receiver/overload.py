@@ -20,8 +20,8 @@ from dataclasses import dataclass
 class OverloadOptions:
     high: float = 0.9  # busy share over which fewer frames are rendered
     low: float = 0.75  # busy share that one step back must stay under...
-    calm_windows: int = 3  # ...for this many windows in a row
-    window: float = 1.0  # seconds per decision
+    calm_windows: int = 4  # ...for this many windows in a row
+    window: float = 0.5  # seconds per decision
     max_every: int = 4  # render at least every 4th frame
 
     def __post_init__(self) -> None:

@@ -352,10 +352,21 @@ class SynthesisEngine:
                         if isinstance(failed, _Job):
                             _deliver(failed, error=exc)
                 if isinstance(job, _FrameJob):  # a source's one-off cost is not load
-                    self.busy_seconds += time.perf_counter() - started
-                    self.render_rate.update(time.perf_counter(), self.busy_seconds)
+                    self._account(time.perf_counter() - started)
         for job in pending:
             self._fail_closed(job)
+
+    def _account(self, busy: float) -> None:
+        """Add ``busy`` seconds of frame work; the render step follows the load."""
+        self.busy_seconds += busy
+        before = self.render_rate.every
+        after = self.render_rate.update(time.perf_counter(), self.busy_seconds)
+        if after != before:
+            (log.warning if after > before else log.info)(
+                "synthesis %s (busy %.0f %% of the last %g s): rendering %s",
+                "overloaded" if after > before else "load down",
+                100 * (self.render_rate.share or 0), self.render_rate.options.window,
+                "every frame" if after == 1 else f"1 frame in {after} of each stream")
 
     def _dispatch(self, batch: list) -> None:
         job = batch[0]

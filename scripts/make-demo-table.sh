@@ -14,7 +14,7 @@ run() {  # name, kpvid-demo flags...
     kpvid-demo --out "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 \
         || { echo "kpvid-demo $* failed; see $OUT/$name.log" >&2; exit 1; }
     sed -n '/kpvid demo summary/,$p' "$OUT/$name.log" | grep -E \
-        'frames out|keypoint stream|latency|CPU|PSNR'
+        'frames out|lost / late|keypoint stream|latency|split|CPU|PSNR'
 }
 for i in 1 2 3; do run "default-$i"; done
 run constant-velocity --predictor constant-velocity

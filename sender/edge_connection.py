@@ -164,9 +164,9 @@ class EdgeConnection:
                                                    message.late, message.render_every)
             if self.pipeline is not None:
                 if message.render_every != self.pipeline.render_every:
-                    log.info("edge renders every %s frame: %s", _nth(message.render_every),
-                             "back to all" if message.render_every == 1 else
-                             "it is overloaded, so this sender detects fewer frames")
+                    log.info("edge renders %s", "every frame again" if message.render_every == 1
+                             else f"1 frame in {message.render_every}: it is overloaded, so "
+                             "this sender detects fewer frames")
                 self.pipeline.on_feedback(message.received, message.lost,
                                           message.prediction_error, message.render_every)
         elif isinstance(message, Bye):
@@ -199,10 +199,3 @@ class EdgeConnection:
         if self.pipeline is not None:
             self.pipeline.on_intra_request()
 
-
-def _nth(k: int) -> str:
-    """1 -> "single", 2 -> "2nd", 3 -> "3rd", 4 -> "4th" ... (as in "every 2nd frame")."""
-    if k == 1:
-        return "single"
-    suffix = {1: "st", 2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (11, 12, 13) else 0, "th")
-    return f"{k}{suffix}"
