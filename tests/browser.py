@@ -45,17 +45,7 @@ from typing import Any
 import psutil
 import pytest
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-    # real host candidates instead of mDNS names, which aiortc cannot resolve offline
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
+from kpvid.demo.browser_viewer import CHROMIUM_ARGS
 
 GRACE = 20.0  # s a Playwright call may overrun its own timeout (or take, without one)
 ESCALATE = 10.0  # s after killing Chromium: kill the driver too if the call is still blocked

@@ -2,78 +2,28 @@
 (``--stamp-frames``, receiver/frame_stamp.py), a real sender streaming the 64x64 test model, and
 the viewer page in headless Chromium reading the stamps of the frames it shows.
 
-The edge and the sender run on an asyncio loop in a background thread (sync Playwright cannot
-share a thread with a running loop).
+The edge and the sender run on an asyncio loop in a background thread (tests/live_edge.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from kpvid.sender.client import SenderOptions, run_sender
-from kpvid.sender.keypoints import KeypointExtractor
-from kpvid.sender.sources import SyntheticSource
 from tests.browser import ViewerBrowser, viewer_browser
-from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, EdgeHandle, running_edge, wait_for
+from tests.edge_harness import TOKEN
+from tests.live_edge import LiveEdge
 
 STREAM = "g2g"
 MEASURED = ("() => (window.kpvid?.glassToGlass?.count ?? 0) >= 30"
             " && !document.getElementById('b-g2g-row').hidden")
 
 
-class StampingEdge:
-    """An edge with --stamp-frames and one live synthetic stream, in a background thread."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.edge: EdgeHandle | None = None
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.done = asyncio.Event()
-        try:
-            async with running_edge(self.tmp, idle_timeout=5.0) as edge:
-                edge.edge.options.stamp_frames = True
-                port = int(edge.url.rsplit(":", 1)[1])
-                stop = asyncio.Event()
-                sender = asyncio.create_task(run_sender(
-                    SyntheticSource("photos", seed=3, size=64, fps=20.0, length=400),
-                    KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT),
-                    SenderOptions(host="localhost", port=port, token=TOKEN,
-                                  ca_file=str(edge.cert), stream=STREAM), stop=stop))
-                await wait_for(lambda: STREAM in edge.edge.streams, 20)
-                self.edge = edge
-                self.ready.set()
-                await self.done.wait()
-                stop.set()
-                await sender
-        except BaseException as exc:
-            self.error = exc
-            self.ready.set()
-
-    def __enter__(self) -> StampingEdge:
-        self.thread.start()
-        self.ready.wait(60)
-        if self.error is not None or self.edge is None:
-            raise RuntimeError(f"the edge did not come up: {self.error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.done.set)
-        self.thread.join(30)
-
-
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StampingEdge]:
-    with StampingEdge(tmp_path_factory.mktemp("edge")) as edge:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEdge]:
+    with LiveEdge(tmp_path_factory.mktemp("edge"), STREAM, domain="photos", fps=20.0,
+                  length=400, stamp_frames=True) as edge:
         yield edge
 
 
@@ -83,7 +33,7 @@ def browser() -> Iterator[ViewerBrowser]:
         yield b
 
 
-def test_the_page_measures_glass_to_glass_from_stamped_frames(live: StampingEdge,
+def test_the_page_measures_glass_to_glass_from_stamped_frames(live: LiveEdge,
                                                              browser: ViewerBrowser):
     assert live.edge is not None
     with browser.viewer(f"{live.edge.url}/?token={TOKEN}&stream={STREAM}") as page:
@@ -105,7 +55,7 @@ def test_the_page_measures_glass_to_glass_from_stamped_frames(live: StampingEdge
     assert text["b-g2g-split"].count("/") == 2, text
 
 
-def test_without_stamps_the_page_shows_no_glass_to_glass(live: StampingEdge,
+def test_without_stamps_the_page_shows_no_glass_to_glass(live: LiveEdge,
                                                          browser: ViewerBrowser):
     assert live.edge is not None
     output = live.edge.edge.outputs[STREAM]

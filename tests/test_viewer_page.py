@@ -6,88 +6,24 @@ share a thread with a running loop); each test opens fresh browser contexts.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kpvid.receiver.edge import MAX_VIEWERS
-from kpvid.sender.client import SenderOptions, run_sender
-from kpvid.sender.keypoints import KeypointExtractor
-from kpvid.sender.sources import SyntheticSource
 from tests.browser import ViewerBrowser, state_condition, viewer_browser
-from tests.edge_harness import EDGE_TEST_CHECKPOINT, TOKEN, running_edge, wait_for
+from tests.edge_harness import TOKEN
+from tests.live_edge import LiveEdge
 
 STREAM = "cam1"
 FORM_SHOWN = "() => !document.getElementById('token-form').hidden"
 PLAYING = "() => window.kpvid?.state === 'playing' && window.kpvid.framesDecoded >= 3"
 
 
-class LiveEdge:
-    """An edge with one live synthetic stream, served from a background thread."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.url = ""
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        self.done = asyncio.Event()
-        self.loop = asyncio.get_running_loop()
-        try:
-            async with running_edge(self.tmp, idle_timeout=5.0) as edge:
-                self.edge = edge
-                self._start_sender()
-                await wait_for(lambda: STREAM in edge.edge.streams, 20)
-                self.url = edge.url
-                self.ready.set()
-                await self.done.wait()
-                self.stop.set()
-                await self.sender
-        except BaseException as exc:
-            self.error = exc
-            self.ready.set()
-
-    def _start_sender(self) -> None:
-        port = int(self.edge.url.rsplit(":", 1)[1])
-        options = SenderOptions(host="localhost", port=port, token=TOKEN,
-                                ca_file=str(self.edge.cert), stream=STREAM)
-        source = SyntheticSource("faces", seed=3, size=64, fps=30.0, length=120)
-        self.stop = asyncio.Event()
-        self.sender = asyncio.create_task(run_sender(
-            source, KeypointExtractor.from_checkpoint(EDGE_TEST_CHECKPOINT), options,
-            stop=self.stop))
-
-    async def _restart_sender(self) -> None:
-        self.stop.set()
-        await self.sender
-        await wait_for(lambda: STREAM not in self.edge.edge.streams, 10)
-        self._start_sender()
-
-    def restart_sender(self) -> None:
-        """The sender stops (bye), its stream ends, and a new sender of the same name starts."""
-        asyncio.run_coroutine_threadsafe(self._restart_sender(), self.loop).result(30)
-
-    def __enter__(self) -> LiveEdge:
-        self.thread.start()
-        self.ready.wait(60)
-        if self.error is not None or not self.url:
-            raise RuntimeError(f"the edge did not come up: {self.error!r}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.done.set)
-        self.thread.join(30)
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEdge]:
-    with LiveEdge(tmp_path_factory.mktemp("edge")) as edge:
+    with LiveEdge(tmp_path_factory.mktemp("edge"), STREAM) as edge:
         yield edge
 
 
