@@ -2,9 +2,11 @@
 
 An edge that cannot render every frame in time (a busy CPU, too many streams) would fall behind
 and then skip bursts of frames at ``--max-lag``. Instead, :class:`RenderRate` watches the share
-of time the synthesis worker is busy over windows of ``window`` seconds and renders only every
-k-th frame (the others are still predicted, so motion stays right): k goes up by one when the
-share is over ``high``, and down by one when the share that k - 1 would give (``share * k /
+of time the synthesis worker is busy over windows of ``window`` seconds, and how late the
+streams play their frames (past their deadlines), and renders only every k-th frame (the others
+are still predicted, so motion stays right): k goes up by one when the share is over ``high``
+and a frame was played more than ``lag`` late in the window (a busy worker that keeps up is
+not overloaded), and down by one when the share that k - 1 would give (``share * k /
 (k - 1)``, rendering being most of the work) has been under ``low`` for ``calm_windows``
 windows in a row, so that the two do not alternate. The streams render every k-th frame, tell
 their senders (``Feedback.render_every``: a sender then predicts more and detects less) and
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class OverloadOptions:
     high: float = 0.9  # busy share over which fewer frames are rendered
-    low: float = 0.75  # busy share that one step back must stay under...
+    low: float = 0.85  # busy share that one step back must stay under...
     calm_windows: int = 4  # ...for this many windows in a row
+    lag: float = 0.05  # seconds past its deadline a frame played, to count as falling behind
     window: float = 0.5  # seconds per decision
     max_every: int = 4  # render at least every 4th frame
 
@@ -42,6 +45,12 @@ class RenderRate:
         self.share: float | None = None  # the last window's busy share
         self._start: tuple[float, float] | None = None  # (time, busy seconds) at window start
         self._calm = 0  # windows in a row that one step back would have kept under low
+        self._lag = 0.0  # the most a frame was played past its deadline in this window
+
+    def note_lag(self, seconds: float) -> None:
+        """A stream played a frame ``seconds`` past its deadline (negative: before it)."""
+        if seconds > self._lag:
+            self._lag = seconds
 
     def update(self, now: float, busy: float) -> int:
         """Account for the time up to ``now``; the render step to use from now."""
@@ -52,10 +61,11 @@ class RenderRate:
         if elapsed < self.options.window:
             return self.every
         share = (busy - self._start[1]) / elapsed
+        behind, self._lag = self._lag > self.options.lag, 0.0
         self.share, self._start = share, (now, busy)
         calm = self.every > 1 and share * self.every / (self.every - 1) < self.options.low
         self._calm = self._calm + 1 if calm else 0
-        if share > self.options.high and self.every < self.options.max_every:
+        if share > self.options.high and behind and self.every < self.options.max_every:
             self.every += 1
         elif self._calm >= self.options.calm_windows:
             self.every -= 1

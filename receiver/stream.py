@@ -334,7 +334,9 @@ class StreamSession:
         self._playing = True
         while await self._until_due(index):
             render_every = self.engine.render_every
-            tick = self.playout.tick(index, time.monotonic(), render_every)
+            now = time.monotonic()
+            self.engine.render_rate.note_lag(now - self.playout.clock.due(index))
+            tick = self.playout.tick(index, now, render_every)
             ticked_at = time.time()
             arrived_at = self._arrival_times.pop(index, None)
             if tick.kp6 is None:

@@ -373,7 +373,9 @@ class SenderClient:
         if rgb is None:
             return None
         capture_time = time.time()
+        started = time.perf_counter()
         value, jacobian = self.extractor.detect(rgb)
+        self.stats.detect_ms.append(1000 * (time.perf_counter() - started))
         return Captured(rgb, capture_time, value, jacobian)
 
     async def _on_worker(self, fn: Callable[[], T]) -> T:

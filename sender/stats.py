@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import sys
 import time
 from collections import deque
@@ -51,6 +52,9 @@ class SenderStats:
     schedule_changes: int = 0  # adaptive schedule: times N changed
     kp_ignored: int = 0  # messages from the edge on kp that were not an IntraRequest
     feedback: FeedbackSnapshot | None = None
+    # the keypoint detector's time on each of the last observed frames, ms (appended on the
+    # capture thread)
+    detect_ms: deque = field(default_factory=lambda: deque(maxlen=600), repr=False)
     face_crop: FaceCrop | None = field(default=None, repr=False)  # --crop auto: its counts
     stream: TextIO = field(default_factory=lambda: sys.stderr, repr=False)
     _frame_times: deque = field(default_factory=deque, repr=False)
@@ -142,6 +146,8 @@ class SenderStats:
             f"{self.observed} observed, {self.skipped} skipped",
             f"keypoints: {self.packets} packets, {self.bytes} bytes "
             f"({per_packet:.1f} B/packet, {kbps:.2f} kbps), {self.dropped} dropped",
+            "keypoint detector: " + ("n/a" if not self.detect_ms else
+                                     f"p50 {statistics.median(self.detect_ms):.1f} ms a frame"),
             f"source images: {self.source_images}, reconnects: {self.reconnects}, "
             f"schedule changes: {self.schedule_changes}",
         ]

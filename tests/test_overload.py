@@ -20,13 +20,15 @@ from kpvid.sender.stats import SenderStats
 from tests.edge_harness import TOKEN, running_edge, wait_for
 
 
-def run(rate: RenderRate, shares: list[float]) -> list[int]:
-    """Feed one window per share; the render step after each."""
+def run(rate: RenderRate, shares: list[float], lags: list[float] | None = None) -> list[int]:
+    """Feed one window per share, each with a frame played its ``lags`` s late (default 0.1);
+    the render step after each."""
     now, busy, steps = 0.0, 0.0, []
     rate.update(now, busy)
-    for share in shares:
+    for share, lag in zip(shares, lags or [0.1] * len(shares)):
         now += rate.options.window
         busy += share * rate.options.window
+        rate.note_lag(lag)
         steps.append(rate.update(now, busy))
     return steps
 
@@ -44,9 +46,16 @@ def test_the_render_step_rises_under_load_and_comes_back_when_it_goes() -> None:
     assert run(rate, [0.95, 0.3, 0.5, 0.3, 0.3]) == [2, 2, 2, 2, 1]
 
 
+def test_a_busy_worker_that_keeps_up_is_not_overloaded() -> None:
+    rate = RenderRate(OverloadOptions(high=0.9, lag=0.05))
+    # no frame fell behind, then one did
+    assert run(rate, [0.95, 0.97, 0.95], lags=[0.01, -0.02, 0.2]) == [1, 1, 2]
+
+
 def test_a_window_is_judged_only_once_it_is_over() -> None:
     rate = RenderRate(OverloadOptions(window=1.0))
     rate.update(0.0, 0.0)
+    rate.note_lag(0.3)
     assert rate.update(0.5, 0.5) == 1 and rate.share is None  # half a window, all busy
     assert rate.update(1.0, 1.0) == 2 and rate.share == pytest.approx(1.0)
 

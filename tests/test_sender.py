@@ -523,14 +523,18 @@ def test_stats_summary() -> None:
     stats.record_packet(100)
     stats.record_packet(110)
     stats.record_drop()
-    stats.feedback = FeedbackSnapshot(received=2, lost=0, predicted=2, prediction_error=None)
+    stats.feedback = FeedbackSnapshot(received=2, lost=0, predicted=2, prediction_error=None,
+                                      late=1)
+    assert "keypoint detector: n/a" in stats.summary()
+    stats.detect_ms.extend([7.0, 9.0, 8.0])
     line = stats.status_line()
     assert "packets" in line and "observed/skipped 2/2" in line and "dropped 1" in line
     stats.connections, stats.reconnects = 1, 2
     summary = stats.summary()
     assert "sent 4 frames" in summary and "2 observed, 2 skipped" in summary
     assert "2 packets, 210 bytes" in summary and "1 dropped" in summary
-    assert "prediction error n/a" in summary
+    assert "prediction error n/a" in summary and "1 late" in summary
+    assert "keypoint detector: p50 8.0 ms a frame" in summary
     assert "reconnects: 2" in summary and "never" not in summary
 
 

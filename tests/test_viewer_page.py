@@ -152,6 +152,9 @@ class PinnedRenderRate:
     def update(self, now: float, busy: float) -> int:
         return self.every
 
+    def note_lag(self, seconds: float) -> None:
+        pass
+
 
 def test_the_page_says_when_the_edge_thins_frames_under_load(live: LiveEdge,
                                                               browser: ViewerBrowser):
