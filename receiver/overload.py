@@ -15,6 +15,7 @@ their viewers.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 
@@ -36,8 +37,9 @@ class OverloadOptions:
 
 class RenderRate:
     """Every how many frames the edge renders (1: all), from the synthesis worker's busy time
-    (see the module docstring). ``update`` is called with a monotonic time and the worker's
-    busy seconds so far (any clock; fake numbers in tests)."""
+    (see the module docstring). ``update`` (the worker, after each job) and ``note_lag`` (the
+    streams, at each frame) are called with a monotonic time and the worker's busy seconds so
+    far (any clock; fake numbers in tests), from any thread."""
 
     def __init__(self, options: OverloadOptions = OverloadOptions()) -> None:
         self.options = options
@@ -46,14 +48,31 @@ class RenderRate:
         self._start: tuple[float, float] | None = None  # (time, busy seconds) at window start
         self._calm = 0  # windows in a row that one step back would have kept under low
         self._lag = 0.0  # the most a frame was played past its deadline in this window
+        self._lock = threading.Lock()
 
-    def note_lag(self, seconds: float) -> None:
-        """A stream played a frame ``seconds`` past its deadline (negative: before it)."""
-        if seconds > self._lag:
-            self._lag = seconds
+    def note_lag(self, seconds: float, now: float, busy: float) -> int:
+        """A stream played a frame ``seconds`` past its deadline (negative: before it). When
+        it is more than ``lag`` late and the worker has been busy over ``high`` for at least
+        half a window, step up at once rather than at the window's end (a new window starts).
+        The render step to use from now."""
+        with self._lock:
+            self._lag = max(self._lag, seconds)
+            if seconds <= self.options.lag or self._start is None \
+                    or self.every >= self.options.max_every:
+                return self.every
+            elapsed = now - self._start[0]
+            share = (busy - self._start[1]) / elapsed if elapsed > 0 else 0.0
+            if elapsed >= self.options.window / 2 and share > self.options.high:
+                self.every += 1
+                self.share, self._start, self._lag, self._calm = share, (now, busy), 0.0, 0
+            return self.every
 
     def update(self, now: float, busy: float) -> int:
         """Account for the time up to ``now``; the render step to use from now."""
+        with self._lock:
+            return self._update(now, busy)
+
+    def _update(self, now: float, busy: float) -> int:
         if self._start is None:
             self._start = (now, busy)
             return self.every

@@ -335,7 +335,7 @@ class StreamSession:
         while await self._until_due(index):
             render_every = self.engine.render_every
             now = time.monotonic()
-            self.engine.render_rate.note_lag(now - self.playout.clock.due(index))
+            self.engine.note_lag(now - self.playout.clock.due(index))
             tick = self.playout.tick(index, now, render_every)
             ticked_at = time.time()
             arrived_at = self._arrival_times.pop(index, None)

@@ -356,16 +356,25 @@ class SynthesisEngine:
         for job in pending:
             self._fail_closed(job)
 
+    def note_lag(self, seconds: float) -> None:
+        """A stream played a frame ``seconds`` past its deadline: the render step may rise
+        at once (:meth:`RenderRate.note_lag`). Called from the event loop."""
+        before = self.render_rate.every
+        self._log_step(before, self.render_rate.note_lag(seconds, time.perf_counter(),
+                                                          self.busy_seconds))
+
     def _account(self, busy: float) -> None:
         """Add ``busy`` seconds of frame work; the render step follows the load."""
         self.busy_seconds += busy
         before = self.render_rate.every
-        after = self.render_rate.update(time.perf_counter(), self.busy_seconds)
+        self._log_step(before, self.render_rate.update(time.perf_counter(), self.busy_seconds))
+
+    def _log_step(self, before: int, after: int) -> None:
         if after != before:
             (log.warning if after > before else log.info)(
-                "synthesis %s (busy %.0f %% of the last %g s): rendering %s",
+                "synthesis %s (busy %.0f %%): rendering %s",
                 "overloaded" if after > before else "load down",
-                100 * (self.render_rate.share or 0), self.render_rate.options.window,
+                100 * (self.render_rate.share or 0),
                 "every frame" if after == 1 else f"1 frame in {after} of each stream")
 
     def _dispatch(self, batch: list) -> None:

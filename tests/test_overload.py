@@ -28,7 +28,7 @@ def run(rate: RenderRate, shares: list[float], lags: list[float] | None = None) 
     for share, lag in zip(shares, lags or [0.1] * len(shares)):
         now += rate.options.window
         busy += share * rate.options.window
-        rate.note_lag(lag)
+        rate.note_lag(lag, now, busy)
         steps.append(rate.update(now, busy))
     return steps
 
@@ -55,9 +55,19 @@ def test_a_busy_worker_that_keeps_up_is_not_overloaded() -> None:
 def test_a_window_is_judged_only_once_it_is_over() -> None:
     rate = RenderRate(OverloadOptions(window=1.0))
     rate.update(0.0, 0.0)
-    rate.note_lag(0.3)
+    rate.note_lag(0.3, 0.0, 0.0)
     assert rate.update(0.5, 0.5) == 1 and rate.share is None  # half a window, all busy
     assert rate.update(1.0, 1.0) == 2 and rate.share == pytest.approx(1.0)
+
+
+def test_a_late_frame_in_a_busy_half_window_steps_up_at_once() -> None:
+    rate = RenderRate(OverloadOptions(window=1.0, high=0.9, lag=0.05))
+    rate.update(0.0, 0.0)
+    assert rate.note_lag(0.2, 0.3, 0.3) == 1  # busy, but under half a window: not yet
+    assert rate.note_lag(0.02, 0.6, 0.58) == 1  # half a window, busy, but not late enough
+    assert rate.note_lag(0.2, 0.6, 0.58) == 2  # late too: at once
+    assert rate.note_lag(0.3, 0.7, 0.68) == 2  # a new window has begun
+    assert rate.update(1.0, 0.7) == 2  # that window is not over yet
 
 
 def test_options_are_checked() -> None:

@@ -152,8 +152,8 @@ class PinnedRenderRate:
     def update(self, now: float, busy: float) -> int:
         return self.every
 
-    def note_lag(self, seconds: float) -> None:
-        pass
+    def note_lag(self, seconds: float, now: float, busy: float) -> int:
+        return self.every
 
 
 def test_the_page_says_when_the_edge_thins_frames_under_load(live: LiveEdge,
