@@ -29,7 +29,7 @@ import numpy as np
 from .jitter import JitterBuffer, PlayoutClock
 from .keypoint_intake import DecodedSet
 from .skipped_frames import SkippedFrames
-from .stream_stats import FrameCounts, FrameOrigin
+from .stream_stats import FrameCounts, FrameOrigin, Undrawn
 
 LATE_WINDOW = 64  # lost frames remembered for a set that may still come
 
@@ -51,8 +51,14 @@ class Tick:
     # the sender's capture time of the frame: its set's, or for a frame without one, estimated
     # from the last set's (None before any set carried one)
     capture_time: float | None
+    arrival: float | None  # when its set was put (the caller's clock); None without a set
     origin: FrameOrigin
-    draw: bool  # False: dropped or thinned, the predictor advances without rendering
+    lag: float  # seconds past the frame's deadline it was played (negative: before it)
+    undrawn: Undrawn | None  # None: rendered
+
+    @property
+    def draw(self) -> bool:
+        return self.undrawn is None
 
 
 class Playout:
@@ -63,7 +69,7 @@ class Playout:
     def __init__(self, fps: float, delay: float | None, max_lag: float,
                  skipped: SkippedFrames, max_delay: float = 0.1) -> None:
         self.clock = PlayoutClock(fps, delay, max_delay)
-        self.jitter: JitterBuffer[DecodedSet] = JitterBuffer()
+        self.jitter: JitterBuffer[tuple[DecodedSet, float]] = JitterBuffer()  # set, arrival
         self.max_lag = max_lag
         self.skipped = skipped
         self.counts = FrameCounts()
@@ -75,7 +81,7 @@ class Playout:
         if decoded.capture_time is not None:
             self._capture_offset = decoded.capture_time - decoded.frame_index / self.clock.fps
         index = decoded.frame_index
-        if self.jitter.put(index, decoded):
+        if self.jitter.put(index, (decoded, now)):
             self.clock.on_packet(index, now)
             return Placed.QUEUED
         if index not in self._lost:
@@ -98,7 +104,8 @@ class Playout:
     def tick(self, index: int, now: float, render_every: int = 1) -> Tick:
         """Play frame ``index`` at ``now`` (frames are ticked in order); with ``render_every``
         k > 1 only frames whose index is a multiple of k are rendered."""
-        entry = self.jitter.take(index)
+        queued = self.jitter.take(index)
+        entry, arrival = (None, None) if queued is None else queued
         if entry is not None:
             origin = FrameOrigin.OBSERVED
         elif self.skipped.skipped(index):
@@ -107,17 +114,16 @@ class Playout:
             origin = FrameOrigin.LOST
             self._lost.append(index)
         self.counts.add(origin)
-        draw = True
-        if now - self.clock.due(index) > self.max_lag:
-            self.counts.dropped += 1
-            draw = False
-        elif index % render_every:
-            self.counts.thinned += 1
-            draw = False
+        lag = now - self.clock.due(index)
+        undrawn = Undrawn.DROPPED if lag > self.max_lag else \
+            Undrawn.THINNED if index % render_every else None
+        if undrawn is not None:
+            self.counts.add(undrawn)
         if entry is not None:
             capture_time = entry.capture_time
         elif self._capture_offset is not None:
             capture_time = self._capture_offset + index / self.clock.fps
         else:
             capture_time = None
-        return Tick(index, None if entry is None else entry.kp6, capture_time, origin, draw)
+        return Tick(index, None if entry is None else entry.kp6, capture_time, arrival, origin,
+                    lag, undrawn)

@@ -63,6 +63,7 @@ from .stream_stats import (
     LatencySummary,
     StreamEnd,
     StreamStats,
+    Undrawn,
 )
 from .synthesis import EngineClosedError, SynthesisEngine, UnknownStreamError
 
@@ -186,7 +187,6 @@ class StreamSession:
         self._source_ready = asyncio.Event()
         self._first_packet = asyncio.Event()
         self._news = asyncio.Event()  # a set was queued, or the sender said bye
-        self._arrival_times: dict[int, float] = {}  # wall clock, of queued sets
         self._bye_reason: str | None = None  # what the sender's bye said, once it has
         self._highest_index = -1
         self._last_index: int | None = None  # the stream's last frame, once the sender said so
@@ -295,7 +295,6 @@ class StreamSession:
             placed = self.playout.put(decoded, now)
             if placed is Placed.QUEUED:
                 self._highest_index = max(self._highest_index, decoded.frame_index)
-                self._arrival_times[decoded.frame_index] = time.time()
                 self._first_packet.set()
                 self._news.set()
             elif placed is Placed.LATE:
@@ -333,19 +332,15 @@ class StreamSession:
         assert index is not None
         self._playing = True
         while await self._until_due(index):
-            render_every = self.engine.render_every
-            now = time.monotonic()
-            self.engine.note_lag(now - self.playout.clock.due(index))
-            tick = self.playout.tick(index, now, render_every)
-            ticked_at = time.time()
-            arrived_at = self._arrival_times.pop(index, None)
+            ticked_at = time.monotonic()
+            tick = self.playout.tick(index, ticked_at, self.engine.render_every)
+            self.engine.note_lag(tick.lag)
             if tick.kp6 is None:
                 self.prediction_errors.gap()
             self.metrics.frames.labels(self.name, tick.origin.value).inc()
-            if not tick.draw:  # too late, or thinned: the predictor advances, nothing is rendered
-                thinned = index % render_every != 0
-                (self.metrics.frames_thinned if thinned else self.metrics.frames_dropped
-                 ).labels(self.name).inc()
+            if tick.undrawn is not None:  # the predictor advances, nothing is rendered
+                (self.metrics.frames_thinned if tick.undrawn is Undrawn.THINNED
+                 else self.metrics.frames_dropped).labels(self.name).inc()
             try:
                 played = await self.engine.play(self.name, tick.kp6, draw=tick.draw, index=index)
             except (EngineClosedError, UnknownStreamError):
@@ -360,8 +355,10 @@ class StreamSession:
                     self.prediction_errors.add(played.forecast, played.kp6)
                 if played.frame is not None:
                     self._emit(index, played.frame, tick.capture_time)
-                    if arrived_at is not None and tick.capture_time is not None:
-                        self.stages.add(tick.capture_time, arrived_at, ticked_at, time.time())
+                    if tick.arrival is not None and tick.capture_time is not None:
+                        wall = time.time() - time.monotonic()  # monotonic -> wall clock
+                        self.stages.add(tick.capture_time, tick.arrival + wall,
+                                        ticked_at + wall, time.monotonic() + wall)
             index += 1
         await self.finish(StreamEnd(EndReason.SENDER_SILENT) if self._bye_reason is None
                           else StreamEnd(EndReason.SENDER_FINISHED, self._bye_reason))
@@ -378,9 +375,6 @@ class StreamSession:
             self._news.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._news.wait(), wait)
-        stale = [i for i in self._arrival_times if i < index]
-        for i in stale:  # sets dropped unplayed (the jitter buffer's window moved on)
-            del self._arrival_times[i]
         return True
 
     @property

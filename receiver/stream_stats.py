@@ -44,6 +44,13 @@ class FrameOrigin(Enum):
     LOST = "lost"  # the sender sent it and it did not come (or did not decode): the predictor's
 
 
+class Undrawn(Enum):
+    """Why a played frame was not rendered (its set still went to the predictor)."""
+
+    DROPPED = "dropped"  # played more than max_lag past its deadline
+    THINNED = "thinned"  # the overloaded edge renders only every k-th frame
+
+
 @dataclass
 class FrameCounts:
     """Every tick of the playout clock is observed, predicted, lost or late (where its set came
@@ -59,8 +66,9 @@ class FrameCounts:
     dropped: int = 0
     thinned: int = 0
 
-    def add(self, origin: FrameOrigin) -> None:
-        setattr(self, origin.value, getattr(self, origin.value) + 1)
+    def add(self, kind: FrameOrigin | Undrawn) -> None:
+        """Count one frame of ``kind`` (its value names the field)."""
+        setattr(self, kind.value, getattr(self, kind.value) + 1)
 
     @property
     def ticks(self) -> int:

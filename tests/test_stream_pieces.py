@@ -11,7 +11,7 @@ from kpvid.protocol.keypoint_set import from_kp6
 from kpvid.receiver.keypoint_intake import DecodedSet, IntraRequestTiming, KeypointIntake
 from kpvid.receiver.playout import Placed, Playout
 from kpvid.receiver.skipped_frames import SkippedFrames
-from kpvid.receiver.stream_stats import FrameOrigin
+from kpvid.receiver.stream_stats import FrameOrigin, Undrawn
 from kpvid.sender.adaptation import AdaptationOptions
 from kpvid.sender.frame_pipeline import FramePipeline
 from tests.test_keypoint_stream import motion
@@ -132,7 +132,8 @@ def test_playout_says_where_each_frame_comes_from_and_when_it_is_too_late() -> N
     assert ticks[4].capture_time == pytest.approx(100.0 + 4 / FPS)
     assert ticks[2].capture_time == pytest.approx(100.0 + 2 / FPS)  # estimated from set 0's
     assert all(t.draw for t in ticks)
-    assert not playout.tick(5, clock.due(5) + 0.3).draw  # more than max_lag behind
+    late = playout.tick(5, clock.due(5) + 0.3)  # more than max_lag behind
+    assert not late.draw and late.undrawn is Undrawn.DROPPED and late.lag == pytest.approx(0.3)
     assert playout.put(DecodedSet(3, kp6[3], 0.0), now=11.0) is Placed.REFUSED  # skipped
     assert playout.put(DecodedSet(4, kp6[4], 0.0), now=11.0) is Placed.REFUSED  # a duplicate
     counts = playout.counts
@@ -166,4 +167,5 @@ def test_playout_thins_evenly_when_asked_to() -> None:
     playout.put(DecodedSet(0, np.zeros((10, 6), np.float32), 100.0), now=10.0)
     ticks = [playout.tick(i, playout.clock.due(i), render_every=2) for i in range(6)]
     assert [t.draw for t in ticks] == [True, False] * 3
+    assert {t.undrawn for t in ticks} == {None, Undrawn.THINNED}
     assert playout.counts.thinned == 3 and playout.counts.dropped == 0
